@@ -1,0 +1,196 @@
+"""Building blocks of the 3-D VQ-GAN autoencoder: same-padding convolutions, residual blocks, encoder and decoder.
+
+The layer arithmetic reproduces the DiffTumor autoencoder (itself derived from TATS): convolutions pad explicitly
+with replicate padding so that every stride-2 layer halves the size exactly, the normalisation is GroupNorm with
+eps 1e-6, the activation is SiLU and the decoder applies its normalisation first and never returns to the encoder's
+first width (see ``docs/original-difftumor.md`` §1.2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpointing import call_block
+
+
+def _same_padding(kernel_size: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
+    """``F.pad`` argument for 'same' output size: ``k - s`` per axis, the extra voxel in front, last axis first."""
+    pads: list[int] = []
+    for k, s in zip(reversed(kernel_size), reversed(stride)):
+        total = k - s
+        pads += [total // 2 + total % 2, total // 2]
+    return tuple(pads)
+
+
+def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(value, int):
+        return (value, value, value)
+    return tuple(int(v) for v in value)  # type: ignore[return-value]
+
+
+class SamePadConv3d(nn.Module):
+    """``Conv3d`` whose output has ``ceil(size / stride)`` voxels, padding explicitly (replicate by default)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding_mode: str = "replicate",
+    ):
+        super().__init__()
+        kernel_size, stride = _triple(kernel_size), _triple(stride)
+        self.padding = _same_padding(kernel_size, stride)
+        self.padding_mode = padding_mode
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=True)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if any(self.padding):
+            hidden_states = F.pad(hidden_states, self.padding, mode=self.padding_mode)
+        return self.conv(hidden_states)
+
+
+class SamePadConvTranspose3d(nn.Module):
+    """``ConvTranspose3d`` that exactly multiplies the size by ``stride`` (replicate-pads the input first)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 4,
+        stride: int | Sequence[int] = 2,
+        padding_mode: str = "replicate",
+    ):
+        super().__init__()
+        kernel_size, stride = _triple(kernel_size), _triple(stride)
+        self.padding = _same_padding(kernel_size, stride)
+        self.padding_mode = padding_mode
+        self.convt = nn.ConvTranspose3d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=tuple(k - 1 for k in kernel_size), bias=True
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.convt(F.pad(hidden_states, self.padding, mode=self.padding_mode))
+
+
+class ResnetBlock3D(nn.Module):
+    """Pre-activation residual block ``x + conv(silu(norm(conv(silu(norm(x))))))`` with 3×3×3 convolutions."""
+
+    def __init__(
+        self,
+        channels: int,
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-6,
+        padding_mode: str = "replicate",
+    ):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.conv1 = SamePadConv3d(channels, channels, 3, padding_mode=padding_mode)
+        self.norm2 = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.conv2 = SamePadConv3d(channels, channels, 3, padding_mode=padding_mode)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.conv1(F.silu(self.norm1(hidden_states)))
+        hidden_states = self.conv2(F.silu(self.norm2(hidden_states)))
+        return residual + hidden_states
+
+
+def _levels(factors: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Per-level strides for per-axis down/up-sampling factors (powers of two), e.g. (4, 4, 2) -> 2 levels."""
+    counts = [int(math.log2(f)) for f in factors]
+    if any(2**c != f for c, f in zip(counts, factors)):
+        raise ValueError(f"downsample factors must be powers of two, got {tuple(factors)}")
+    strides = []
+    for level in range(max(counts)):
+        strides.append(tuple(2 if c > level else 1 for c in counts))
+    return strides  # type: ignore[return-value]
+
+
+class Encoder3D(nn.Module):
+    """``(B, C_in, D, H, W)`` -> ``(B, hidden·2^L, D/f_d, H/f_h, W/f_w)`` with ``L = log2(max(downsample))`` levels.
+
+    Each level is a stride-2 4×4×4 convolution that doubles the width followed by one residual block; a final
+    GroupNorm + SiLU closes the encoder.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden_channels: int = 16,
+        downsample: Sequence[int] = (4, 4, 4),
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-6,
+        padding_mode: str = "replicate",
+    ):
+        super().__init__()
+        self.conv_in = SamePadConv3d(in_channels, hidden_channels, 3, padding_mode=padding_mode)
+        self.down_blocks = nn.ModuleList()
+        channels = hidden_channels
+        for stride in _levels(downsample):
+            block = nn.Module()
+            block.downsample = SamePadConv3d(channels, channels * 2, 4, stride=stride, padding_mode=padding_mode)
+            block.resnet = ResnetBlock3D(channels * 2, norm_num_groups, norm_eps, padding_mode)
+            self.down_blocks.append(block)
+            channels *= 2
+        self.norm_out = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.out_channels = channels
+        self.gradient_checkpointing = False
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.conv_in(sample)
+        for block in self.down_blocks:
+            hidden_states = call_block(self, block.downsample, hidden_states)
+            hidden_states = call_block(self, block.resnet, hidden_states)
+        return F.silu(self.norm_out(hidden_states))
+
+
+class Decoder3D(nn.Module):
+    """``(B, hidden·2^L, d, h, w)`` -> ``(B, C_out, d·f_d, h·f_h, w·f_w)``, the mirror of :class:`Encoder3D`.
+
+    GroupNorm + SiLU come first; each level is a stride-2 transposed convolution and two residual blocks. Level ``i``
+    outputs ``hidden·2^(L−i)`` channels, so the first level keeps the latent width and the decoder never narrows to
+    ``hidden`` (unlike the encoder's first convolution).
+    """
+
+    def __init__(
+        self,
+        out_channels: int = 1,
+        hidden_channels: int = 16,
+        upsample: Sequence[int] = (4, 4, 4),
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-6,
+        padding_mode: str = "replicate",
+    ):
+        super().__init__()
+        strides = _levels(upsample)
+        num_levels = len(strides)
+        channels = hidden_channels * 2**num_levels
+        self.in_channels = channels
+        self.norm_in = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.up_blocks = nn.ModuleList()
+        for level, stride in enumerate(strides):
+            block_out = hidden_channels * 2 ** (num_levels - level)
+            block = nn.Module()
+            block.upsample = SamePadConvTranspose3d(channels, block_out, 4, stride=stride, padding_mode=padding_mode)
+            block.resnets = nn.ModuleList(
+                [ResnetBlock3D(block_out, norm_num_groups, norm_eps, padding_mode) for _ in range(2)]
+            )
+            self.up_blocks.append(block)
+            channels = block_out
+        self.conv_out = SamePadConv3d(channels, out_channels, 3, padding_mode=padding_mode)
+        self.gradient_checkpointing = False
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        hidden_states = F.silu(self.norm_in(latents))
+        for block in self.up_blocks:
+            hidden_states = call_block(self, block.upsample, hidden_states)
+            for resnet in block.resnets:
+                hidden_states = call_block(self, resnet, hidden_states)
+        return self.conv_out(hidden_states)

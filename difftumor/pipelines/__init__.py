@@ -1,0 +1,5 @@
+"""diffusers pipelines of difftumor."""
+
+from .tumor_inpaint import TumorInpaintPipeline, TumorInpaintPipelineOutput
+
+__all__ = ["TumorInpaintPipeline", "TumorInpaintPipelineOutput"]

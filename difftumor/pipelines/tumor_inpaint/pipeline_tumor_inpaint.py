@@ -1,0 +1,271 @@
+"""TumorInpaintPipeline: paint a tumour into 96³ CT crops with DiffTumor's latent diffusion model."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from scipy import ndimage
+
+from ...errors import DiffTumorInputError
+from ...models.unet_3d_inpaint import UNet3DInpaintModel
+from ...models.vq_model_3d import VQModel3D
+from ...windowing import from_window, to_window
+
+# MONAI volumes are (B, C, X, Y, Z); the models want the axial axis first: (B, C, Z, X, Y).
+_TO_MODEL_AXES = (0, 1, 4, 2, 3)
+_FROM_MODEL_AXES = (0, 1, 3, 4, 2)
+
+_UNSAFE_SCHEDULERS = ("PNDMScheduler", "LCMScheduler", "FlowMatch")
+
+
+@dataclass
+class TumorInpaintPipelineOutput(BaseOutput):
+    """Output of :class:`TumorInpaintPipeline`.
+
+    Args:
+        images (`torch.Tensor` of shape `(B, 1, X, Y, Z)`, float32, HU): the crops with the tumours blended in;
+            voxels outside the blurred tumour neighbourhood are bit-identical to the input.
+        decoded (`torch.Tensor` of shape `(B, 1, X, Y, Z)`, float32, [-1, 1] window scale): the VQ decoder's whole crop.
+        blend_weights (`torch.Tensor` of shape `(B, 1, X, Y, Z)`, float32, [0, 1]): the blurred tumour masks used for
+            blending (0 where the input was kept).
+        latents (`torch.Tensor` of shape `(B, C, D/f, X/f, Y/f)`): final normalised latents of the sampler.
+    """
+
+    images: torch.Tensor
+    decoded: torch.Tensor
+    blend_weights: torch.Tensor
+    latents: torch.Tensor
+
+
+class TumorInpaintPipeline(DiffusionPipeline):
+    r"""Inpaint tumours into CT crops: masked encode -> conditional latent diffusion -> quantised decode -> blend.
+
+    Components:
+        vqmodel ([`VQModel3D`]): the autoencoder (96³ window-scaled crops <-> latents).
+        unet ([`UNet3DInpaintModel`]): the conditional denoiser.
+        scheduler ([`SchedulerMixin`]): any sampler from :func:`difftumor.schedulers.make_scheduler`, or a diffusers
+            scheduler made with ``X.from_config(pipe.scheduler.config)``.
+
+    Config (saved in ``model_index.json``):
+        window (`tuple[float, float]`, defaults to `(-175.0, 250.0)`): HU window mapped to [-1, 1].
+        mask_downsampling (`str`, defaults to `"nearest"`): how the tumour mask is brought to latent size for the
+            condition: ``"nearest"`` (what the released models were trained with; a tumour smaller than the latent
+            stride can vanish) or ``"max"`` (any tumour voxel marks its latent cell).
+        default_num_inference_steps (`int`, defaults to 4): steps used when the caller gives none.
+        organ (`str`, optional): organ the tumours were trained on, for model cards and manifests.
+        tumor_stage (`str`, optional): ``"early"`` or ``"mid-late"`` (which size class this model synthesises).
+    """
+
+    model_cpu_offload_seq = "vqmodel->unet->vqmodel"
+
+    @register_to_config
+    def __init__(
+        self,
+        vqmodel: VQModel3D,
+        unet: UNet3DInpaintModel,
+        scheduler: Any,
+        window: tuple[float, float] | list[float] = (-175.0, 250.0),
+        mask_downsampling: str = "nearest",
+        default_num_inference_steps: int = 4,
+        organ: str | None = None,
+        tumor_stage: str | None = None,
+    ):
+        super().__init__()
+        self.register_modules(vqmodel=vqmodel, unet=unet, scheduler=scheduler)
+
+    # -- loading ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> TumorInpaintPipeline:
+        """Load from a local folder or a Hub repo id.
+
+        A repo id is downloaded first (``huggingface_hub.snapshot_download``) and then loaded from the local copy:
+        diffusers alone refuses third-party component classes when resolving a repo id online.
+        """
+        from ...hub import resolve_pipeline_folder
+
+        local = resolve_pipeline_folder(
+            pretrained_model_name_or_path,
+            revision=kwargs.pop("revision", None),
+            token=kwargs.pop("token", None),
+            cache_dir=kwargs.get("cache_dir"),
+            local_files_only=kwargs.get("local_files_only", False),
+        )
+        return super().from_pretrained(local, **kwargs)
+
+    # -- pieces ----------------------------------------------------------------------------------------------
+
+    @property
+    def latent_factor(self) -> tuple[int, int, int]:
+        """Reduction of the VQ model along (D, H, W) of model space = (Z, X, Y) of MONAI space."""
+        return tuple(int(f) for f in self.vqmodel.config.downsample)  # type: ignore[return-value]
+
+    def check_inputs(self, image: torch.Tensor, tumor_mask: torch.Tensor, num_inference_steps: int) -> None:
+        if image.ndim != 5 or image.shape[1] != 1:
+            raise DiffTumorInputError(f"image must have shape (B, 1, X, Y, Z), got {tuple(image.shape)}")
+        if tumor_mask.shape != image.shape:
+            raise DiffTumorInputError(
+                f"tumor_mask shape {tuple(tumor_mask.shape)} differs from image shape {tuple(image.shape)}"
+            )
+        depth_factor, height_factor, width_factor = self.latent_factor
+        x, y, z = image.shape[2:]
+        if x % height_factor or y % width_factor or z % depth_factor:
+            raise DiffTumorInputError(
+                f"crop size {x}×{y}×{z} is not divisible by the autoencoder's downsampling {self.latent_factor}",
+                "use 96³ crops",
+            )
+        if num_inference_steps < 1 or num_inference_steps > self.scheduler.config.num_train_timesteps:
+            raise DiffTumorInputError(
+                f"num_inference_steps must be in [1, {self.scheduler.config.num_train_timesteps}], "
+                f"got {num_inference_steps}"
+            )
+        name = type(self.scheduler).__name__
+        if any(unsafe in name for unsafe in _UNSAFE_SCHEDULERS):
+            raise DiffTumorInputError(
+                f"scheduler {name} is not safe for DiffTumor models",
+                "use difftumor.schedulers.make_scheduler('ddpm'|'ddim'|'dpm++'|'unipc'|'euler', pipe.scheduler.config)",
+            )
+
+    def encode_condition(self, window_image: torch.Tensor, tumor_mask: torch.Tensor) -> torch.Tensor:
+        """Condition for the UNet from model-space crops ``(B, 1, D, H, W)``: the normalised latent of the crop with
+        tumour voxels set to 0 (mid-window grey), and the tumour mask at latent size in {-1, +1}."""
+        masked = window_image * (1 - tumor_mask)
+        latents = self.vqmodel.normalize_latents(self.vqmodel.encode(masked).latents)
+        signed_mask = tumor_mask * 2 - 1
+        if self.config.mask_downsampling == "max":
+            small_mask = F.adaptive_max_pool3d(signed_mask, latents.shape[2:])
+        else:
+            small_mask = F.interpolate(signed_mask, size=latents.shape[2:], mode="nearest")
+        return torch.cat([latents, small_mask.to(latents.dtype)], dim=1)
+
+    @staticmethod
+    def blend_weights(tumor_mask: np.ndarray, sigma: float) -> np.ndarray:
+        """Gaussian-blurred tumour mask (scipy, float64, reflect, truncate 4) — exactly zero beyond ``4σ`` voxels of
+        the tumour, so everything farther away is left untouched."""
+        weights = tumor_mask.astype(np.float64)
+        if sigma > 0:
+            weights = ndimage.gaussian_filter(weights, sigma=sigma)
+        return weights
+
+    # -- call ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: torch.Tensor,
+        tumor_mask: torch.Tensor,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        blur_sigma: float | list[float] | None = None,
+        return_dict: bool = True,
+    ) -> TumorInpaintPipelineOutput | tuple:
+        r"""Synthesise a tumour in each crop.
+
+        Args:
+            image (`torch.Tensor` of shape `(B, 1, X, Y, Z)`): CT crops in HU, in MONAI's RAS working space
+                (1 mm voxels, 96³ for the released models).
+            tumor_mask (`torch.Tensor` of shape `(B, 1, X, Y, Z)`): where to put the tumour (bool or {0, 1}).
+            num_inference_steps (`int`, *optional*): sampler steps; defaults to the pipeline's
+                ``default_num_inference_steps`` (T = 4 for early-tumour models).
+            generator (`torch.Generator`, *optional*): controls every random draw (noise, blur radius).
+            latents (`torch.Tensor`, *optional*): initial noise ``(B, C, Z/f, X/f, Y/f)`` (model axis order).
+            blur_sigma (`float` or list, *optional*): σ in voxels of the blending blur per crop; drawn from U(0, 4)
+                (the original's range) when omitted.
+            return_dict (`bool`): return a :class:`TumorInpaintPipelineOutput` instead of a tuple.
+
+        Returns:
+            :class:`TumorInpaintPipelineOutput` (HU crops, decoded crops, blend weights, final latents).
+        """
+        num_inference_steps = num_inference_steps or self.config.default_num_inference_steps
+        self.check_inputs(image, tumor_mask, num_inference_steps)
+        device, dtype = self._execution_device, self.unet.dtype
+        batch = image.shape[0]
+        low, high = self.config.window
+
+        window_image = to_window(image.float(), low, high).permute(*_TO_MODEL_AXES).to(device, dtype)
+        model_mask = (tumor_mask > 0).permute(*_TO_MODEL_AXES).to(device, dtype)
+        condition = self.encode_condition(window_image, model_mask)
+
+        latent_shape = (batch, self.unet.config.sample_channels, *condition.shape[2:])
+        if latents is None:
+            latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
+        elif latents.shape != latent_shape:
+            raise DiffTumorInputError(f"latents must have shape {latent_shape}, got {tuple(latents.shape)}")
+        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        if int(timesteps.max()) >= self.scheduler.config.num_train_timesteps:
+            raise DiffTumorInputError(
+                f"{num_inference_steps} steps give timestep {int(timesteps.max())} outside the model's range",
+                "use fewer steps or make_scheduler(...) (trailing spacing)",
+            )
+        extra = step_kwargs(self.scheduler, generator)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for timestep in timesteps:
+                model_input = self.scheduler.scale_model_input(latents, timestep)
+                noise_pred = self.unet(model_input, timestep, condition).sample
+                latents = self.scheduler.step(noise_pred, timestep, latents, **extra).prev_sample
+                progress_bar.update()
+
+        decoded = self.vqmodel.decode(self.vqmodel.denormalize_latents(latents)).sample
+        decoded = decoded.permute(*_FROM_MODEL_AXES).float().cpu()
+
+        sigmas = self._blur_sigmas(blur_sigma, batch, generator)
+        masks = (tumor_mask > 0).cpu().numpy()
+        weights = np.stack([self.blend_weights(masks[i, 0], sigmas[i])[None] for i in range(batch)])
+        images = blend_into_hu(image.float().cpu(), decoded, torch.from_numpy(weights), low, high)
+
+        output = TumorInpaintPipelineOutput(
+            images=images, decoded=decoded, blend_weights=torch.from_numpy(weights).float(), latents=latents
+        )
+        self.maybe_free_model_hooks()
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _blur_sigmas(blur_sigma, batch: int, generator) -> list[float]:
+        if blur_sigma is None:
+            generators = generator if isinstance(generator, list) else [generator] * batch
+            return [float(torch.rand(1, generator=g, device=g.device if g else "cpu").item() * 4.0) for g in generators]
+        if isinstance(blur_sigma, (int, float)):
+            return [float(blur_sigma)] * batch
+        if len(blur_sigma) != batch:
+            raise DiffTumorInputError(f"blur_sigma has {len(blur_sigma)} values for {batch} crops")
+        return [float(s) for s in blur_sigma]
+
+
+def step_kwargs(scheduler: Any, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
+    """Keyword arguments for ``scheduler.step``: the generator where the sampler draws noise, η = 0 for DDIM."""
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "generator" in accepted:
+        kwargs["generator"] = generator
+    if "eta" in accepted:
+        kwargs["eta"] = 0.0
+    return kwargs
+
+
+def blend_into_hu(
+    image: torch.Tensor, decoded: torch.Tensor, weights: torch.Tensor, low: float, high: float
+) -> torch.Tensor:
+    """Blend decoded crops into HU crops: ``(1 − w)·image + w·decoded_HU`` where ``w > 0``, the input elsewhere.
+
+    The decoded crop (window scale [-1, 1]) is clamped to the window before mapping back to HU, as the original
+    clamps it; the input keeps its own HU even outside the window, so bone or air near a tumour keeps its value
+    wherever the weight is 0. Computed in float64 like the original's blend.
+    """
+    decoded_hu = from_window(decoded.double().clamp(-1, 1), low, high)
+    weights = weights.double()
+    blended = (1 - weights) * image.double() + weights * decoded_hu
+    return torch.where(weights > 0, blended, image.double()).to(image.dtype)

@@ -1,0 +1,153 @@
+"""Samplers that are safe for DiffTumor's ε-prediction latent models, looked up by name.
+
+Safe means: they run at DiffTumor's small ``T`` (4 for early tumours) without duplicate timesteps or index errors,
+and they interpret an ε (or x0/v) prediction on the DDPM noise schedule the models were trained with. PNDM (broken
+at small T and inaccurate), LCM (needs a consistency-distilled model) and flow-matching schedulers (a different
+forward process) are deliberately absent. Third-party packages can add samplers through the entry-point group
+``difftumor.schedulers`` (name -> a callable ``(config: dict) -> scheduler``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from diffusers import SchedulerMixin
+
+from ..errors import DiffTumorInputError
+from .cosine import difftumor_cosine_betas
+from .precise import (
+    PreciseDDIMScheduler,
+    PreciseDDPMScheduler,
+    PreciseDPMSolverMultistepScheduler,
+    PreciseEulerDiscreteScheduler,
+    PreciseHeunDiscreteScheduler,
+    PreciseUniPCMultistepScheduler,
+)
+
+# Below this many training steps the original's DDIM convention breaks (t = T at full steps, t = 1 as the only step,
+# a final ᾱ_0 far from 1); see _ddim.
+_ORIGINAL_DDIM_SPACING_MIN_T = 20
+
+_UNSAFE = {
+    "pndm": "PNDM's Runge-Kutta warm-up breaks at small T and is inaccurate for these models",
+    "lcm": "LCM needs a consistency-distilled model",
+    "flow": "flow-matching schedulers assume a different forward process than DDPM-trained models",
+    "flowmatch": "flow-matching schedulers assume a different forward process than DDPM-trained models",
+}
+
+_ALIASES = {
+    "dpmsolver++": "dpm++",
+    "dpm-solver++": "dpm++",
+    "dpmpp": "dpm++",
+    "uni_pc": "unipc",
+    "euler_discrete": "euler",
+}
+
+
+def _ddpm(common: dict[str, Any], train_steps: int) -> SchedulerMixin:
+    # The original clamps x̂0 to [-1, 1] in its ancestral loop.
+    return PreciseDDPMScheduler(
+        **common, clip_sample=True, clip_sample_range=1.0, variance_type="fixed_small", timestep_spacing="trailing"
+    )
+
+
+def _ddim(common: dict[str, Any], train_steps: int) -> SchedulerMixin:
+    # The original DDIM does not clip, visits arange(0, T, T // S) + 1 in reverse (diffusers' "leading" spacing with
+    # steps_offset=1) and ends on ᾱ_0 rather than 1, leaving noise of std √(1 − ᾱ_0) (0.016 at T = 200). At small T
+    # that convention breaks (ᾱ_0 = 0.85 at T = 4), so there the trajectory starts at T − 1 and ends on a clean x0.
+    if train_steps >= _ORIGINAL_DDIM_SPACING_MIN_T:
+        convention = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
+    else:
+        convention = {"timestep_spacing": "trailing", "steps_offset": 0, "set_alpha_to_one": True}
+    return PreciseDDIMScheduler(**common, clip_sample=False, **convention)
+
+
+def _dpm(common: dict[str, Any], train_steps: int) -> SchedulerMixin:
+    # Thresholding with sample_max_value=1 is a static clip of x̂0 to [-1, 1], as in the DDPM path.
+    return PreciseDPMSolverMultistepScheduler(
+        **common,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        thresholding=True,
+        sample_max_value=1.0,
+        timestep_spacing="trailing",
+    )
+
+
+def _unipc(common: dict[str, Any], train_steps: int) -> SchedulerMixin:
+    return PreciseUniPCMultistepScheduler(
+        **common, thresholding=True, sample_max_value=1.0, timestep_spacing="trailing"
+    )
+
+
+def _euler(common: dict[str, Any], train_steps: int) -> SchedulerMixin:
+    return PreciseEulerDiscreteScheduler(**common, timestep_spacing="trailing")
+
+
+def _heun(common: dict[str, Any], train_steps: int) -> SchedulerMixin:
+    return PreciseHeunDiscreteScheduler(**common, timestep_spacing="trailing")
+
+
+_BUILTIN: dict[str, Callable[[dict[str, Any], int], SchedulerMixin]] = {
+    "ddpm": _ddpm,
+    "ddim": _ddim,
+    "dpm++": _dpm,
+    "unipc": _unipc,
+    "euler": _euler,
+    "heun": _heun,
+}
+
+
+def _plugins() -> dict[str, Any]:
+    return {entry.name.lower(): entry for entry in entry_points(group="difftumor.schedulers")}
+
+
+def available_schedulers() -> list[str]:
+    """Names accepted by :func:`make_scheduler` (built-in and installed through entry points)."""
+    return sorted(set(_BUILTIN) | set(_plugins()))
+
+
+def make_scheduler(name: str, config: Mapping[str, Any] | int) -> SchedulerMixin:
+    """Create a sampler configured for a DiffTumor diffusion model.
+
+    Args:
+        name: one of :func:`available_schedulers` (``ddpm``, ``ddim``, ``dpm++``, ``unipc``, ``euler``, ``heun``).
+        config: the number of training steps ``T``, or a mapping with ``num_train_timesteps`` and optionally
+            ``prediction_type`` (default ``"epsilon"``) and ``trained_betas`` — for instance the ``config`` of the
+            pipeline's current scheduler. Without ``trained_betas``, DiffTumor's cosine schedule for ``T`` is used.
+
+    Returns:
+        A diffusers scheduler (ᾱ accumulated in float64) ready for ``set_timesteps``.
+
+    Raises:
+        DiffTumorInputError: for an unknown or unsafe name, or a config without ``num_train_timesteps``.
+    """
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    supported = ", ".join(available_schedulers())
+    if key in _UNSAFE:
+        raise DiffTumorInputError(
+            f"scheduler {name!r} is not safe for DiffTumor models: {_UNSAFE[key]}", f"choose one of {supported}"
+        )
+    if isinstance(config, int):
+        config = {"num_train_timesteps": config}
+    if "num_train_timesteps" not in config:
+        raise DiffTumorInputError(
+            "scheduler config lacks num_train_timesteps", "pass T or the pipeline's scheduler.config"
+        )
+    train_steps = int(config["num_train_timesteps"])
+    betas = config.get("trained_betas")
+    common = {
+        "num_train_timesteps": train_steps,
+        "trained_betas": [float(b) for b in betas]
+        if betas is not None
+        else difftumor_cosine_betas(train_steps).tolist(),
+        "prediction_type": config.get("prediction_type", "epsilon"),
+    }
+    if key in _BUILTIN:
+        return _BUILTIN[key](common, train_steps)
+    plugins = _plugins()
+    if key in plugins:
+        return plugins[key].load()(common)
+    raise DiffTumorInputError(f"unknown scheduler {name!r}", f"choose one of {supported}")

@@ -1,0 +1,66 @@
+"""Shared test set-up: offline Hub, deterministic threads, paths to ../shared fixtures and data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Before anything imports huggingface_hub: never touch the network (a missing file would retry for ~50 s).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DIFFTUMOR_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "original_difftumor"
+DATA = SHARED / "data"
+
+torch.set_num_threads(2)
+
+
+def pytest_configure(config):  # noqa: D103
+    config.addinivalue_line("markers", "slow: longer end-to-end tests (still part of CI)")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"parity fixtures not found at {FIXTURES} (set DIFFTUMOR_SHARED)")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"real CT data not found at {DATA} (set DIFFTUMOR_SHARED)")
+    return DATA
+
+
+def load_fixture(name: str):
+    return torch.load(FIXTURES / name, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def original_small(fixtures_dir):
+    """The fixtures' small VQ-GAN and Unet3D, converted, plus their configs and recorded outputs."""
+    import json
+
+    import yaml
+
+    from difftumor.conversion import unet_from_original, vqmodel_from_original
+
+    vq_config = yaml.safe_load((fixtures_dir / "config_vqgan_small.yaml").read_text())
+    unet_config = json.loads((fixtures_dir / "config_unet3d_small.json").read_text())
+    vq_state = load_fixture("vqgan_small_state_dict.pt")
+    unet_state = load_fixture("unet3d_small_state_dict.pt")
+    return {
+        "vq_config": vq_config,
+        "unet_kwargs": unet_config["Unet3D_kwargs"],
+        "vq_state": vq_state,
+        "unet_state": unet_state,
+        "vqmodel": vqmodel_from_original(vq_state, vq_config),
+        "unet": unet_from_original(unet_state, unet_config["Unet3D_kwargs"]),
+    }
