@@ -96,10 +96,12 @@ class ResnetBlock3D(nn.Module):
         self.conv2 = SamePadConv3d(channels, channels, 3, padding_mode=padding_mode)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # In-place activations and sum: at 96³ every avoided 100 MB allocation saves tens of milliseconds on CPU
+        # (autograd allows it: neither GroupNorm nor the convolutions save their outputs for backward).
         residual = hidden_states
-        hidden_states = self.conv1(F.silu(self.norm1(hidden_states)))
-        hidden_states = self.conv2(F.silu(self.norm2(hidden_states)))
-        return residual + hidden_states
+        hidden_states = self.conv1(F.silu(self.norm1(hidden_states), inplace=True))
+        hidden_states = self.conv2(F.silu(self.norm2(hidden_states), inplace=True))
+        return hidden_states.add_(residual)
 
 
 def _levels(factors: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -148,7 +150,7 @@ class Encoder3D(nn.Module):
         for block in self.down_blocks:
             hidden_states = call_block(self, block.downsample, hidden_states)
             hidden_states = call_block(self, block.resnet, hidden_states)
-        return F.silu(self.norm_out(hidden_states))
+        return F.silu(self.norm_out(hidden_states), inplace=True)
 
 
 class Decoder3D(nn.Module):
@@ -188,7 +190,7 @@ class Decoder3D(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        hidden_states = F.silu(self.norm_in(latents))
+        hidden_states = F.silu(self.norm_in(latents), inplace=True)
         for block in self.up_blocks:
             hidden_states = call_block(self, block.upsample, hidden_states)
             for resnet in block.resnets:

@@ -7,33 +7,40 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-# Rows per chunk of the nearest-code search: 2048 x 16384 fp32 distances is 128 MiB, a fraction of the 905 MiB a
-# whole 96³ crop would need (and of the 2.7 GB one-hot the original builds on top of it).
-DEFAULT_SEARCH_CHUNK = 2048
+# Rows per chunk of the nearest-code search. On CPU the search is memory-bound: 64 rows x 16384 codes is a 4 MiB
+# distance block that stays in cache (2x faster than 2048-row blocks); GPUs prefer big blocks. Either way it is a
+# fraction of the 905 MiB a whole 96³ crop would need, and of the 2.7 GB one-hot the original builds on top of it.
+CPU_SEARCH_CHUNK = 64
+GPU_SEARCH_CHUNK = 8192
 
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def nearest_code_indices(vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int = DEFAULT_SEARCH_CHUNK):
+def nearest_code_indices(vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int | None = None):
     """Index of the nearest codebook row for each row of ``vectors``.
 
     Args:
         vectors: ``(N, C)`` float tensor.
         codebook: ``(K, C)`` float tensor.
-        chunk_size: rows of ``vectors`` handled at once; memory is ``chunk_size × K`` floats.
+        chunk_size: rows of ``vectors`` handled at once (memory is ``chunk_size × K`` floats); by default 64 on CPU
+            and 8192 on GPU.
 
     Returns:
-        ``(N,)`` int64 tensor. Distances are ``‖z‖² − 2 z·eᵀ + ‖e‖²`` evaluated in that order, as the original does, so
-        that ties and rounding pick the same code (the first one on exact ties).
+        ``(N,)`` int64 tensor. Distances are ``(‖z‖² − 2 z·eᵀ) + ‖e‖²`` rounded in that order, as the original
+        computes them, so that ties and rounding pick the same code (the first one on exact ties).
     """
-    code_norms = codebook.t().pow(2).sum(dim=0, keepdim=True)
-    codebook_t = codebook.t()
+    if chunk_size is None:
+        chunk_size = CPU_SEARCH_CHUNK if vectors.device.type == "cpu" else GPU_SEARCH_CHUNK
+    codebook_t = codebook.t().contiguous()
+    code_norms = codebook_t.pow(2).sum(dim=0, keepdim=True)
     indices = torch.empty(vectors.shape[0], dtype=torch.long, device=vectors.device)
     for start in range(0, vectors.shape[0], chunk_size):
         chunk = vectors[start : start + chunk_size]
-        distances = chunk.pow(2).sum(dim=1, keepdim=True) - 2 * chunk @ codebook_t + code_norms
+        # In place: fl(−2m + a) equals the original's fl(a − 2m) (negation and doubling are exact).
+        distances = torch.mm(chunk, codebook_t).mul_(-2)
+        distances.add_(chunk.pow(2).sum(dim=1, keepdim=True)).add_(code_norms)
         indices[start : start + chunk_size] = distances.argmin(dim=1)
     return indices
 
@@ -53,7 +60,7 @@ class EMACodebook(nn.Module):
         decay: EMA decay of counts and sums.
         restart_threshold: codes whose EMA count falls below this are restarted.
         random_restart: turn the dead-code restart on or off.
-        search_chunk_size: rows per chunk of the nearest-code search (bounds memory at inference).
+        search_chunk_size: rows per chunk of the nearest-code search (``None``: chosen by device).
     """
 
     def __init__(
@@ -63,7 +70,7 @@ class EMACodebook(nn.Module):
         decay: float = 0.99,
         restart_threshold: float = 1.0,
         random_restart: bool = True,
-        search_chunk_size: int = DEFAULT_SEARCH_CHUNK,
+        search_chunk_size: int | None = None,
     ):
         super().__init__()
         self.num_codes = num_codes

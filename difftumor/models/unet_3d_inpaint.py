@@ -16,7 +16,7 @@ from .checkpointing import call_block
 from .loading import AlignedLoadingMixin
 from .unet_3d_blocks import (
     DepthAttention,
-    InPlaneConv3d,
+    InPlaneConv,
     InPlaneDownsample,
     InPlaneUpsample,
     PlaneAttention,
@@ -44,7 +44,7 @@ class UNet3DInpaintOutput(BaseOutput):
 class _UNetLevel(nn.Module):
     """Two resnets, in-plane linear attention, depth attention, then an optional in-plane resampling."""
 
-    def __init__(self, in_channels, out_channels, temb_channels, groups, heads, head_dim, rotary, resample):
+    def __init__(self, in_channels, out_channels, temb_channels, groups, heads, head_dim, resample):
         super().__init__()
         self.resnets = nn.ModuleList(
             [
@@ -53,14 +53,14 @@ class _UNetLevel(nn.Module):
             ]
         )
         self.plane_attention = PlaneLinearAttention(out_channels, heads, _SPATIAL_HEAD_DIM)
-        self.depth_attention = DepthAttention(out_channels, heads, head_dim, rotary)
+        self.depth_attention = DepthAttention(out_channels, heads, head_dim)
         self.resample = resample(out_channels) if resample is not None else None
 
-    def forward(self, hidden_states, temb, position_bias):
+    def forward(self, tokens, temb, position_bias, rotary):
         for resnet in self.resnets:
-            hidden_states = resnet(hidden_states, temb)
-        hidden_states = self.plane_attention(hidden_states)
-        return self.depth_attention(hidden_states, position_bias)
+            tokens = resnet(tokens, temb)
+        tokens = self.plane_attention(tokens)
+        return self.depth_attention(tokens, position_bias, rotary)
 
 
 class UNet3DInpaintModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
@@ -110,8 +110,8 @@ class UNet3DInpaintModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
 
         self.rotary = RotaryEmbedding(min(32, head_dim))
         self.position_bias = RelativePositionBias(heads, num_relative_position_buckets, relative_position_max_distance)
-        self.conv_in = InPlaneConv3d(sample_channels + condition_channels, base_channels, init_kernel_size)
-        self.depth_attention_in = DepthAttention(base_channels, heads, head_dim, self.rotary)
+        self.conv_in = InPlaneConv(sample_channels + condition_channels, base_channels, init_kernel_size)
+        self.depth_attention_in = DepthAttention(base_channels, heads, head_dim)
         self.time_proj = Timesteps(base_channels, flip_sin_to_cos=False, downscale_freq_shift=1)
         self.time_embedding = TimestepEmbedding(base_channels, temb_channels, act_fn="gelu")
 
@@ -126,7 +126,6 @@ class UNet3DInpaintModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
                     groups,
                     heads,
                     head_dim,
-                    self.rotary,
                     None if last else InPlaneDownsample,
                 )
             )
@@ -134,7 +133,7 @@ class UNet3DInpaintModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
         mid = widths[-1]
         self.mid_resnet_1 = ResnetBlockInPlane(mid, mid, temb_channels, groups)
         self.mid_plane_attention = PlaneAttention(mid, heads, _SPATIAL_HEAD_DIM)
-        self.mid_depth_attention = DepthAttention(mid, heads, head_dim, self.rotary)
+        self.mid_depth_attention = DepthAttention(mid, heads, head_dim)
         self.mid_resnet_2 = ResnetBlockInPlane(mid, mid, temb_channels, groups)
 
         self.up_blocks = nn.ModuleList()
@@ -148,13 +147,12 @@ class UNet3DInpaintModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
                     groups,
                     heads,
                     head_dim,
-                    self.rotary,
                     None if last else InPlaneUpsample,
                 )
             )
 
         self.resnet_out = ResnetBlockInPlane(base_channels * 2, base_channels, None, groups)
-        self.conv_out = nn.Conv3d(base_channels, out_channels, 1)
+        self.conv_out = nn.Linear(base_channels, out_channels)
         self.gradient_checkpointing = False
 
     def forward(
@@ -185,32 +183,34 @@ class UNet3DInpaintModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"H and W must be divisible by {2**downsamples}, got {height}×{width}")
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
 
-        position_bias = self.position_bias(depth, device=sample.device)
-        hidden_states = self.conv_in(torch.cat([sample, condition], dim=1))
-        first_features = hidden_states
-        hidden_states = self.depth_attention_in(hidden_states, position_bias)
+        position_bias = self.position_bias(depth, device=sample.device).to(sample.dtype)
+        rotary = self.rotary.tables(depth, sample.device, sample.dtype)
+        # Tokens (B, D, H, W, C) from here on; see unet_3d_blocks.
+        tokens = self.conv_in(torch.cat([sample, condition], dim=1).permute(0, 2, 3, 4, 1).contiguous())
+        first_features = tokens
+        tokens = self.depth_attention_in(tokens, position_bias, rotary)
         temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
 
         skips = []
         for block in self.down_blocks:
-            hidden_states = call_block(self, block, hidden_states, temb, position_bias)
-            skips.append(hidden_states)
+            tokens = call_block(self, block, tokens, temb, position_bias, rotary)
+            skips.append(tokens)
             if block.resample is not None:
-                hidden_states = block.resample(hidden_states)
+                tokens = block.resample(tokens)
 
-        hidden_states = self.mid_resnet_1(hidden_states, temb)
-        hidden_states = self.mid_plane_attention(hidden_states)
-        hidden_states = self.mid_depth_attention(hidden_states, position_bias)
-        hidden_states = self.mid_resnet_2(hidden_states, temb)
+        tokens = self.mid_resnet_1(tokens, temb)
+        tokens = self.mid_plane_attention(tokens)
+        tokens = self.mid_depth_attention(tokens, position_bias, rotary)
+        tokens = self.mid_resnet_2(tokens, temb)
 
         for block in self.up_blocks:
-            hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
-            hidden_states = call_block(self, block, hidden_states, temb, position_bias)
+            tokens = torch.cat([tokens, skips.pop()], dim=-1)
+            tokens = call_block(self, block, tokens, temb, position_bias, rotary)
             if block.resample is not None:
-                hidden_states = block.resample(hidden_states)
+                tokens = block.resample(tokens)
 
-        hidden_states = self.resnet_out(torch.cat([hidden_states, first_features], dim=1))
-        prediction = self.conv_out(hidden_states)
+        tokens = self.resnet_out(torch.cat([tokens, first_features], dim=-1))
+        prediction = self.conv_out(tokens).permute(0, 4, 1, 2, 3).contiguous()
         if not return_dict:
             return (prediction,)
         return UNet3DInpaintOutput(sample=prediction)

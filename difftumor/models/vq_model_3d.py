@@ -11,7 +11,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from .autoencoder_blocks_3d import Decoder3D, Encoder3D, SamePadConv3d
-from .ema_codebook import DEFAULT_SEARCH_CHUNK, EMACodebook
+from .ema_codebook import EMACodebook
 from .loading import AlignedLoadingMixin
 
 
@@ -107,9 +107,7 @@ class VQModel3D(AlignedLoadingMixin, ModelMixin, ConfigMixin):
         downsample = tuple(downsample)
         self.encoder = Encoder3D(in_channels, hidden_channels, downsample, norm_num_groups, norm_eps, padding_mode)
         self.quant_conv = SamePadConv3d(self.encoder.out_channels, latent_channels, 1, padding_mode=padding_mode)
-        self.quantizer = EMACodebook(
-            num_codes, latent_channels, codebook_decay, restart_threshold, random_restart, DEFAULT_SEARCH_CHUNK
-        )
+        self.quantizer = EMACodebook(num_codes, latent_channels, codebook_decay, restart_threshold, random_restart)
         self.post_quant_conv = SamePadConv3d(latent_channels, self.encoder.out_channels, 1, padding_mode=padding_mode)
         self.decoder = Decoder3D(in_channels, hidden_channels, downsample, norm_num_groups, norm_eps, padding_mode)
         # channels-last is 2-4x faster for these 3-D convolutions on CPU (oneDNN); it changes rounding only.

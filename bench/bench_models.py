@@ -1,0 +1,123 @@
+"""Benchmark the released-size models (random weights) on one 96³ crop, CPU, fp32.
+
+Prints one JSON line per measurement and a summary line. Times are medians of ``--repeats`` runs (after one warm-up)
+and are also given as a ratio to a same-process reference convolution,
+``F.conv3d(x[1,32,48,48,48], w[32,32,3,3,3], padding=1)``, so that machines of different speed compare.
+Peak RSS is measured in a fresh subprocess that runs one end-to-end early tumour and nothing else.
+
+    python bench/bench_models.py --threads 2 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def _median_seconds(function, repeats: int) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _released_pipeline(seed: int = 0):
+    from difftumor import TumorInpaintPipeline, UNet3DInpaintModel, VQModel3D
+    from difftumor.schedulers import make_scheduler
+
+    torch.manual_seed(seed)
+    vqmodel = VQModel3D().eval()  # released configuration: 16 hidden, [4, 4, 4], 8 × 16384 codebook
+    unet = UNet3DInpaintModel().eval()  # released configuration: 24 base, (1, 2, 4, 8), 17 -> 8 channels
+    return TumorInpaintPipeline(vqmodel, unet, make_scheduler("ddpm", 4))
+
+
+def _crop_and_mask(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    hu = torch.rand(1, 1, 96, 96, 96, generator=generator) * 300 - 50
+    mask = torch.zeros(1, 1, 96, 96, 96, dtype=torch.bool)
+    mask[0, 0, 40:52, 42:54, 44:54] = True
+    return hu, mask
+
+
+def end_to_end_once() -> None:
+    """One early tumour on a 96³ crop (the subprocess body of the peak-RSS measurement)."""
+    pipe = _released_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    hu, mask = _crop_and_mask()
+    pipe(hu, mask, generator=torch.Generator().manual_seed(0))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mib": round(peak_mib, 1)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peak-rss-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.peak_rss_only:
+        end_to_end_once()
+        return
+
+    reference_input, reference_weight = torch.randn(1, 32, 48, 48, 48), torch.randn(32, 32, 3, 3, 3)
+    pipe = _released_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    vqmodel, unet, scheduler = pipe.vqmodel, pipe.unet, pipe.scheduler
+    hu, mask = _crop_and_mask()
+    crop = (hu + 175) / 425 * 2 - 1
+    latents = torch.randn(1, 8, 24, 24, 24)
+    condition = torch.randn(1, 9, 24, 24, 24)
+
+    def four_step_loop():
+        sample = latents.clone()
+        scheduler.set_timesteps(4)
+        for t in scheduler.timesteps:
+            sample = scheduler.step(unet(sample, t, condition).sample, t, sample).prev_sample
+
+    measurements = {}
+    with torch.no_grad():
+        measurements["reference_conv3d"] = lambda: F.conv3d(reference_input, reference_weight, padding=1)
+        measurements["encode"] = lambda: vqmodel.encode(crop.permute(0, 1, 4, 2, 3))
+        measurements["unet_step"] = lambda: unet(latents, 3, condition)
+        measurements["four_step_loop"] = four_step_loop
+        measurements["quantized_decode"] = lambda: vqmodel.decode(latents)
+        measurements["early_tumor_end_to_end"] = lambda: pipe(hu, mask, generator=torch.Generator().manual_seed(0))
+        results = {name: _median_seconds(function, args.repeats) for name, function in measurements.items()}
+
+    reference = results["reference_conv3d"]
+    for name, seconds in results.items():
+        print(json.dumps({"name": name, "median_s": round(seconds, 4), "x_reference": round(seconds / reference, 1)}))
+
+    peak = subprocess.run(
+        [sys.executable, __file__, "--peak-rss-only", "--threads", str(args.threads)],
+        capture_output=True, text=True, check=True,
+    )
+    peak_rss = json.loads(peak.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    end_to_end = results["early_tumor_end_to_end"]
+    original_ratio = 332.0  # the original implementation measured the same way: 9.7 s = 332x the reference
+    print(json.dumps({
+        "summary": "early tumour, 96³, fp32",
+        "threads": args.threads,
+        "end_to_end_s": round(end_to_end, 3),
+        "x_reference": round(end_to_end / reference, 1),
+        "speedup_vs_original": round(original_ratio / (end_to_end / reference), 2),
+        "peak_rss_mib": peak_rss,
+        "torch": torch.__version__,
+    }))
+    print("command: python bench/bench_models.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
