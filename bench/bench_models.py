@@ -102,20 +102,26 @@ def main() -> None:
 
     peak = subprocess.run(
         [sys.executable, __file__, "--peak-rss-only", "--threads", str(args.threads)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     peak_rss = json.loads(peak.stdout.strip().splitlines()[-1])["peak_rss_mib"]
     end_to_end = results["early_tumor_end_to_end"]
     original_ratio = 332.0  # the original implementation measured the same way: 9.7 s = 332x the reference
-    print(json.dumps({
-        "summary": "early tumour, 96³, fp32",
-        "threads": args.threads,
-        "end_to_end_s": round(end_to_end, 3),
-        "x_reference": round(end_to_end / reference, 1),
-        "speedup_vs_original": round(original_ratio / (end_to_end / reference), 2),
-        "peak_rss_mib": peak_rss,
-        "torch": torch.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "summary": "early tumour, 96³, fp32",
+                "threads": args.threads,
+                "end_to_end_s": round(end_to_end, 3),
+                "x_reference": round(end_to_end / reference, 1),
+                "speedup_vs_original": round(original_ratio / (end_to_end / reference), 2),
+                "peak_rss_mib": peak_rss,
+                "torch": torch.__version__,
+            }
+        )
+    )
     print("command: python bench/bench_models.py " + " ".join(sys.argv[1:]))
 
 

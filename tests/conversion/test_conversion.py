@@ -79,7 +79,9 @@ def test_released_architecture_maps_every_key(tmp_path):
     }
     unet = unet_from_original(unet_state, kwargs)
     assert torch.equal(unet.conv_in.conv.weight, unet_state["init_conv.weight"][:, :, 0])
-    assert torch.equal(unet.up_blocks[0].resnets[0].conv_shortcut.weight, unet_state["ups.0.0.res_conv.weight"][..., 0, 0, 0])
+    assert torch.equal(
+        unet.up_blocks[0].resnets[0].conv_shortcut.weight, unet_state["ups.0.0.res_conv.weight"][..., 0, 0, 0]
+    )
 
 
 def test_converter_rejects_other_architectures(original_small):
