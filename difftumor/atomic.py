@@ -12,6 +12,12 @@ from pathlib import Path
 from .errors import DiffTumorInputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output_folder(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Validate an output folder before any work starts: not a file, and empty unless ``overwrite``."""
     path = Path(path)
@@ -34,6 +40,7 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     """
     path = check_output_folder(path, overwrite)
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent))
+    temporary.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
     try:
         yield temporary
     except BaseException:
@@ -57,6 +64,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.resolve().parent)
     os.close(handle)
     temporary_path = Path(temporary)
+    temporary_path.chmod(0o666 & ~_umask())
     try:
         yield temporary_path
     except BaseException:

@@ -1,0 +1,207 @@
+"""``difftumor synthesize``: paint tumours into healthy CTs, one case or a datalist split across processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import DiffTumorInputError
+from .app import app, console, err_console
+
+
+def _parse_center(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise DiffTumorInputError(
+            f"tumour centre {text!r} is not 'x,y,z'", "give world RAS millimetres, e.g. 12,-40,310"
+        )
+    return values
+
+
+def make_synthesizer(
+    name: str,
+    pipeline: str | None = None,
+    midlate_pipeline: str | None = None,
+    scheduler: str | None = None,
+    steps: int | None = None,
+    device: str = "cpu",
+):
+    """Build the synthesizer the CLI options describe (shared by ``synthesize`` and ``demo``)."""
+    from ..synthesis import get_synthesizer
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise DiffTumorInputError(f"unknown device {device!r}", "use --device cpu or --device cuda")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DiffTumorInputError("CUDA is not available on this machine", "use --device cpu")
+    if name == "diffusion":
+        if scheduler:
+            from ..schedulers import make_scheduler
+
+            make_scheduler(scheduler, 4)  # validates the name before the (slow) model load
+        if pipeline is None:
+            from ..assets import bundled_pipeline_path
+
+            pipeline = str(bundled_pipeline_path())
+            err_console.print(f"using the bundled demo pipeline ({pipeline}); pass --pipeline for your own model")
+        return get_synthesizer(
+            "diffusion",
+            pipeline=pipeline,
+            midlate_pipeline=midlate_pipeline,
+            scheduler=scheduler,
+            num_inference_steps=steps,
+            device=device,
+        )
+    if pipeline or midlate_pipeline or scheduler or steps:
+        err_console.print(f"note: --pipeline/--scheduler/--steps do not apply to the {name} synthesizer")
+    return get_synthesizer(name)
+
+
+@app.command()
+def synthesize(
+    ct: Annotated[Path | None, typer.Argument(help="Healthy CT: NIfTI file or DICOM series folder.")] = None,
+    organ_mask: Annotated[Path | None, typer.Option(help="Organ mask or multi-label map (any grid).")] = None,
+    organ: Annotated[str, typer.Option(help="liver, pancreas or kidney (placement rules).")] = "liver",
+    out: Annotated[Path | None, typer.Option(help="Output folder (with --datalist: one sub-folder per case).")] = None,
+    synthesizer: Annotated[str, typer.Option(help="diffusion, handcrafted, or an installed plugin.")] = "diffusion",
+    pipeline: Annotated[str | None, typer.Option(help="Pipeline folder or Hub repo id (diffusion).")] = None,
+    midlate_pipeline: Annotated[
+        str | None, typer.Option(help="Optional pipeline for medium/large tumours (the original's noearly model).")
+    ] = None,
+    size: Annotated[str, typer.Option(help="early, tiny, small, medium, large, or a diameter in mm.")] = "early",
+    count: Annotated[int, typer.Option(help="Exact number of tumours.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Sampler: ddpm, ddim, dpm++, unipc, euler, heun (diffusion).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the pipeline's).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    organ_label: Annotated[int | None, typer.Option(help="Label id of the organ in a multi-label mask.")] = None,
+    tumor_label: Annotated[
+        int | None, typer.Option(help="Label id for tumour voxels (default 2, or max label + 1).")
+    ] = None,
+    center: Annotated[
+        list[str] | None, typer.Option(help="Tumour centre 'x,y,z' in world RAS mm (repeat per tumour).")
+    ] = None,
+    datalist: Annotated[Path | None, typer.Option(help="JSON list of cases for batch mode.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+) -> None:
+    """Synthesise tumours into a healthy CT; writes ct.nii.gz, label.nii.gz, tumors.json and preview.png."""
+    from ..atomic import check_output_folder
+    from ..synthesis.cases import CaseRequest, synthesize_case
+
+    if out is None:
+        raise DiffTumorInputError("no output folder given", "pass --out DIR")
+    centers = [_parse_center(c) for c in center] if center else None
+    if datalist is not None:
+        if ct is not None:
+            raise DiffTumorInputError("give either a CT or --datalist, not both", "drop one of them")
+        _run_datalist(
+            datalist,
+            out,
+            synthesizer,
+            pipeline,
+            midlate_pipeline,
+            scheduler,
+            steps,
+            device,
+            size,
+            count,
+            seed,
+            organ,
+            organ_label,
+            tumor_label,
+            overwrite,
+        )
+        return
+    if ct is None or organ_mask is None:
+        raise DiffTumorInputError("a CT and --organ-mask are needed", "pass CT --organ-mask MASK (or --datalist)")
+    check_output_folder(out, overwrite)
+    request = CaseRequest(ct, organ_mask, organ, out, organ_label, size, count, seed, centers, tumor_label)
+    from ..synthesis.geometry import ORGANS, parse_size
+
+    if organ not in ORGANS:
+        raise DiffTumorInputError(f"unknown organ {organ!r}", f"choose one of {', '.join(ORGANS)}")
+    parse_size(size)
+    if count < 1:
+        raise DiffTumorInputError(f"tumour count must be at least 1, got {count}", "pass --count 1 or more")
+    engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device)
+    with _progress() as progress:
+        task = progress.add_task(f"{synthesizer} tumours", total=count)
+        data = synthesize_case(
+            request, engine, overwrite=overwrite, progress=lambda done, total: progress.update(task, completed=done)
+        )
+    sizes = ", ".join(f"{t['size_class']} {t['diameter_mm']:.1f} mm" for t in data["tumors"])
+    console.print(
+        f"wrote {out}: {len(data['tumors'])} tumour(s) ({sizes}); ct.nii.gz, label.nii.gz, tumors.json, preview.png"
+    )
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def _run_datalist(
+    datalist,
+    out,
+    synthesizer,
+    pipeline,
+    midlate_pipeline,
+    scheduler,
+    steps,
+    device,
+    size,
+    count,
+    seed,
+    organ,
+    organ_label,
+    tumor_label,
+    overwrite,
+) -> None:
+    """Batch mode: each Accelerate process takes every n-th case; finished cases are skipped on re-runs."""
+    from accelerate import PartialState
+
+    from ..synthesis.cases import CaseRequest, is_finished, read_datalist, synthesize_case
+
+    cases = read_datalist(datalist)
+    if out.exists() and not out.is_dir():
+        raise DiffTumorInputError(f"output path {out} is a file", "pass a folder for --out")
+    state = PartialState()
+    mine = cases[state.process_index :: state.num_processes]
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [case for case in mine if overwrite or not is_finished(out / case["id"])]
+    skipped = len(mine) - len(todo)
+    engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device) if todo else None
+    with _progress() as progress:
+        task = progress.add_task(f"cases (process {state.process_index + 1}/{state.num_processes})", total=len(todo))
+        for case in todo:
+            request = CaseRequest(
+                ct=Path(case["image"]),
+                organ_mask=Path(case["organ_mask"]),
+                organ=case.get("organ", organ),
+                out=out / case["id"],
+                organ_label=case.get("organ_label", organ_label),
+                size=str(case.get("size", size)),
+                count=int(case.get("count", count)),
+                seed=int(case.get("seed", seed)),
+                tumor_label=case.get("tumor_label", tumor_label),
+            )
+            synthesize_case(request, engine, overwrite=True)
+            progress.advance(task)
+    console.print(f"process {state.process_index}: {len(todo)} case(s) written to {out}, {skipped} already finished")

@@ -1,0 +1,165 @@
+"""Read and write CT volumes and label maps with their geometry (NIfTI via nibabel, DICOM series via MONAI).
+
+Arrays are kept in the file's own voxel order and dtype; ``affine`` maps voxel indices to world millimetres in
+the NIfTI/RAS+ convention (MONAI converts DICOM's LPS). Everything a user can get wrong about a file is reported
+as a :class:`DiffTumorInputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import DiffTumorInputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class Volume:
+    """A 3-D image on its own grid.
+
+    Attributes:
+        array: voxel values, shape ``(X, Y, Z)``: HU for CT (stored dtype kept when unscaled), integer labels for masks.
+        affine: ``(4, 4)`` float64 voxel-index -> world (RAS+, mm) matrix.
+        path: where it was read from.
+        header: the NIfTI header (so outputs can be written like the input), or ``None`` for DICOM.
+        source_format: ``"nifti"`` or ``"dicom"``.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path
+    header: nib.Nifti1Header | None = None
+    source_format: str = "nifti"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size along each array axis in mm."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_nifti(path: Path, what: str) -> Volume:
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # noqa: BLE001 — nibabel raises several types for non-images
+        raise DiffTumorInputError(
+            f"{what} {path} is not a readable NIfTI image ({_short(error)})",
+            "pass a .nii/.nii.gz file or a DICOM series folder",
+        ) from None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DiffTumorInputError(f"{what} {path} is not a NIfTI image", "convert it to NIfTI or pass a DICOM folder")
+    try:
+        array = np.asanyarray(image.dataobj)
+    except (EOFError, OSError, zlib.error, ValueError) as error:
+        raise DiffTumorInputError(
+            f"{what} {path} cannot be read to the end ({_short(error)})",
+            "the file is truncated or corrupt; re-export it",
+        ) from None
+    return Volume(np.asarray(array), image.affine.astype(np.float64), path, image.header.copy(), "nifti")
+
+
+def _read_dicom_series(path: Path, what: str) -> Volume:
+    from monai.transforms import LoadImage
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MONAI warns that GPU DICOM decoders are absent
+            data = LoadImage(reader="PydicomReader", image_only=True, dtype=None)(str(path))
+    except Exception as error:  # noqa: BLE001
+        raise DiffTumorInputError(
+            f"{what} {path} is not a readable DICOM series ({_short(error)})",
+            "pass a folder holding one DICOM series, or a NIfTI file",
+        ) from None
+    array = np.asarray(data)
+    if np.all(np.mod(array, 1) == 0) and np.abs(array).max(initial=0) < 32768:
+        array = array.astype(np.int16)
+    return Volume(array, np.asarray(data.affine, dtype=np.float64), path, None, "dicom")
+
+
+def _short(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:150]
+
+
+def load_volume(path: str | os.PathLike, what: str = "image") -> Volume:
+    """Load a NIfTI file or a DICOM series (a folder, or one file of the series) as a 3-D :class:`Volume`.
+
+    Args:
+        path: file or folder.
+        what: how to name it in error messages (``"CT"``, ``"organ mask"``...).
+
+    Raises:
+        DiffTumorInputError: missing/unreadable/truncated/non-image files, 2-D images, non-finite values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DiffTumorInputError(f"{what} {path} does not exist", "check the path")
+    if not os.access(path, os.R_OK):
+        raise DiffTumorInputError(f"{what} {path} is not readable", "check its permissions")
+    if path.is_dir():
+        volume = _read_dicom_series(path, what)
+    elif path.name.lower().endswith(NIFTI_SUFFIXES):
+        volume = _read_nifti(path, what)
+    elif _looks_like_dicom(path):
+        volume = _read_dicom_series(path.parent, what)
+    else:
+        volume = _read_nifti(path, what)
+
+    array = volume.array
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3 or min(array.shape) < 2:
+        raise DiffTumorInputError(
+            f"{what} {path} has shape {tuple(volume.array.shape)}, not a 3-D volume",
+            "pass a 3-D CT volume (a single 2-D slice cannot be used)",
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DiffTumorInputError(
+            f"{what} {path} contains NaN or infinite values", "fill them (e.g. with -1024 HU) before synthesis"
+        )
+    if not np.isfinite(volume.affine).all() or abs(np.linalg.det(volume.affine[:3, :3])) < 1e-9:
+        raise DiffTumorInputError(f"{what} {path} has an invalid (singular) affine", "fix the image header")
+    volume.array = array
+    return volume
+
+
+def save_volume(array: np.ndarray, reference: Volume, path: str | os.PathLike) -> None:
+    """Write ``array`` as NIfTI with ``reference``'s affine (and header, for NIfTI inputs) at ``path``.
+
+    The stored dtype is ``array``'s; scaling is reset to identity so stored values are the given values.
+    """
+    if reference.header is not None:
+        header = reference.header.copy()
+        header.set_data_dtype(array.dtype)
+        header.set_slope_inter(1.0, 0.0)
+        image = nib.Nifti1Image(array, reference.affine, header=header)
+        qform, qcode = reference.header.get_qform(coded=True)
+        sform, scode = reference.header.get_sform(coded=True)
+        image.set_qform(qform if qcode else reference.affine, int(qcode or 1))
+        image.set_sform(sform if scode else reference.affine, int(scode or 1))
+    else:
+        image = nib.Nifti1Image(array, reference.affine)
+        image.set_qform(reference.affine, 1)
+        image.set_sform(reference.affine, 1)
+    nib.save(image, str(path))

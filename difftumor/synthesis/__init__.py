@@ -1,0 +1,30 @@
+"""Tumour synthesis: geometry, synthesizer plugins and whole-CT synthesis."""
+
+from .engine import SynthesisResult, SynthesizedTumor, synthesize_tumors
+from .geometry import SIZE_CLASSES, TumorSpec, parse_size, place_tumor
+from .synthesizers import (
+    CropBatch,
+    DiffusionSynthesizer,
+    HandcraftedSynthesizer,
+    SynthesisOutput,
+    TumorSynthesizer,
+    available_synthesizers,
+    get_synthesizer,
+)
+
+__all__ = [
+    "SIZE_CLASSES",
+    "CropBatch",
+    "DiffusionSynthesizer",
+    "HandcraftedSynthesizer",
+    "SynthesisOutput",
+    "SynthesisResult",
+    "SynthesizedTumor",
+    "TumorSpec",
+    "TumorSynthesizer",
+    "available_synthesizers",
+    "get_synthesizer",
+    "parse_size",
+    "place_tumor",
+    "synthesize_tumors",
+]

@@ -1,0 +1,345 @@
+"""Synthesise tumours into a whole CT: choose tumours in the organ, paint them crop by crop, map the change back.
+
+Data flow (``docs/DESIGN.md``): the organ is resampled onto a 1 mm RAS working grid (only its bounding box), the
+tumours are placed there, each tumour gets a crop of the working grid sampled from the input CT, the synthesizer
+paints the crops in batches, and the difference each crop received is sampled back onto the input grid. Voxels
+whose difference is zero keep their stored values bit for bit; the output has the input's grid, affine and dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..data.volumes import Volume
+from ..errors import DiffTumorInputError
+from .geometry import (
+    ORGANS,
+    PlacedTumor,
+    TumorSpec,
+    equivalent_diameter_mm,
+    parse_size,
+    place_tumor,
+    size_class_of_diameter,
+)
+from .synthesizers import CropBatch, TumorSynthesizer
+from .working_space import Box, WorkingGrid, native_spacing_along_world, sample, sample_into_source, voxel_world_points
+
+logger = logging.getLogger(__name__)
+
+#: Crop edge of the released models; larger tumours get larger crops (multiples of 32).
+BASE_CROP = 96
+# Context kept around a tumour inside its crop: blending reaches 4σ = 16 mm, the models like to see the organ.
+_CROP_CONTEXT = 40
+_ORGAN_MARGIN_MM = 48.0
+
+
+@dataclass
+class SynthesizedTumor:
+    """One synthesised tumour, as recorded in ``tumors.json``."""
+
+    index: int
+    center_mm: list[float]
+    diameter_mm: float
+    volume_mm3: float
+    size_class: str
+    synthesizer: str
+    seed: int
+    exophytic: bool
+    parameters: dict[str, Any] = field(default_factory=dict)
+    # For previews: the painted working-space crop (HU), its tumour mask and where the tumour centre is in it.
+    crop: np.ndarray | None = field(default=None, repr=False)
+    crop_mask: np.ndarray | None = field(default=None, repr=False)
+    crop_center: tuple[int, int, int] | None = None
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "center_mm": [round(v, 2) for v in self.center_mm],
+            "diameter_mm": round(self.diameter_mm, 2),
+            "volume_mm3": round(self.volume_mm3, 1),
+            "size_class": self.size_class,
+            "synthesizer": self.synthesizer,
+            "seed": self.seed,
+            "exophytic": self.exophytic,
+            **self.parameters,
+        }
+
+
+@dataclass
+class SynthesisResult:
+    """The synthesised CT and labels on the input grid, and what was done."""
+
+    ct: np.ndarray
+    labels: np.ndarray
+    tumor_label: int
+    tumors: list[SynthesizedTumor]
+    changed_voxels: int
+
+
+@dataclass
+class _Canvas:
+    """Everything the painting of one batch reads or updates."""
+
+    ct: Volume
+    grid: WorkingGrid
+    organ_box: Box
+    organ_on_ct: np.ndarray
+    new_ct: np.ndarray
+    new_labels: np.ndarray
+    tumor_label: int
+    minimum_hu: float
+
+
+def organ_mask_on_ct_grid(mask: Volume, ct: Volume, organ_label: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Label map on the CT grid (resampled by affine if it is stored on another grid), the boolean organ mask, and
+    the organ label used."""
+    labels = mask.array
+    if labels.dtype.kind == "f":
+        if not np.all(np.mod(labels, 1) == 0):
+            raise DiffTumorInputError(f"organ mask {mask.path} has non-integer values", "pass a label map")
+        labels = labels.astype(np.int32)
+    same_grid = labels.shape == ct.shape and np.allclose(mask.affine, ct.affine, atol=1e-3)
+    if not same_grid:
+        labels = sample(labels, mask.affine, ct.affine, ct.shape, order=0, cval=0).astype(labels.dtype)
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    if not present:
+        where = "" if same_grid else " where it overlaps the CT"
+        raise DiffTumorInputError(
+            f"organ mask {mask.path} is empty{where}",
+            "pass the mask that belongs to this CT (same patient, same space)",
+        )
+    if organ_label is None:
+        if len(present) > 1:
+            raise DiffTumorInputError(
+                f"organ mask {mask.path} has several labels ({', '.join(map(str, present[:8]))}"
+                f"{' ...' if len(present) > 8 else ''})",
+                "say which one is the organ with --organ-label N",
+            )
+        organ_label = present[0]
+    elif organ_label not in present:
+        raise DiffTumorInputError(
+            f"organ mask {mask.path} has no voxels with label {organ_label}",
+            f"labels present: {', '.join(map(str, present[:12]))}",
+        )
+    return labels, labels == organ_label, organ_label
+
+
+def _crop_size(tumor: PlacedTumor) -> int:
+    points = np.argwhere(tumor.mask)
+    extent = int((points.max(0) - points.min(0) + 1).max())
+    needed = extent + _CROP_CONTEXT
+    return BASE_CROP if needed <= BASE_CROP else int(math.ceil(needed / 32) * 32)
+
+
+def _waves(neighbourhoods: list[np.ndarray]) -> list[list[int]]:
+    """Group tumours so that no two in a group have overlapping blending neighbourhoods (greedy colouring)."""
+    waves: list[list[int]] = []
+    union: list[np.ndarray] = []
+    for index, region in enumerate(neighbourhoods):
+        for wave, occupied in zip(waves, union):
+            if not (occupied & region).any():
+                wave.append(index)
+                occupied |= region
+                break
+        else:
+            waves.append([index])
+            union.append(region.copy())
+    return waves
+
+
+def _antialias(delta: np.ndarray, ct_affine: np.ndarray) -> np.ndarray:
+    """Smooth a 1 mm change before sampling it onto a coarser grid (σ ≈ 0.4 × the extra voxel size)."""
+    sigma = 0.4 * np.maximum(native_spacing_along_world(ct_affine) - 1.0, 0.0)
+    return ndimage.gaussian_filter(delta, sigma) if sigma.any() else delta
+
+
+def synthesize_tumors(
+    ct: Volume,
+    organ_mask: Volume,
+    organ: str,
+    synthesizer: TumorSynthesizer,
+    size: str | float = "early",
+    count: int = 1,
+    seed: int = 0,
+    organ_label: int | None = None,
+    centers_mm: Sequence[Sequence[float]] | None = None,
+    tumor_label: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SynthesisResult:
+    """Paint ``count`` tumours into ``ct`` inside the organ of ``organ_mask``.
+
+    Args:
+        ct: the CT (any grid, orientation and dtype).
+        organ_mask: binary or multi-label organ map, on the CT grid or any grid covering the same space.
+        organ: ``liver``, ``pancreas`` or ``kidney`` (placement rules).
+        synthesizer: how to paint them (:func:`difftumor.synthesis.get_synthesizer`).
+        size: ``early`` (tiny or small), ``tiny``, ``small``, ``medium``, ``large`` or a diameter in mm.
+        count: exact number of tumours.
+        seed: every random draw derives from it.
+        organ_label: the organ's label id in a multi-label mask.
+        centers_mm: optional world (RAS, mm) centres, one per tumour.
+        tumor_label: label id given to tumour voxels (default 2 for a binary mask, else max label + 1).
+        progress: called with ``(done, total)`` tumours.
+
+    Returns:
+        :class:`SynthesisResult` on the CT's grid.
+    """
+    if organ not in ORGANS:
+        raise DiffTumorInputError(f"unknown organ {organ!r}", f"choose one of {', '.join(ORGANS)}")
+    if count < 1:
+        raise DiffTumorInputError(f"tumour count must be at least 1, got {count}", "pass --count 1 or more")
+    if centers_mm is not None and len(centers_mm) != count:
+        raise DiffTumorInputError(f"{len(centers_mm)} centres given for {count} tumours", "give one centre per tumour")
+    parsed = parse_size(size) if isinstance(size, str) else float(size)
+    spec_class = parsed if isinstance(parsed, str) else "custom"
+
+    labels, organ_on_ct, organ_label = organ_mask_on_ct_grid(organ_mask, ct, organ_label)
+    if tumor_label is None:
+        tumor_label = 2 if int(labels.max()) == 1 else int(labels.max()) + 1
+    if organ_on_ct.sum() * abs(np.linalg.det(ct.affine[:3, :3])) < 1000:
+        raise DiffTumorInputError(
+            f"the {organ} in {organ_mask.path} is smaller than 1 cm³",
+            "check the mask; tumours need an organ to hold them",
+        )
+
+    grid = WorkingGrid(ct.affine, ct.shape)
+    organ_points = voxel_world_points(ct.affine, np.argwhere(organ_on_ct).astype(np.float64))
+    organ_box = grid.box_around(organ_points, margin=_ORGAN_MARGIN_MM)
+    organ_work = sample(organ_on_ct.astype(np.uint8), ct.affine, grid.box_affine(organ_box), organ_box.shape, order=0)
+    organ_work = organ_work.astype(bool)
+
+    seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint32).tolist()
+    placed: list[PlacedTumor] = []
+    occupied = np.zeros(organ_box.shape, dtype=bool)
+    for index in range(count):
+        rng = np.random.default_rng([seeds[index], 0])
+        center = None
+        if centers_mm is not None:
+            center = tuple(int(v) for v in grid.to_index(np.asarray(centers_mm[index])) - np.asarray(organ_box.start))
+            if any(c < 0 or c >= n for c, n in zip(center, organ_box.shape)) or not organ_work[center]:
+                raise DiffTumorInputError(
+                    f"tumour centre {list(centers_mm[index])} mm is not inside the {organ}",
+                    "give centres in world (RAS) millimetres inside the organ",
+                )
+        spec = TumorSpec(spec_class, None if isinstance(parsed, str) else parsed, center)
+        tumor = place_tumor(organ_work, organ, spec, rng, occupied=occupied)
+        if spec_class == "custom":
+            tumor.size_class = size_class_of_diameter(float(parsed))
+        occupied |= tumor.mask
+        placed.append(tumor)
+
+    neighbourhoods = [ndimage.binary_dilation(t.mask, iterations=18) for t in placed]
+    canvas = _Canvas(
+        ct, grid, organ_box, organ_on_ct, ct.array.copy(), labels.copy(), tumor_label, float(ct.array.min())
+    )
+    records: list[SynthesizedTumor | None] = [None] * count
+    done = 0
+    for wave in _waves(neighbourhoods):
+        by_size: dict[int, list[int]] = {}
+        for index in wave:
+            by_size.setdefault(_crop_size(placed[index]), []).append(index)
+        for crop_size, members in by_size.items():
+            for start in range(0, len(members), synthesizer.max_batch_size):
+                chunk = members[start : start + synthesizer.max_batch_size]
+                for index, record in zip(chunk, _paint(canvas, chunk, crop_size, placed, seeds, organ, synthesizer)):
+                    records[index] = record
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, count)
+    new_ct, new_labels = canvas.new_ct, canvas.new_labels
+    changed = int((new_ct != ct.array).sum())
+    return SynthesisResult(new_ct, new_labels, tumor_label, [r for r in records if r is not None], changed)
+
+
+def _paint(
+    canvas: _Canvas,
+    members: list[int],
+    crop_size: int,
+    placed: list[PlacedTumor],
+    seeds: list[int],
+    organ: str,
+    synthesizer: TumorSynthesizer,
+) -> list[SynthesizedTumor]:
+    """Paint the tumours ``members`` (same crop size) in one synthesizer call and write them onto the canvas."""
+    ct, grid, organ_box = canvas.ct, canvas.grid, canvas.organ_box
+    boxes, images, tumor_masks, organ_masks = [], [], [], []
+    for index in members:
+        points = np.argwhere(placed[index].mask)
+        center = tuple(int(v) for v in (points.min(0) + points.max(0) + 1) // 2 + np.asarray(organ_box.start))
+        box = grid.crop_box(center, crop_size)
+        affine = grid.box_affine(box)
+        tumor_crop = np.zeros(box.shape, dtype=bool)
+        overlap = box.slices_within(organ_box)
+        if overlap is not None:
+            tumor_crop[overlap[0]] = placed[index].mask[overlap[1]]
+        organ_crop = sample(canvas.organ_on_ct.astype(np.uint8), ct.affine, affine, box.shape, order=0).astype(bool)
+        boxes.append(box)
+        images.append(sample(canvas.new_ct, ct.affine, affine, box.shape, order=1, cval=canvas.minimum_hu))
+        tumor_masks.append(tumor_crop)
+        organ_masks.append(organ_crop | tumor_crop)
+    batch = CropBatch(
+        images=torch.from_numpy(np.stack(images)[:, None].astype(np.float32)),
+        tumor_masks=torch.from_numpy(np.stack(tumor_masks)[:, None]),
+        organ_masks=torch.from_numpy(np.stack(organ_masks)[:, None]),
+        organ=organ,
+        size_classes=[placed[i].size_class for i in members],
+        seeds=[int(seeds[i]) for i in members],
+    )
+    output = synthesizer.synthesize(batch)
+    painted = output.images.detach().cpu().numpy()[:, 0].astype(np.float32)
+    records = []
+    for position, index in enumerate(members):
+        box = boxes[position]
+        affine = grid.box_affine(box)
+        delta = painted[position] - batch.images[position, 0].numpy()
+        _apply_change(canvas, _antialias(delta, ct.affine), affine)
+        label_result = sample_into_source(tumor_masks[position].astype(np.float32), affine, ct.shape, ct.affine)
+        if label_result is not None:
+            window, fraction = label_result
+            canvas.new_labels[window][fraction >= 0.5] = canvas.tumor_label
+        tumor = placed[index]
+        voxels = int(tumor.mask.sum())
+        center_working = np.argwhere(tumor.mask).mean(0) + np.asarray(organ_box.start)
+        records.append(
+            SynthesizedTumor(
+                index=index,
+                center_mm=[float(v) for v in grid.to_world(center_working)],
+                diameter_mm=equivalent_diameter_mm(voxels),
+                volume_mm3=float(voxels),
+                size_class=tumor.size_class,
+                synthesizer=synthesizer.name,
+                seed=int(seeds[index]),
+                exophytic=tumor.exophytic,
+                parameters=output.parameters[position] if position < len(output.parameters) else {},
+                crop=painted[position],
+                crop_mask=tumor_masks[position],
+                crop_center=tuple(int(round(v)) for v in center_working - np.asarray(box.start)),
+            )
+        )
+    return records
+
+
+def _apply_change(canvas: _Canvas, delta: np.ndarray, delta_affine: np.ndarray) -> None:
+    """Add a working-grid change to the CT on its own grid, touching only voxels where the change is non-zero."""
+    result = sample_into_source(delta, delta_affine, canvas.ct.shape, canvas.ct.affine, order=1)
+    if result is None:
+        return
+    window, change = result
+    touched = change != 0
+    region = canvas.new_ct[window]
+    values = region[touched].astype(np.float64) + change[touched]
+    if np.issubdtype(region.dtype, np.integer):
+        limits = np.iinfo(region.dtype)
+        values = np.clip(np.rint(values), limits.min, limits.max)
+    region[touched] = values.astype(region.dtype)
+
+
+__all__ = ["Box", "SynthesisResult", "SynthesizedTumor", "organ_mask_on_ct_grid", "synthesize_tumors"]
