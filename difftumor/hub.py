@@ -49,3 +49,123 @@ def resolve_pipeline_folder(
         ) from None
     except HfHubHTTPError as error:
         raise DiffTumorInputError(f"downloading {name} from the Hub failed ({error})", "try again later") from None
+
+
+def model_card(folder: str | os.PathLike, repo_id: str) -> str:
+    """A model card for a pipeline folder: what it is, what it was trained on, T, intended use and licence.
+
+    Reads ``model_index.json`` and the scheduler config, plus ``training.json`` (written by the trainers) or
+    ``CONVERSION.md`` (written by ``difftumor convert``) when present.
+    """
+    import json
+
+    folder = Path(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    vq = json.loads((folder / "vqmodel" / "config.json").read_text())
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+    conversion = (folder / "CONVERSION.md").read_text() if (folder / "CONVERSION.md").exists() else ""
+    license_id = training.get("license") or ("other" if conversion else "apache-2.0")
+    organ = index.get("organ") or training.get("organ") or "unspecified organ"
+    stage = index.get("tumor_stage") or "unspecified"
+    trained_on = training.get("data_description") or (
+        "converted from the authors' released DiffTumor checkpoint (see CONVERSION.md)"
+        if conversion
+        else "not recorded"
+    )
+    lines = [
+        "---",
+        f"license: {license_id}",
+        "library_name: difftumor",
+        "tags:",
+        "- medical-imaging",
+        "- computed-tomography",
+        "- tumor-synthesis",
+        "- diffusers",
+        "- difftumor",
+        "---",
+        "",
+        f"# {repo_id}",
+        "",
+        f"A DiffTumor tumour-inpainting pipeline (`TumorInpaintPipeline`) for **{stage}** {organ} tumours in CT.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| organ | {organ} |",
+        f"| tumour stage | {stage} |",
+        f"| diffusion steps (T) | {scheduler.get('num_train_timesteps')} |",
+        f"| default sampler | {scheduler.get('_class_name')}, {index.get('default_num_inference_steps')} steps |",
+        f"| autoencoder | VQModel3D, {vq.get('hidden_channels')} hidden, downsample {vq.get('downsample')}, "
+        f"{vq.get('num_codes')} codes × {vq.get('latent_channels')} |",
+        f"| denoiser | UNet3DInpaintModel, base {unet.get('base_channels')}, multipliers "
+        f"{unet.get('channel_multipliers')} |",
+        f"| HU window | {index.get('window')} |",
+        f"| trained on | {trained_on} |",
+    ]
+    for key in ("steps", "command", "quality"):
+        if key in training:
+            lines.append(f"| {key} | {training[key]} |")
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        "Research: generating synthetic tumours to train and evaluate tumour segmentation models. Not a medical "
+        "device; synthetic images must not be used for diagnosis.",
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "from difftumor import TumorInpaintPipeline",
+        f'pipe = TumorInpaintPipeline.from_pretrained("{repo_id}")',
+        "```",
+        "",
+        "or `difftumor synthesize CT --organ-mask MASK --organ liver --pipeline " + repo_id + " --out DIR`.",
+        "",
+    ]
+    if conversion:
+        lines += ["## Provenance", "", conversion.replace("# Converted DiffTumor checkpoint", "").strip(), ""]
+    return "\n".join(lines)
+
+
+def push_pipeline_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload TumorInpaintPipeline",
+) -> str:
+    """Upload a pipeline folder to the Hub with a generated model card (``README.md`` unless the folder has one).
+
+    Returns:
+        The URL of the commit.
+    """
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / "model_index.json").exists():
+        raise DiffTumorInputError(
+            f"{folder} is not a pipeline folder (no model_index.json)",
+            "pass a folder written by save_pretrained, `difftumor convert` or the trainers",
+        )
+    if repo_id.count("/") != 1:
+        raise DiffTumorInputError(f"repo id {repo_id!r} is not 'owner/name'", "e.g. my-lab/difftumor-liver-early")
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as card_dir:
+        readme = folder / "README.md"
+        if not readme.exists():
+            readme = Path(card_dir) / "README.md"
+            readme.write_text(model_card(folder, repo_id))
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_file(
+            path_or_fileobj=str(readme), path_in_repo="README.md", repo_id=repo_id, commit_message="Add model card"
+        )
+        commit = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            commit_message=commit_message,
+            ignore_patterns=["*.partial*", ".*"],
+        )
+    return str(getattr(commit, "commit_url", commit))

@@ -133,15 +133,35 @@ def synthesize(
     if count < 1:
         raise DiffTumorInputError(f"tumour count must be at least 1, got {count}", "pass --count 1 or more")
     engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device)
-    with _progress() as progress:
-        task = progress.add_task(f"{synthesizer} tumours", total=count)
-        data = synthesize_case(
-            request, engine, overwrite=overwrite, progress=lambda done, total: progress.update(task, completed=done)
-        )
+    with _LazyProgress(f"{synthesizer} tumours") as progress:
+        data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update)
     sizes = ", ".join(f"{t['size_class']} {t['diameter_mm']:.1f} mm" for t in data["tumors"])
     console.print(
         f"wrote {out}: {len(data['tumors'])} tumour(s) ({sizes}); ct.nii.gz, label.nii.gz, tumors.json, preview.png"
     )
+
+
+class _LazyProgress:
+    """A progress bar that appears on the first update, i.e. only once the inputs have passed every check."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self._progress = None
+        self._task = None
+
+    def update(self, done: int, total: int) -> None:
+        if self._progress is None:
+            self._progress = _progress()
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=total)
+        self._progress.update(self._task, completed=done)
+
+    def __enter__(self) -> _LazyProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
 
 def _progress():
@@ -182,7 +202,11 @@ def _run_datalist(
     cases = read_datalist(datalist)
     if out.exists() and not out.is_dir():
         raise DiffTumorInputError(f"output path {out} is a file", "pass a folder for --out")
-    state = PartialState()
+    # cpu=True is what makes `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ...` give several CPU processes;
+    # with --device cuda each process takes its own GPU.
+    state = PartialState(cpu=device == "cpu")
+    if device.startswith("cuda") and state.num_processes > 1:
+        device = str(state.device)
     mine = cases[state.process_index :: state.num_processes]
     out.mkdir(parents=True, exist_ok=True)
     todo = [case for case in mine if overwrite or not is_finished(out / case["id"])]

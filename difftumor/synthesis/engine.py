@@ -199,7 +199,7 @@ def synthesize_tumors(
     if centers_mm is not None and len(centers_mm) != count:
         raise DiffTumorInputError(f"{len(centers_mm)} centres given for {count} tumours", "give one centre per tumour")
     parsed = parse_size(size) if isinstance(size, str) else float(size)
-    spec_class = parsed if isinstance(parsed, str) else "custom"
+    spec_class = parsed if isinstance(parsed, str) else size_class_of_diameter(parsed)
 
     labels, organ_on_ct, organ_label = organ_mask_on_ct_grid(organ_mask, ct, organ_label)
     if tumor_label is None:
@@ -231,8 +231,6 @@ def synthesize_tumors(
                 )
         spec = TumorSpec(spec_class, None if isinstance(parsed, str) else parsed, center)
         tumor = place_tumor(organ_work, organ, spec, rng, occupied=occupied)
-        if spec_class == "custom":
-            tumor.size_class = size_class_of_diameter(float(parsed))
         occupied |= tumor.mask
         placed.append(tumor)
 
@@ -242,6 +240,8 @@ def synthesize_tumors(
     )
     records: list[SynthesizedTumor | None] = [None] * count
     done = 0
+    if progress is not None:
+        progress(0, count)  # every input check has passed: painting starts
     for wave in _waves(neighbourhoods):
         by_size: dict[int, list[int]] = {}
         for index in wave:

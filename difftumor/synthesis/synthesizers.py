@@ -132,6 +132,9 @@ class DiffusionSynthesizer(TumorSynthesizer):
                     f"pipeline folder {folder} has no model_index.json",
                     "pass a folder written by TumorInpaintPipeline.save_pretrained or `difftumor convert`",
                 )
+            from diffusers.utils import logging as diffusers_logging
+
+            diffusers_logging.disable_progress_bar()  # a one-line error must stay one line
             try:
                 pipeline = TumorInpaintPipeline.from_pretrained(str(pipeline))
             except DiffTumorInputError:
@@ -141,6 +144,8 @@ class DiffusionSynthesizer(TumorSynthesizer):
                     f"cannot load the pipeline {source} ({str(error).strip().splitlines()[0][:150]})",
                     "the folder may be incomplete or corrupt; re-download or re-convert it",
                 ) from None
+            finally:
+                diffusers_logging.enable_progress_bar()
         if scheduler:
             pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler.config)
         pipeline.set_progress_bar_config(disable=True)

@@ -19,6 +19,7 @@ from scipy import ndimage
 from ...errors import DiffTumorInputError
 from ...models.unet_3d_inpaint import UNet3DInpaintModel
 from ...models.vq_model_3d import VQModel3D
+from ...schedulers import precise as _precise_schedulers  # noqa: F401 — see below
 from ...windowing import from_window, to_window
 
 # MONAI volumes are (B, C, X, Y, Z); the models want the axial axis first: (B, C, Z, X, Y).
@@ -26,6 +27,8 @@ _TO_MODEL_AXES = (0, 1, 4, 2, 3)
 _FROM_MODEL_AXES = (0, 1, 3, 4, 2)
 
 _UNSAFE_SCHEDULERS = ("PNDMScheduler", "LCMScheduler", "FlowMatch")
+# diffusers only instantiates component classes from modules that are already imported (it will not import a module
+# named in model_index.json), so every component module a saved pipeline may name is imported with this one.
 
 
 @dataclass
@@ -102,6 +105,20 @@ class TumorInpaintPipeline(DiffusionPipeline):
             local_files_only=kwargs.get("local_files_only", False),
         )
         return super().from_pretrained(local, **kwargs)
+
+    def push_to_hub(
+        self, repo_id: str, token: str | None = None, private: bool = False, commit_message: str | None = None, **_
+    ) -> str:
+        """Save the pipeline and upload it to ``repo_id`` with a generated model card; returns the commit URL."""
+        import tempfile
+
+        from ...hub import push_pipeline_folder
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            return push_pipeline_folder(
+                folder, repo_id, token=token, private=private, commit_message=commit_message or "Upload pipeline"
+            )
 
     # -- pieces ----------------------------------------------------------------------------------------------
 

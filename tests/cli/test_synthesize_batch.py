@@ -1,0 +1,98 @@
+"""Batch mode: a datalist of cases, split across Accelerate processes, finished cases skipped on re-runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from difftumor.cli.main import main as cli
+from tests.helpers.volumes import LIVER, PATIENT_A_CT, PATIENT_A_ORGANS, PATIENT_A_SMALL_CT, PATIENT_A_SMALL_ORGANS
+
+
+@pytest.fixture()
+def datalist(tmp_path, data_dir):
+    # Relative paths are resolved against the datalist's folder.
+    for source in (PATIENT_A_CT, PATIENT_A_ORGANS, PATIENT_A_SMALL_CT, PATIENT_A_SMALL_ORGANS):
+        shutil.copy(source, tmp_path / source.name)
+    cases = [
+        {"id": "full", "image": PATIENT_A_CT.name, "organ_mask": PATIENT_A_ORGANS.name, "organ_label": LIVER},
+        {
+            "image": PATIENT_A_SMALL_CT.name,
+            "organ_mask": PATIENT_A_SMALL_ORGANS.name,
+            "organ_label": LIVER,
+            "size": "tiny",
+            "count": 2,
+        },
+    ]
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps({"data": cases}))
+    return path
+
+
+def test_datalist_runs_every_case_and_skips_finished_ones(datalist, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["synthesize", "--datalist", str(datalist), "--synthesizer", "handcrafted", "--out", str(out)]
+    assert cli(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["example_ct_sm", "full"]
+    assert len(json.loads((out / "example_ct_sm" / "tumors.json").read_text())["tumors"]) == 2
+    stamp = (out / "full" / "ct.nii.gz").stat().st_mtime_ns
+    capsys.readouterr()
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "0 case(s) written" in printed and "2 already finished" in printed
+    assert (out / "full" / "ct.nii.gz").stat().st_mtime_ns == stamp
+    shutil.rmtree(out / "full")  # an interrupted case leaves no folder: only it is redone
+    assert cli(args) == 0
+    assert (out / "full" / "tumors.json").exists()
+
+
+def test_accelerate_launch_splits_the_cases_across_two_processes(datalist, tmp_path):
+    out = tmp_path / "out"
+    command = [
+        shutil.which("accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29561",
+        shutil.which("difftumor"),
+        "synthesize",
+        "--datalist",
+        str(datalist),
+        "--synthesizer",
+        "handcrafted",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(command, env={**os.environ, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "process 0: 1 case(s) written" in result.stdout and "process 1: 1 case(s) written" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["example_ct_sm", "full"]
+
+
+def test_bad_datalists(tmp_path, capsys):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    for path, message in (
+        (empty, "has no cases"),
+        (broken, "not valid JSON"),
+        (tmp_path / "none.json", "does not exist"),
+    ):
+        assert (
+            cli(["synthesize", "--datalist", str(path), "--synthesizer", "handcrafted", "--out", str(tmp_path / "o")])
+            == 2
+        )
+        assert message in capsys.readouterr().err

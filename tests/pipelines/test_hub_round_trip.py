@@ -1,0 +1,112 @@
+"""Push a pipeline to a loopback Hub server and pull it back by repo id, in fresh processes (no network)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from difftumor import TumorInpaintPipeline
+from tests.helpers.fake_hub import FakeHub
+from tests.helpers.pipelines import tiny_pipeline
+
+PULL_AND_RUN = """
+import sys, torch
+from difftumor import TumorInpaintPipeline
+pipe = TumorInpaintPipeline.from_pretrained(sys.argv[1])
+hu = torch.linspace(-200, 300, 32 ** 3).reshape(1, 1, 32, 32, 32)
+mask = torch.zeros(1, 1, 32, 32, 32, dtype=torch.bool)
+mask[..., 10:18, 12:20, 8:16] = True
+out = pipe(hu, mask, generator=torch.Generator().manual_seed(0), blur_sigma=2.0)
+torch.save({"images": out.images, "scheduler": type(pipe.scheduler).__name__, "organ": pipe.config.organ}, sys.argv[2])
+"""
+
+
+def _env(hub: FakeHub, tmp_path):
+    return {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": "fake-token",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+
+
+def test_push_then_pull_by_repo_id_gives_identical_outputs(tmp_path):
+    pipe = tiny_pipeline(seed=4)
+    pipe.save_pretrained(tmp_path / "local")
+    with FakeHub() as hub:
+        env = _env(hub, tmp_path)
+        pushed = subprocess.run(
+            [sys.executable, "-m", "difftumor.cli.main", "push", str(tmp_path / "local"), "lab/tiny-liver-early"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert pushed.returncode == 0, pushed.stderr
+        files = hub.repos["lab/tiny-liver-early"]["files"]
+        assert {"model_index.json", "unet/diffusion_pytorch_model.safetensors", "README.md"} <= set(files)
+        card = files["README.md"].decode()
+        assert "license:" in card and "diffusion steps (T) | 4" in card and "Intended use" in card
+        assert "liver" in card and "early" in card
+
+        pulled = subprocess.run(
+            [sys.executable, "-c", PULL_AND_RUN, "lab/tiny-liver-early", str(tmp_path / "remote.pt")],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert pulled.returncode == 0, pulled.stderr
+        assert any(r.startswith("GET /lab/tiny-liver-early/resolve/") for r in hub.requests)
+        subprocess.run(
+            [sys.executable, "-c", PULL_AND_RUN, str(tmp_path / "local"), str(tmp_path / "local.pt")],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    remote, local = torch.load(tmp_path / "remote.pt"), torch.load(tmp_path / "local.pt")
+    assert remote["scheduler"] == "PreciseDDPMScheduler" and remote["organ"] == "liver"
+    assert torch.equal(remote["images"], local["images"])
+
+
+def test_pipeline_push_to_hub_and_missing_repo_error(tmp_path, monkeypatch):
+    with FakeHub() as hub:
+        env = _env(hub, tmp_path)
+        script = (
+            "from tests.helpers.pipelines import tiny_pipeline; print(tiny_pipeline(seed=1).push_to_hub('lab/direct'))"
+        )
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=os.getcwd())
+        assert done.returncode == 0, done.stderr
+        assert "README.md" in hub.repos["lab/direct"]["files"]
+        missing = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "difftumor.cli.main",
+                "synthesize",
+                "ct.nii.gz",
+                "--organ-mask",
+                "m.nii.gz",
+                "--pipeline",
+                "lab/absent",
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: Hub repository lab/absent was not found")
+
+
+def test_from_pretrained_rejects_non_repo_names(tmp_path):
+    import pytest
+
+    from difftumor.errors import DiffTumorInputError
+
+    with pytest.raises(DiffTumorInputError, match="neither a folder nor a Hub repo id"):
+        TumorInpaintPipeline.from_pretrained(str(tmp_path / "nothing" / "here"))
