@@ -157,6 +157,15 @@ def paste(canvas: np.ndarray, shape: np.ndarray, center: tuple[int, ...]) -> np.
     return out
 
 
+def _touches(mask: np.ndarray, occupied: np.ndarray, gap: int) -> bool:
+    """Whether ``mask`` comes within ``gap`` voxels of ``occupied`` (checked on ``mask``'s bounding box only)."""
+    points = np.argwhere(mask)
+    low = np.maximum(points.min(0) - gap, 0)
+    high = points.max(0) + gap + 1
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    return bool((ndimage.binary_dilation(mask[box], iterations=gap) & occupied[box]).any())
+
+
 def equivalent_diameter_mm(voxels: int, voxel_volume_mm3: float = 1.0) -> float:
     """Diameter of the sphere of the same volume: ``2 (3V / 4π)^(1/3)``."""
     return 2.0 * (3.0 * voxels * voxel_volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
@@ -213,7 +222,7 @@ def place_tumor(
         best_fraction = max(best_fraction, fraction)
         if fraction < 0.5 or not mask.any():
             continue
-        if occupied is not None and (ndimage.binary_dilation(mask, iterations=2) & occupied).any():
+        if occupied is not None and _touches(mask, occupied, gap=2):
             continue
         return PlacedTumor(mask, tuple(int(c) for c in center), size_class, radii, exophytic)
     what = f"{spec.diameter_mm:g} mm" if spec.diameter_mm is not None else size_class

@@ -94,7 +94,8 @@ class DiffusionSynthesizer(TumorSynthesizer):
         scheduler: sampler name to swap in (see :func:`difftumor.schedulers.make_scheduler`).
         num_inference_steps: sampler steps (default: the pipeline's).
         device: ``"cpu"``/``"cuda"``.
-        max_batch_size: crops per pipeline call.
+        max_batch_size: crops per pipeline call (default: 1 on CPU, where batching measured slower and doubles the
+            memory — see BENCHMARKS.md — and 8 on GPU).
     """
 
     name = "diffusion"
@@ -106,7 +107,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
         scheduler: str | None = None,
         num_inference_steps: int | None = None,
         device: str = "cpu",
-        max_batch_size: int = 4,
+        max_batch_size: int | None = None,
     ):
         if pipeline is None:
             from ..assets import bundled_pipeline_path
@@ -115,7 +116,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
         self.pipeline = self._load(pipeline, scheduler, device)
         self.midlate_pipeline = self._load(midlate_pipeline, scheduler, device) if midlate_pipeline else None
         self.num_inference_steps = num_inference_steps
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size or (1 if str(self.pipeline.device) == "cpu" else 8)
         self._hashes: dict[int, str] = {}
 
     @staticmethod

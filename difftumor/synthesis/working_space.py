@@ -88,25 +88,39 @@ def sample(
     target_shape: tuple[int, int, int],
     order: int,
     cval: float = 0.0,
+    max_points: int = 2**22,
 ) -> np.ndarray:
     """Values of ``array`` (on ``source_affine``'s grid) at the voxel centres of a target grid.
 
     ``order=1`` (trilinear) for intensities, ``order=0`` (nearest) for labels; outside the source: ``cval``.
+    The target is filled in slabs of at most ``max_points`` voxels so that the coordinate arrays stay small.
     """
     mapping = np.linalg.inv(source_affine) @ target_affine
-    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in target_shape], indexing="ij", sparse=True)
-    coordinates = [
-        mapping[axis, 0] * grids[0] + mapping[axis, 1] * grids[1] + mapping[axis, 2] * grids[2] + mapping[axis, 3]
-        for axis in range(3)
-    ]
-    coordinates = np.stack([np.broadcast_to(c, target_shape) for c in coordinates])
-    if order == 0:
-        # Round explicitly: map_coordinates' nearest mode rounds .5 inconsistently across scipy versions.
-        coordinates = np.round(coordinates)
-        data = array
-    else:
-        data = array.astype(np.float32, copy=False)
-    return ndimage.map_coordinates(data, coordinates, order=order, mode="constant", cval=cval, prefilter=False)
+    data = array if order == 0 else array.astype(np.float32, copy=False)
+    out = np.empty(target_shape, dtype=data.dtype if order == 0 else np.float32)
+    plane = int(target_shape[1]) * int(target_shape[2])
+    step = max(1, max_points // max(plane, 1))
+    j, k = np.meshgrid(
+        np.arange(target_shape[1], dtype=np.float64), np.arange(target_shape[2], dtype=np.float64), indexing="ij"
+    )
+    for start in range(0, target_shape[0], step):
+        i = np.arange(start, min(start + step, target_shape[0]), dtype=np.float64)[:, None, None]
+        coordinates = np.stack(
+            [
+                np.broadcast_to(
+                    mapping[axis, 0] * i + mapping[axis, 1] * j + mapping[axis, 2] * k + mapping[axis, 3],
+                    (len(i), *target_shape[1:]),
+                )
+                for axis in range(3)
+            ]
+        )
+        if order == 0:
+            # Round explicitly: map_coordinates' nearest mode rounds .5 inconsistently across scipy versions.
+            coordinates = np.round(coordinates)
+        out[start : start + len(i)] = ndimage.map_coordinates(
+            data, coordinates, order=order, mode="constant", cval=cval, prefilter=False
+        )
+    return out
 
 
 def source_window(

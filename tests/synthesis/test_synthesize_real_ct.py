@@ -238,3 +238,71 @@ def test_diffusion_synthesizer_end_to_end_with_a_pipeline_folder(tmp_path, data_
     changed = np.asanyarray(nib.load(str(tmp_path / "a" / "ct.nii.gz")).dataobj) != original
     tumour = np.asanyarray(labels.dataobj) == manifest["tumor_label"]
     assert changed.any() and not (changed & ~ndimage.binary_dilation(tumour, iterations=8)).any()
+
+
+def _lesion_contrasts(ct: np.ndarray, tumour: np.ndarray, organ: np.ndarray) -> list[float]:
+    """Mean HU of a 3-voxel organ ring around each lesion minus the lesion's mean HU."""
+    components, count = ndimage.label(tumour)
+    contrasts = []
+    for index in range(1, count + 1):
+        lesion = components == index
+        ring = ndimage.binary_dilation(lesion, iterations=3) & organ & ~tumour
+        if lesion.sum() >= 4 and ring.sum() >= 10:
+            contrasts.append(float(ct[ring].mean() - ct[lesion].mean()))
+    return contrasts
+
+
+def test_handcrafted_contrast_is_on_the_scale_of_real_liver_tumours(handcrafted_liver):
+    from tests.helpers.volumes import LITS_CT, LITS_LABEL
+
+    lits_ct = np.asanyarray(nib.load(str(LITS_CT)).dataobj).astype(float)
+    lits_label = np.asanyarray(nib.load(str(LITS_LABEL)).dataobj)
+    real = _lesion_contrasts(lits_ct, lits_label == 2, lits_label == 1)
+    assert len(real) > 20 and np.median(real) > 20  # real LiTS lesions are hypo-attenuating (median ≈ 43 HU)
+    ct, labels, manifest = _load(handcrafted_liver)
+    organ = np.asanyarray(nib.load(str(PATIENT_A_ORGANS)).dataobj) == LIVER
+    synthetic = _lesion_contrasts(
+        np.asanyarray(ct.dataobj).astype(float), np.asanyarray(labels.dataobj) == manifest["tumor_label"], organ
+    )
+    assert synthetic, "no synthetic lesion large enough to measure"
+    low, high = np.percentile(real, [10, 90])
+    assert 0.5 * low <= np.median(synthetic) <= 2 * high
+
+
+def test_python_whole_ct_path_matches_the_cli(tmp_path, data_dir):
+    from difftumor import TumorInpaintPipeline
+
+    folder = save_tiny_pipeline(tmp_path / "pipe")
+    pipe = TumorInpaintPipeline.from_pretrained(folder)
+    result = pipe.synthesize_ct(
+        PATIENT_A_CT,
+        PATIENT_A_ORGANS,
+        organ="liver",
+        organ_label=LIVER,
+        size="small",
+        count=3,
+        seed=9,
+        out=tmp_path / "py",
+    )
+    assert len(result.tumors) == 3 and all(t.size_class == "small" for t in result.tumors)
+    assert (
+        _run(
+            PATIENT_A_CT,
+            "--organ-mask",
+            PATIENT_A_ORGANS,
+            "--organ-label",
+            LIVER,
+            "--pipeline",
+            folder,
+            "--size",
+            "small",
+            "--count",
+            3,
+            "--seed",
+            9,
+            "--out",
+            tmp_path / "cli",
+        )
+        == 0
+    )
+    assert (tmp_path / "py" / "ct.nii.gz").read_bytes() == (tmp_path / "cli" / "ct.nii.gz").read_bytes()
