@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Annotated
 
 import typer
@@ -38,3 +39,7 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    # MONAI announces on every image load that optional GPU DICOM decoders are absent; that is not news to a user.
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: "nvImageCodec" not in record.getMessage())

@@ -1,0 +1,54 @@
+"""``difftumor data prepare``: dataset layouts -> a datalist with labels in the internal scheme."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import app, console
+
+data_app = typer.Typer(help="Prepare datasets: layouts -> datalists.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def prepare(
+    layout: Annotated[str, typer.Argument(help="msd, lits, kits, abdomenatlas, totalsegmentator or folders.")],
+    root: Annotated[Path, typer.Argument(help="The dataset's root folder.")],
+    out: Annotated[Path, typer.Option(help="Datalist JSON to write.")],
+    organ: Annotated[
+        str | None, typer.Option(help="liver, pancreas or kidney (needed for multi-organ layouts).")
+    ] = None,
+    early_max_diameter_mm: Annotated[
+        float | None, typer.Option(help="Split tumours: <= this equivalent diameter -> 2 (early), larger -> 3.")
+    ] = None,
+    labels_dir: Annotated[Path | None, typer.Option(help="Where to write the labels (default: next to --out).")] = None,
+    organ_value: Annotated[list[int] | None, typer.Option(help="folders layout: organ label value(s).")] = None,
+    tumor_value: Annotated[list[int] | None, typer.Option(help="folders layout: tumour label value(s).")] = None,
+) -> None:
+    """Scan a dataset, write labels in the internal scheme (0 background, 1 organ, 2 tumour) and a datalist.
+
+    Layouts: msd (imagesTr/, labelsTr/, dataset.json), lits (volume-N / segmentation-N), kits (case_*/imaging +
+    segmentation or aggregated_MAJ_seg), abdomenatlas and totalsegmentator (<case>/ct.nii.gz with segmentations/
+    per-structure masks, or a TotalSegmentator v2 multi-label seg.nii.gz), folders (images/ + labels/ by name).
+    """
+    from ..data.layouts import prepare_datalist
+
+    datalist = prepare_datalist(
+        layout,
+        root,
+        out,
+        organ=organ,
+        early_max_diameter_mm=early_max_diameter_mm,
+        labels_dir=labels_dir,
+        organ_values=tuple(organ_value or (1,)),
+        tumor_values=tuple(tumor_value or (2,)),
+    )
+    cases = datalist["data"]
+    with_tumors = sum(case["has_tumor"] for case in cases)
+    console.print(
+        f"wrote {out}: {len(cases)} {datalist['organ']} case(s), {with_tumors} with tumours, "
+        f"{len(cases) - with_tumors} healthy"
+    )

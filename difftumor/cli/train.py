@@ -1,0 +1,39 @@
+"""``difftumor train autoencoder|diffusion|segmentation``: Accelerate trainers configured by YAML + overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import app, console
+
+train_app = typer.Typer(
+    help="Train the autoencoder, the diffusion model or a segmentation model.", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see configs/).")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: --set optim.lr=1e-4 (repeatable).")
+]
+ResumeOption = Annotated[bool, typer.Option(help="Continue from the newest checkpoint in the output folder.")]
+
+
+@train_app.command("autoencoder")
+def autoencoder(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = False) -> None:
+    """Train VQModel3D (L1 + commitment + 2-D/3-D hinge GAN + feature matching); writes <output_dir>/vqmodel."""
+    from ..training.autoencoder import load_autoencoder_config, train_autoencoder
+
+    out = train_autoencoder(load_autoencoder_config(config, set_), resume=resume)
+    console.print(f"wrote {out} (checkpoints in {out.parent / 'checkpoints'})")
+
+
+@train_app.command("diffusion")
+def diffusion(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = False) -> None:
+    """Train the tumour-inpainting UNet on real tumours with a frozen VQ model; writes <output_dir>/pipeline."""
+    from ..training.diffusion import load_diffusion_config, train_diffusion
+
+    out = train_diffusion(load_diffusion_config(config, set_), resume=resume)
+    console.print(f"wrote {out}; load it with TumorInpaintPipeline.from_pretrained('{out}')")

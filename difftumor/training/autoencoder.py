@@ -1,0 +1,293 @@
+"""Train the VQ-GAN autoencoder (:class:`VQModel3D`) with Accelerate, with the original's objective.
+
+Generator: ``l1_weight · L1(x̂, x)`` + commitment + (after ``discriminator_start_step``) hinge-GAN terms from a 2-D
+slice discriminator and a 3-D volume discriminator (MONAI ``PatchDiscriminator``) + feature matching, + an optional
+perceptual term on slices of the three planes (pluggable network, off by default). Discriminators: hinge loss.
+Two Adam(β = 0.5, 0.9) optimisers, gradient clipping, mixed precision and gradient accumulation via Accelerate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DiffTumorInputError
+from .config import load_config
+from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
+from .run import RunConfig, TrainingRun, command_line
+
+
+@dataclass
+class VQModelSection:
+    in_channels: int = 1
+    hidden_channels: int = 16
+    downsample: tuple[int, int, int] = (4, 4, 4)
+    latent_channels: int = 8
+    num_codes: int = 16384
+    norm_num_groups: int = 32
+    restart_threshold: float = 1.0
+
+
+@dataclass
+class AutoencoderLoss:
+    l1_weight: float = 4.0
+    commitment_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    #: ``"module:callable"`` returning a 2-D feature network (list of feature maps per input), when perceptual > 0
+    perceptual_network: str | None = None
+    image_gan_weight: float = 1.0
+    volume_gan_weight: float = 1.0
+    gan_feature_weight: float = 4.0
+    discriminator_start_step: int = 10000
+    discriminator_channels: int = 64
+    discriminator_layers: int = 3
+
+
+@dataclass
+class AutoencoderOptim:
+    lr: float = 1.875e-5
+    betas: tuple[float, float] = (0.5, 0.9)
+    gradient_clip: float = 1.0
+
+
+@dataclass
+class AutoencoderConfig:
+    """``difftumor train autoencoder`` configuration (see ``configs/autoencoder_*.yaml``)."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: VQModelSection = field(default_factory=VQModelSection)
+    loss: AutoencoderLoss = field(default_factory=AutoencoderLoss)
+    optim: AutoencoderOptim = field(default_factory=AutoencoderOptim)
+    #: free text for the model card: what the data is
+    data_description: str = ""
+
+
+def _hinge_discriminator(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+
+
+def _random_slices(volume: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    """One random slice per sample along each of D, H and W: three ``(B, C, ·, ·)`` batches."""
+    batch = volume.shape[0]
+    planes = []
+    for axis in (2, 3, 4):
+        index = torch.randint(0, volume.shape[axis], (batch,), generator=generator)
+        planes.append(torch.stack([volume[b].select(axis - 1, int(index[b])) for b in range(batch)]))
+    return planes
+
+
+class PerceptualSlices(torch.nn.Module):
+    """Perceptual loss on slices of the three planes with a pluggable 2-D feature network (LPIPS-style:
+    channel-normalised features, squared difference, spatial mean, summed over layers)."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network.eval().requires_grad_(False)
+
+    def forward(self, fake_planes: list[torch.Tensor], real_planes: list[torch.Tensor]) -> torch.Tensor:
+        total = fake_planes[0].new_zeros(())
+        for fake, real in zip(fake_planes, real_planes):
+            for fake_features, real_features in zip(self.network(fake), self.network(real)):
+                fake_features = fake_features / (fake_features.norm(dim=1, keepdim=True) + 1e-10)
+                real_features = real_features / (real_features.norm(dim=1, keepdim=True) + 1e-10)
+                total = total + (fake_features - real_features).pow(2).sum(1).mean()
+        return total
+
+
+def load_object(reference: str) -> Any:
+    """Import ``"package.module:attribute"``."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise DiffTumorInputError(f"cannot import {reference!r} ({error})", "use 'package.module:callable'") from None
+
+
+def _crop_transform(config: AutoencoderConfig, with_label: bool):
+    from monai.transforms import Compose, RandCropByPosNegLabeld, RandRotate90d, RandSpatialCropd
+
+    if with_label:
+        positive = config.data.positive_fraction
+        crop = RandCropByPosNegLabeld(
+            keys=["image"],
+            label_key="label",
+            spatial_size=config.data.crop_size,
+            pos=positive,
+            neg=1.0 - positive,
+            num_samples=1,
+            fg_indices_key="label_fg_indices",
+            bg_indices_key="label_bg_indices",
+        )
+    else:
+        crop = RandSpatialCropd(keys=["image"], roi_size=config.data.crop_size, random_size=False)
+    chain = Compose([crop, RandRotate90d(keys=["image"], prob=0.1, spatial_axes=(0, 1))])
+
+    def transform(data: dict, rng: np.random.Generator) -> dict:
+        sample = seeded(chain, rng)(dict(data))
+        sample = sample[0] if isinstance(sample, list) else sample
+        return {"image": sample["image"]}
+
+    return transform
+
+
+def _preprocess(config: AutoencoderConfig, with_label: bool):
+    """Working-space volumes, with foreground/background voxel indices computed once per case (cached)."""
+    from monai.transforms import Compose, FgBgToIndicesd
+
+    base = preprocessing(config.data.window, config.data.spacing, config.data.crop_size, with_label)
+    if not with_label:
+        return base
+    # Background crops avoid pure air (the window's bottom, -1).
+    return Compose([base, FgBgToIndicesd(keys="label", image_key="image", image_threshold=-1.0)])
+
+
+def train_autoencoder(config: AutoencoderConfig, resume: bool = False) -> Path:
+    """Run the training; returns the folder of the final :class:`VQModel3D` (``<output_dir>/vqmodel``)."""
+    from monai.networks.nets import PatchDiscriminator
+
+    from ..models.vq_model_3d import VQModel3D
+
+    cases = read_cases(config.data.datalist, config.data.max_cases)
+    with_label = all("label" in case for case in cases)
+    run = TrainingRun(config.run, config, "autoencoder", resume=resume)
+    accelerator = run.accelerator
+    torch.manual_seed(config.run.seed)
+    model = VQModel3D(**vars(config.model))
+    loss_cfg = config.loss
+    image_disc = PatchDiscriminator(
+        spatial_dims=2,
+        num_layers_d=loss_cfg.discriminator_layers,
+        channels=loss_cfg.discriminator_channels,
+        in_channels=1,
+    )
+    volume_disc = PatchDiscriminator(
+        spatial_dims=3,
+        num_layers_d=loss_cfg.discriminator_layers,
+        channels=loss_cfg.discriminator_channels,
+        in_channels=1,
+    )
+    perceptual = None
+    if loss_cfg.perceptual_weight > 0:
+        if not loss_cfg.perceptual_network:
+            raise DiffTumorInputError(
+                "loss.perceptual_weight > 0 needs loss.perceptual_network",
+                "give 'package.module:callable' returning a 2-D feature network",
+            )
+        perceptual = PerceptualSlices(load_object(loss_cfg.perceptual_network)()).to(run.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, betas=config.optim.betas)
+    disc_optimizer = torch.optim.Adam(
+        [*image_disc.parameters(), *volume_disc.parameters()], lr=config.optim.lr, betas=config.optim.betas
+    )
+    model, image_disc, volume_disc, optimizer, disc_optimizer = accelerator.prepare(
+        model, image_disc, volume_disc, optimizer, disc_optimizer
+    )
+    start = run.restore()
+    dataset = CropDataset(cases, _preprocess(config, with_label), _crop_transform(config, with_label), config.run.seed)
+    loader = run_loader(
+        dataset, config.data.batch_size, config.data.num_workers, start, config.run.max_steps, accelerator
+    )
+    raw_image_disc, raw_volume_disc = accelerator.unwrap_model(image_disc), accelerator.unwrap_model(volume_disc)
+    run.start_progress(config.run.max_steps)
+    step = start
+    for batch in loader:
+        # MONAI (B, C, X, Y, Z) -> the model's (B, C, Z, X, Y), as the original.
+        real = batch["image"].to(run.device).permute(0, 1, 4, 2, 3).contiguous()
+        generator = torch.Generator().manual_seed(config.run.seed * 1_000_003 + step * 101 + accelerator.process_index)
+        gan_on = step >= loss_cfg.discriminator_start_step
+        with accelerator.accumulate(model, image_disc, volume_disc):
+            with accelerator.autocast():
+                output = model(real)
+                fake = output.sample
+                recon = loss_cfg.l1_weight * F.l1_loss(fake, real)
+                loss = recon + loss_cfg.commitment_weight * output.commitment_loss
+                metrics = {
+                    "recon": recon.item(),
+                    "commitment": output.commitment_loss.item(),
+                    "perplexity": output.perplexity.item(),
+                }
+                fake_planes = real_planes = None
+                if perceptual is not None or gan_on:
+                    fake_planes = _random_slices(fake, generator)
+                    real_planes = _random_slices(real, torch.Generator().manual_seed(int(generator.initial_seed())))
+                if perceptual is not None:
+                    perceptual_loss = loss_cfg.perceptual_weight * perceptual(fake_planes, real_planes)
+                    loss = loss + perceptual_loss
+                    metrics["perceptual"] = perceptual_loss.item()
+                if gan_on:
+                    # The generator sees the discriminators as fixed functions (no DDP hooks, no weight gradients).
+                    raw_image_disc.requires_grad_(False)
+                    raw_volume_disc.requires_grad_(False)
+                    fake_image, fake_volume = raw_image_disc(fake_planes[0]), raw_volume_disc(fake)
+                    with torch.no_grad():
+                        real_image, real_volume = raw_image_disc(real_planes[0]), raw_volume_disc(real)
+                    adversarial = (
+                        -loss_cfg.image_gan_weight * fake_image[-1].mean()
+                        - loss_cfg.volume_gan_weight * fake_volume[-1].mean()
+                    )
+                    matching = sum(
+                        F.l1_loss(f, r)
+                        for fake_feats, real_feats in ((fake_image, real_image), (fake_volume, real_volume))
+                        for f, r in zip(fake_feats[:-1], real_feats[:-1])
+                    )
+                    loss = loss + adversarial + loss_cfg.gan_feature_weight * matching
+                    raw_image_disc.requires_grad_(True)
+                    raw_volume_disc.requires_grad_(True)
+                    metrics.update({"g_adversarial": adversarial.item(), "feature_matching": float(matching.detach())})
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.optim.gradient_clip:
+                accelerator.clip_grad_norm_(model.parameters(), config.optim.gradient_clip)
+            optimizer.step()
+            optimizer.zero_grad()
+            if gan_on:
+                with accelerator.autocast():
+                    d_loss = loss_cfg.image_gan_weight * _hinge_discriminator(
+                        image_disc(real_planes[0])[-1], image_disc(fake_planes[0].detach())[-1]
+                    ) + loss_cfg.volume_gan_weight * _hinge_discriminator(
+                        volume_disc(real)[-1], volume_disc(fake.detach())[-1]
+                    )
+                accelerator.backward(d_loss)
+                if accelerator.sync_gradients and config.optim.gradient_clip:
+                    accelerator.clip_grad_norm_(
+                        [*image_disc.parameters(), *volume_disc.parameters()], config.optim.gradient_clip
+                    )
+                disc_optimizer.step()
+                disc_optimizer.zero_grad()
+                metrics["d_loss"] = d_loss.item()
+        step += 1
+        run.step = step
+        run.log({"loss": loss.item(), **metrics})
+        if step % config.run.checkpoint_every == 0 or step == config.run.max_steps:
+            run.save_checkpoint()
+    digest = run.record_parameters(model)
+    seconds = run.finish()
+    out = Path(config.run.output_dir) / "vqmodel"
+    if run.is_main:
+        final = accelerator.unwrap_model(model)
+        final.save_pretrained(out)
+        (out / "training.json").write_text(
+            json.dumps(
+                {
+                    "trainer": "autoencoder",
+                    "steps": step,
+                    "seconds": round(seconds, 1),
+                    "parameters_sha256": digest,
+                    "data_description": config.data_description,
+                    "command": command_line(),
+                },
+                indent=2,
+            )
+        )
+    accelerator.wait_for_everyone()
+    return out
+
+
+def load_autoencoder_config(path, overrides) -> AutoencoderConfig:
+    return load_config(AutoencoderConfig, path, overrides)

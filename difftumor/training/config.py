@@ -1,0 +1,128 @@
+"""Training configurations: YAML files with ``--set key=value`` overrides, checked against dataclass schemas.
+
+Every key has a default; a file only lists what differs. Unknown keys, wrong types and impossible values are
+reported as one-line errors naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from ..errors import DiffTumorInputError
+
+T = TypeVar("T")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested dict, in order."""
+    for override in overrides or []:
+        if "=" not in override:
+            raise DiffTumorInputError(f"--set {override!r} is not key=value", "e.g. --set optim.max_steps=200")
+        key, text = override.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DiffTumorInputError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        arguments = typing.get_args(annotation)
+        if value is None and type(None) in arguments:
+            return None
+        for argument in arguments:
+            if argument is type(None):
+                continue
+            try:
+                return _coerce(value, argument, key)
+            except DiffTumorInputError:
+                continue
+        raise DiffTumorInputError(f"config key {key} has an invalid value {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise DiffTumorInputError(f"config key {key} must be a section (mapping), got {value!r}")
+        return build(annotation, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise DiffTumorInputError(f"config key {key} must be a list, got {value!r}")
+        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        items = [_coerce(v, item, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise DiffTumorInputError(f"config key {key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise DiffTumorInputError(f"config key {key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DiffTumorInputError(f"config key {key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise DiffTumorInputError(f"config key {key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build(schema: type[T], raw: dict[str, Any], prefix: str = "") -> T:
+    """Instantiate the dataclass ``schema`` from ``raw``, coercing types and rejecting unknown keys."""
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise DiffTumorInputError(
+            f"unknown config key {prefix}{unknown[0]}", f"valid keys here: {', '.join(sorted(fields))}"
+        )
+    values = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in raw.items()}
+    instance = schema(**values)
+    check = getattr(instance, "validate", None)
+    if check is not None:
+        check()
+    return instance
+
+
+def load_config(schema: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None) -> T:
+    """Read a YAML config (optional), apply overrides, build ``schema``."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DiffTumorInputError(f"config {path} does not exist", "see configs/ for examples")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise DiffTumorInputError(f"config {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise DiffTumorInputError(f"config {path} must be a mapping of keys to values")
+    return build(schema, apply_overrides(raw, overrides))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-dict view of a config (for saving next to a run)."""
+    return dataclasses.asdict(config)

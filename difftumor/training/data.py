@@ -1,0 +1,179 @@
+"""Training data: MONAI preprocessing to the working space, and crops that are a pure function of (seed, index).
+
+Every sample is drawn from its own random state derived from the run seed and its global index, so a resumed run
+(or a run split over several processes) sees exactly the crops an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import DiffTumorInputError
+
+
+@dataclass
+class DataConfig:
+    """Data section shared by the trainers."""
+
+    datalist: str = ""
+    crop_size: tuple[int, int, int] = (96, 96, 96)
+    batch_size: int = 2
+    window: tuple[float, float] = (-175.0, 250.0)
+    spacing: float = 1.0
+    #: fraction of crops centred on foreground (organ/tumour) voxels
+    positive_fraction: float = 0.95
+    num_workers: int = 0
+    #: limit the number of cases (0 = all), for quick experiments
+    max_cases: int = 0
+
+    def validate(self) -> None:
+        if not self.datalist:
+            raise DiffTumorInputError("config key data.datalist is empty", "set it to a datalist JSON")
+        if any(size % 16 for size in self.crop_size):
+            raise DiffTumorInputError(f"data.crop_size {self.crop_size} must be multiples of 16")
+        if self.batch_size < 1:
+            raise DiffTumorInputError("data.batch_size must be at least 1")
+        if not 0.0 <= self.positive_fraction <= 1.0:
+            raise DiffTumorInputError("data.positive_fraction must be in [0, 1]")
+
+
+def read_cases(datalist: str | os.PathLike, max_cases: int = 0, require_label: bool = False) -> list[dict[str, Any]]:
+    """Cases of a datalist (``difftumor data prepare`` output, or a plain list), paths made absolute."""
+    path = Path(datalist)
+    if not path.is_file():
+        raise DiffTumorInputError(f"datalist {path} does not exist", "create one with `difftumor data prepare`")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DiffTumorInputError(f"datalist {path} is not valid JSON ({error})") from None
+    entries = content.get("data", content.get("training")) if isinstance(content, dict) else content
+    if not isinstance(entries, list) or not entries:
+        raise DiffTumorInputError(f"datalist {path} has no cases", "run `difftumor data prepare` on your dataset")
+    cases = []
+    for entry in entries:
+        if "image" not in entry or (require_label and "label" not in entry):
+            raise DiffTumorInputError(f"a case of {path} lacks 'image'{' or label' if require_label else ''}")
+        case = dict(entry)
+        for key in ("image", "label"):
+            if key in case and case[key] is not None:
+                case[key] = str((path.parent / case[key]).resolve())
+                if not Path(case[key]).exists():
+                    raise DiffTumorInputError(f"{key} {case[key]} of datalist {path} does not exist")
+        cases.append(case)
+    return cases[:max_cases] if max_cases else cases
+
+
+def preprocessing(window: Sequence[float], spacing: float, crop_size: Sequence[int], with_label: bool):
+    """MONAI chain to the working space: load, channel first, RAS, isotropic spacing, HU window -> [-1, 1], pad."""
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        EnsureTyped,
+        LoadImaged,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+        SpatialPadd,
+    )
+
+    keys = ["image", "label"] if with_label else ["image"]
+    modes = ("bilinear", "nearest") if with_label else ("bilinear",)
+    # Padding value -1 is the bottom of the window (the original pads with the image minimum).
+    pads = [SpatialPadd(keys="image", spatial_size=tuple(crop_size), value=-1.0)]
+    if with_label:
+        pads.append(SpatialPadd(keys="label", spatial_size=tuple(crop_size), value=0))
+    return Compose(
+        [
+            LoadImaged(keys=keys, image_only=True),
+            EnsureChannelFirstd(keys=keys),
+            Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            Spacingd(keys=keys, pixdim=(spacing,) * 3, mode=modes),
+            ScaleIntensityRanged(keys="image", a_min=window[0], a_max=window[1], b_min=-1.0, b_max=1.0, clip=True),
+            *pads,
+            EnsureTyped(keys=keys, track_meta=False),
+        ]
+    )
+
+
+class CropDataset(Dataset):
+    """``dataset[i]`` is the ``i``-th training crop of the run: a case and a crop drawn from ``(seed, i)``.
+
+    Args:
+        cases: datalist entries with ``image`` (and ``label`` for label-guided crops).
+        crop_transform: a callable ``(data, rng) -> dict`` making the random crop (and augmentations).
+        seed: run seed.
+        case_weights: optional sampling weights per case.
+    """
+
+    def __init__(self, cases, preprocess, crop_transform, seed: int, case_weights: Sequence[float] | None = None):
+        self.cases = cases
+        self.preprocess = preprocess
+        self.crop_transform = crop_transform
+        self.seed = seed
+        weights = np.asarray(case_weights if case_weights is not None else np.ones(len(cases)), dtype=np.float64)
+        self.probabilities = weights / weights.sum()
+        self._cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def case(self, index: int) -> dict:
+        if index not in self._cache:
+            self._cache[index] = self.preprocess(
+                {k: v for k, v in self.cases[index].items() if k in ("image", "label")}
+            )
+        return self._cache[index]
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, int(index)])
+        case_index = int(rng.choice(len(self.cases), p=self.probabilities))
+        sample = self.crop_transform(self.case(case_index), rng)
+        return {key: torch.as_tensor(np.asarray(value)) for key, value in sample.items()}
+
+
+class RunIndexSampler(Sampler):
+    """Global sample indices of one process, from a start step on: step ``s`` of rank ``r`` (of ``w``) takes indices
+    ``(s·w + r)·B … (s·w + r)·B + B − 1``. A run resumed at step ``s`` continues with exactly those indices."""
+
+    def __init__(self, start_step: int, max_steps: int, batch_size: int, rank: int, world_size: int):
+        self.start_step, self.max_steps = start_step, max_steps
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+
+    def __iter__(self):
+        for step in range(self.start_step, self.max_steps):
+            base = (step * self.world_size + self.rank) * self.batch_size
+            yield from range(base, base + self.batch_size)
+
+    def __len__(self) -> int:
+        return max(self.max_steps - self.start_step, 0) * self.batch_size
+
+
+def run_loader(dataset: CropDataset, batch_size: int, num_workers: int, start_step: int, max_steps: int, accelerator):
+    """This process's batches from ``start_step`` to ``max_steps`` (see :class:`RunIndexSampler`).
+
+    The loader gets its own generator: creating a DataLoader iterator otherwise draws from the global torch RNG,
+    which a resumed run would then consume at a different point than an uninterrupted one.
+    """
+    sampler = RunIndexSampler(start_step, max_steps, batch_size, accelerator.process_index, accelerator.num_processes)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(dataset.seed),
+    )
+
+
+def seeded(transform, rng: np.random.Generator):
+    """Seed a MONAI randomizable transform (or Compose) from ``rng`` and return it."""
+    transform.set_random_state(seed=int(rng.integers(2**31 - 1)))
+    return transform

@@ -1,0 +1,294 @@
+"""Train the latent diffusion model (:class:`UNet3DInpaintModel`) on real tumours, with a frozen VQ model.
+
+Each crop (centred on a tumour voxel with probability ``tumor_crop_ratio``, else on the organ) is encoded twice by
+the frozen autoencoder — as it is, and with the tumour blanked — into normalised latents; the UNet learns to
+predict the noise (or x0, or v) of the tumour latent given the masked latent and the mask, at a uniformly drawn
+step of DiffTumor's cosine schedule with any ``T``. The output is a complete :class:`TumorInpaintPipeline` folder
+with the EMA weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DiffTumorInputError
+from .config import load_config
+from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
+from .run import RunConfig, TrainingRun, command_line
+
+STAGE_LABELS = {"early": (2,), "midlate": (3,), "all": (2, 3)}
+
+
+@dataclass
+class UNetSection:
+    base_channels: int = 24
+    channel_multipliers: tuple[int, ...] = (1, 2, 4, 8)
+    attention_heads: int = 8
+    attention_head_dim: int = 32
+    norm_num_groups: int = 8
+
+
+@dataclass
+class DiffusionSection:
+    num_train_timesteps: int = 4
+    prediction_type: str = "epsilon"
+    loss: str = "l1"
+    mask_downsampling: str = "nearest"
+    #: sampler stored with the pipeline (default: ddpm for T <= 10, ddim otherwise)
+    sampler: str | None = None
+    num_inference_steps: int | None = None
+
+
+@dataclass
+class DiffusionOptim:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    gradient_clip: float = 0.0
+
+
+@dataclass
+class EMASection:
+    decay: float = 0.995
+    update_every: int = 10
+    #: the EMA copy follows the online weights exactly until this step (the original's step_start_ema)
+    start_step: int = 2000
+
+
+@dataclass
+class DiffusionConfig:
+    """``difftumor train diffusion`` configuration (see ``configs/diffusion_*.yaml``)."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    vqmodel: str = ""
+    organ: str = "liver"
+    tumor_stage: str = "early"
+    tumor_crop_ratio: float = 0.5
+    model: UNetSection = field(default_factory=UNetSection)
+    diffusion: DiffusionSection = field(default_factory=DiffusionSection)
+    optim: DiffusionOptim = field(default_factory=DiffusionOptim)
+    ema: EMASection = field(default_factory=EMASection)
+    license: str = "apache-2.0"
+    data_description: str = ""
+    quality: str = ""
+
+    def validate(self) -> None:
+        if not self.vqmodel:
+            raise DiffTumorInputError(
+                "config key vqmodel is empty", "point it to a trained VQModel3D or pipeline folder"
+            )
+        if self.tumor_stage not in STAGE_LABELS:
+            raise DiffTumorInputError(f"tumor_stage {self.tumor_stage!r}", "use early, midlate or all")
+        if self.diffusion.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise DiffTumorInputError(
+                f"diffusion.prediction_type {self.diffusion.prediction_type!r}", "use epsilon, sample or v_prediction"
+            )
+        if self.diffusion.loss not in ("l1", "l2"):
+            raise DiffTumorInputError(f"diffusion.loss {self.diffusion.loss!r}", "use l1 or l2")
+        if self.diffusion.mask_downsampling not in ("nearest", "max"):
+            raise DiffTumorInputError("diffusion.mask_downsampling must be nearest or max")
+        if self.diffusion.num_train_timesteps < 1:
+            raise DiffTumorInputError("diffusion.num_train_timesteps must be >= 1")
+
+
+def load_vqmodel(path: str):
+    """A frozen :class:`VQModel3D` from its own folder or from a pipeline folder's ``vqmodel/``."""
+    from ..models.vq_model_3d import VQModel3D
+
+    folder = Path(path)
+    if (folder / "model_index.json").exists():
+        folder = folder / "vqmodel"
+    if not (folder / "config.json").exists():
+        raise DiffTumorInputError(
+            f"vqmodel {path} is not a VQModel3D or pipeline folder",
+            "train one with `difftumor train autoencoder` or pass a converted pipeline",
+        )
+    return VQModel3D.from_pretrained(folder).eval().requires_grad_(False)
+
+
+def _crop_transform(config: DiffusionConfig):
+    from monai.transforms import Compose, RandCropByLabelClassesd, RandRotate90d
+
+    ratio = config.tumor_crop_ratio
+    crop = RandCropByLabelClassesd(
+        keys=["image", "label"],
+        label_key="label",
+        spatial_size=config.data.crop_size,
+        ratios=[0.0, 1.0 - ratio, ratio],
+        num_classes=3,
+        num_samples=1,
+        indices_key="label_cls_indices",
+        warn=False,
+    )
+    chain = Compose([crop, RandRotate90d(keys=["image", "label"], prob=0.1, spatial_axes=(0, 1))])
+
+    def transform(data: dict, rng: np.random.Generator) -> dict:
+        sample = seeded(chain, rng)(dict(data))
+        sample = sample[0] if isinstance(sample, list) else sample
+        return {"image": sample["image"], "mask": (sample["label"] == 2).float()}
+
+    return transform
+
+
+def _relabel(stage: str):
+    """Internal labels -> 0 background, 1 organ, 2 the tumours this model learns (other tumours count as organ)."""
+    from monai.transforms import Lambdad
+
+    selected = STAGE_LABELS[stage]
+
+    def relabel(label):
+        out = (label > 0).float()
+        for value in selected:
+            out[label == value] = 2.0
+        return out
+
+    return Lambdad(keys="label", func=relabel)
+
+
+def train_diffusion(config: DiffusionConfig, resume: bool = False) -> Path:
+    """Run the training; returns the pipeline folder (``<output_dir>/pipeline``)."""
+    from diffusers.training_utils import EMAModel
+    from monai.transforms import ClassesToIndicesd, Compose
+
+    from ..models.unet_3d_inpaint import UNet3DInpaintModel
+    from ..pipelines import TumorInpaintPipeline
+    from ..schedulers import make_scheduler
+
+    cases = read_cases(config.data.datalist, config.data.max_cases, require_label=True)
+    key = {"early": "early_tumors", "midlate": "midlate_tumors"}.get(config.tumor_stage)
+    with_tumors = [c for c in cases if (c.get(key) if key and c.get(key) is not None else c.get("has_tumor", True))]
+    if not with_tumors:
+        raise DiffTumorInputError(
+            f"no case of {config.data.datalist} has {config.tumor_stage} tumours",
+            "prepare it with --early-max-diameter-mm, or choose tumor_stage all",
+        )
+    vqmodel = load_vqmodel(config.vqmodel)
+    factor = max(int(f) for f in vqmodel.config.downsample)
+    multiple = factor * 2 ** (len(config.model.channel_multipliers) - 1)
+    if any(size % multiple for size in config.data.crop_size):
+        raise DiffTumorInputError(
+            f"data.crop_size {config.data.crop_size} must be multiples of {multiple}",
+            "the autoencoder and the UNet's levels divide it",
+        )
+    run = TrainingRun(config.run, config, "diffusion", resume=resume)
+    accelerator = run.accelerator
+    torch.manual_seed(config.run.seed)
+    latent = vqmodel.config.latent_channels
+    unet = UNet3DInpaintModel(
+        sample_channels=latent, condition_channels=latent + 1, out_channels=latent, **vars(config.model)
+    )
+    steps_t = config.diffusion.num_train_timesteps
+    noise_scheduler = make_scheduler(
+        "ddpm", {"num_train_timesteps": steps_t, "prediction_type": config.diffusion.prediction_type}
+    )
+    sampler_name = config.diffusion.sampler or ("ddpm" if steps_t <= 10 else "ddim")
+    pipeline = TumorInpaintPipeline(
+        vqmodel=vqmodel,
+        unet=unet,
+        scheduler=make_scheduler(sampler_name, noise_scheduler.config),
+        mask_downsampling=config.diffusion.mask_downsampling,
+        default_num_inference_steps=config.diffusion.num_inference_steps or (steps_t if steps_t <= 10 else 50),
+        organ=config.organ,
+        tumor_stage="early" if config.tumor_stage == "early" else "mid-late",
+    )
+    ema = EMAModel(
+        unet.parameters(),
+        decay=config.ema.decay,
+        update_after_step=config.ema.start_step,
+        model_cls=UNet3DInpaintModel,
+        model_config=unet.config,
+    )
+    optimizer = torch.optim.Adam(unet.parameters(), lr=config.optim.lr, betas=config.optim.betas)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    vqmodel.to(run.device)
+    ema.to(run.device)
+    accelerator.register_for_checkpointing(ema)
+    start = run.restore()
+    # Voxel indices of every class are computed once per case (cached), not at every crop.
+    preprocess = Compose(
+        [
+            preprocessing(config.data.window, config.data.spacing, config.data.crop_size, True),
+            _relabel(config.tumor_stage),
+            ClassesToIndicesd(keys="label", num_classes=3),
+        ]
+    )
+    dataset = CropDataset(with_tumors, preprocess, _crop_transform(config), config.run.seed)
+    loader = run_loader(
+        dataset, config.data.batch_size, config.data.num_workers, start, config.run.max_steps, accelerator
+    )
+    loss_function = F.l1_loss if config.diffusion.loss == "l1" else F.mse_loss
+    run.start_progress(config.run.max_steps)
+    step = start
+    for batch in loader:
+        image = batch["image"].to(run.device).permute(0, 1, 4, 2, 3).contiguous()
+        mask = batch["mask"].to(run.device).permute(0, 1, 4, 2, 3).contiguous()
+        generator = torch.Generator().manual_seed(config.run.seed * 1_000_003 + step * 101 + accelerator.process_index)
+        with torch.no_grad():
+            target_latent = vqmodel.normalize_latents(vqmodel.encode(image).latents)
+            condition = pipeline.encode_condition(image, mask)
+        noise = torch.randn(target_latent.shape, generator=generator).to(run.device)
+        timesteps = torch.randint(0, steps_t, (image.shape[0],), generator=generator).to(run.device)
+        noisy = noise_scheduler.add_noise(target_latent, noise, timesteps)
+        if config.diffusion.prediction_type == "epsilon":
+            target = noise
+        elif config.diffusion.prediction_type == "sample":
+            target = target_latent
+        else:
+            target = noise_scheduler.get_velocity(target_latent, noise, timesteps)
+        with accelerator.accumulate(unet):
+            with accelerator.autocast():
+                prediction = unet(noisy, timesteps, condition).sample
+                loss = loss_function(prediction.float(), target)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.optim.gradient_clip:
+                accelerator.clip_grad_norm_(unet.parameters(), config.optim.gradient_clip)
+            optimizer.step()
+            optimizer.zero_grad()
+        step += 1
+        run.step = step
+        if accelerator.sync_gradients and (step % config.ema.update_every == 0 or step <= config.ema.start_step):
+            ema.step(unet.parameters())
+        run.log({"loss": loss.item(), "tumour_fraction": float(mask.mean())})
+        if step % config.run.checkpoint_every == 0 or step == config.run.max_steps:
+            run.save_checkpoint()
+    digest = run.record_parameters(unet)
+    seconds = run.finish()
+    out = Path(config.run.output_dir) / "pipeline"
+    if run.is_main:
+        final_unet = UNet3DInpaintModel.from_config(accelerator.unwrap_model(unet).config)
+        ema.copy_to(final_unet.parameters())
+        pipeline.register_modules(unet=final_unet.eval().cpu())
+        pipeline.vqmodel.cpu()
+        pipeline.save_pretrained(out)
+        (out / "training.json").write_text(
+            json.dumps(
+                {
+                    "trainer": "diffusion",
+                    "organ": config.organ,
+                    "tumor_stage": config.tumor_stage,
+                    "steps": step,
+                    "seconds": round(seconds, 1),
+                    "parameters_sha256": digest,
+                    "num_train_timesteps": steps_t,
+                    "prediction_type": config.diffusion.prediction_type,
+                    "loss": config.diffusion.loss,
+                    "license": config.license,
+                    "data_description": config.data_description,
+                    "quality": config.quality,
+                    "command": command_line(),
+                },
+                indent=2,
+            )
+        )
+    accelerator.wait_for_everyone()
+    return out
+
+
+def load_diffusion_config(path, overrides) -> DiffusionConfig:
+    return load_config(DiffusionConfig, path, overrides)

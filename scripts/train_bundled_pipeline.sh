@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Reproduce the bundled demo pipeline (difftumor/assets/tiny_pipeline) from ../shared/data with the project's own
+# trainers, on CPU. Usage: bash scripts/train_bundled_pipeline.sh [WORK_DIR]   (about 30-40 minutes on 2 cores)
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+shared="${DIFFTUMOR_SHARED:-$repo/../shared}"
+work="${1:-$repo/runs/bundled}"
+mkdir -p "$work/src/lits/images" "$work/src/lits/labels" "$work/src/patient_a/a" "$work/data"
+ln -sfn "$shared/data/lits117_upper/lits117_upper_ct.nii.gz" "$work/src/lits/images/lits117_upper.nii.gz"
+ln -sfn "$shared/data/lits117_upper/lits117_upper_label.nii.gz" "$work/src/lits/labels/lits117_upper.nii.gz"
+ln -sfn "$shared/data/totalseg_example/example_ct.nii.gz" "$work/src/patient_a/a/ct.nii.gz"
+ln -sfn "$shared/data/totalseg_example/example_seg_fast_force_split.nii.gz" "$work/src/patient_a/a/seg.nii.gz"
+
+# 1. Datalists: LiTS upper half with early (<= 20 mm) / mid-late tumours split, patient A's liver.
+difftumor data prepare folders "$work/src/lits" --organ liver --early-max-diameter-mm 20 --out "$work/data/lits_early.json"
+difftumor data prepare totalsegmentator "$work/src/patient_a" --organ liver --out "$work/data/patient_a.json"
+python - "$work/data" <<'PY'
+import json, sys
+folder = sys.argv[1]
+lits, patient = (json.load(open(f"{folder}/{name}.json")) for name in ("lits_early", "patient_a"))
+lits["data"] += patient["data"]
+json.dump(lits, open(f"{folder}/autoencoder.json", "w"), indent=1)
+PY
+
+# 2. Autoencoder on patient A + the LiTS upper half.
+difftumor train autoencoder --config "$repo/configs/autoencoder_tiny_cpu.yaml" \
+    --set run.output_dir="$work/autoencoder" --set data.datalist="$work/data/autoencoder.json" \
+    --set run.max_steps=1200 --set loss.discriminator_start_step=700 --set run.checkpoint_every=200
+
+# 3. Early-tumour diffusion model on the real tumours of the LiTS upper half (one annotated CT).
+difftumor train diffusion --config "$repo/configs/diffusion_tiny_cpu.yaml" \
+    --set run.output_dir="$work/diffusion" --set data.datalist="$work/data/lits_early.json" \
+    --set vqmodel="$work/autoencoder/vqmodel" --set run.max_steps=1500 --set run.checkpoint_every=300
+
+echo "pipeline: $work/diffusion/pipeline (copy it to difftumor/assets/tiny_pipeline to bundle it)"
