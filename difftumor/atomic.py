@@ -60,6 +60,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise DiffTumorInputError(f"output path {path} is a folder", "pass a file path")
+    if not path.resolve().parent.is_dir():
+        raise DiffTumorInputError(f"folder {path.parent} of the output does not exist", "create it first")
     suffix = "".join(path.suffixes)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.resolve().parent)
     os.close(handle)

@@ -37,3 +37,13 @@ def diffusion(config: ConfigOption = None, set_: SetOption = None, resume: Resum
 
     out = train_diffusion(load_diffusion_config(config, set_), resume=resume)
     console.print(f"wrote {out}; load it with TumorInpaintPipeline.from_pretrained('{out}')")
+
+
+@train_app.command("segmentation")
+def segmentation(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = False) -> None:
+    """Train a MONAI segmentation model with tumours synthesised on the fly into healthy CTs; writes
+    <output_dir>/model (and best_model when validating)."""
+    from ..training.segmentation import load_segmentation_config, train_segmentation
+
+    out = train_segmentation(load_segmentation_config(config, set_), resume=resume)
+    console.print(f"wrote {out}; apply it with `difftumor segment CT --model {out} --out prediction.nii.gz`")

@@ -72,8 +72,15 @@ def read_cases(datalist: str | os.PathLike, max_cases: int = 0, require_label: b
     return cases[:max_cases] if max_cases else cases
 
 
-def preprocessing(window: Sequence[float], spacing: float, crop_size: Sequence[int], with_label: bool):
-    """MONAI chain to the working space: load, channel first, RAS, isotropic spacing, HU window -> [-1, 1], pad."""
+def preprocessing(
+    window: Sequence[float],
+    spacing: float,
+    crop_size: Sequence[int],
+    with_label: bool,
+    intensity_range: Sequence[float] = (-1.0, 1.0),
+):
+    """MONAI chain to the working space: load, channel first, RAS, isotropic spacing, HU window -> ``intensity_range``
+    ([-1, 1] for the generative models, [0, 1] for segmentation, as in the original), pad to the crop size."""
     from monai.transforms import (
         Compose,
         EnsureChannelFirstd,
@@ -87,8 +94,8 @@ def preprocessing(window: Sequence[float], spacing: float, crop_size: Sequence[i
 
     keys = ["image", "label"] if with_label else ["image"]
     modes = ("bilinear", "nearest") if with_label else ("bilinear",)
-    # Padding value -1 is the bottom of the window (the original pads with the image minimum).
-    pads = [SpatialPadd(keys="image", spatial_size=tuple(crop_size), value=-1.0)]
+    # Images are padded with the bottom of the window (the original pads with the image minimum).
+    pads = [SpatialPadd(keys="image", spatial_size=tuple(crop_size), value=float(intensity_range[0]))]
     if with_label:
         pads.append(SpatialPadd(keys="label", spatial_size=tuple(crop_size), value=0))
     return Compose(
@@ -97,7 +104,14 @@ def preprocessing(window: Sequence[float], spacing: float, crop_size: Sequence[i
             EnsureChannelFirstd(keys=keys),
             Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacingd(keys=keys, pixdim=(spacing,) * 3, mode=modes),
-            ScaleIntensityRanged(keys="image", a_min=window[0], a_max=window[1], b_min=-1.0, b_max=1.0, clip=True),
+            ScaleIntensityRanged(
+                keys="image",
+                a_min=window[0],
+                a_max=window[1],
+                b_min=intensity_range[0],
+                b_max=intensity_range[1],
+                clip=True,
+            ),
             *pads,
             EnsureTyped(keys=keys, track_meta=False),
         ]

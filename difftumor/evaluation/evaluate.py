@@ -1,0 +1,106 @@
+"""Evaluate folders of predictions against folders of ground truth (files paired by name)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_file
+from ..data.volumes import load_volume
+from ..errors import DiffTumorInputError
+from ..synthesis.working_space import sample
+from .metrics import evaluate_case, markdown_table, summarize
+
+#: Ground-truth label ids (organ, tumour) of common datasets; KiTS cysts (3) count as kidney.
+TRUTH_LABELS = {
+    "internal": {"organ": (1,), "tumor": (2, 3)},
+    "lits": {"organ": (1,), "tumor": (2,)},
+    "msd": {"organ": (1,), "tumor": (2,)},
+    "kits": {"organ": (1, 3), "tumor": (2,)},
+}
+
+
+def _case_name(path: Path) -> str:
+    return re.sub(r"\.nii(\.gz)?$", "", path.name)
+
+
+def _nifti(folder: Path) -> dict[str, Path]:
+    return {_case_name(p): p for p in sorted(folder.iterdir()) if p.name.endswith((".nii", ".nii.gz"))}
+
+
+def evaluate_folders(
+    prediction_dir: str | os.PathLike,
+    truth_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    truth_labels: str = "internal",
+    organ_label: int | None = None,
+    tumor_label: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate every prediction that has a same-named truth file; write ``metrics.json`` (``cases`` + ``summary``).
+
+    Predictions use the internal scheme (1 organ, 2 tumour). Truth ids follow ``truth_labels`` (``internal``,
+    ``lits``, ``msd``, ``kits``) unless ``organ_label`` / ``tumor_label`` are given. A prediction on another grid
+    than its truth is resampled onto it by affine (nearest neighbour).
+    """
+    prediction_dir, truth_dir = Path(prediction_dir), Path(truth_dir)
+    for folder, what in ((prediction_dir, "prediction"), (truth_dir, "truth")):
+        if not folder.is_dir():
+            raise DiffTumorInputError(f"{what} folder {folder} does not exist", "check the path")
+    if truth_labels not in TRUTH_LABELS:
+        raise DiffTumorInputError(
+            f"unknown truth label scheme {truth_labels!r}", f"choose one of {', '.join(TRUTH_LABELS)}"
+        )
+    scheme = dict(TRUTH_LABELS[truth_labels])
+    if organ_label is not None:
+        scheme["organ"] = (organ_label,)
+    if tumor_label is not None:
+        scheme["tumor"] = (tumor_label,)
+    predictions, truths = _nifti(prediction_dir), _nifti(truth_dir)
+    names = sorted(set(predictions) & set(truths))
+    if not names:
+        raise DiffTumorInputError(
+            f"no prediction in {prediction_dir} has a same-named truth in {truth_dir}",
+            "name prediction and truth files alike (case.nii.gz)",
+        )
+    cases = []
+    for name in names:
+        truth = load_volume(truths[name], "truth")
+        prediction = load_volume(predictions[name], "prediction")
+        predicted = prediction.array
+        if predicted.shape != truth.shape or not np.allclose(prediction.affine, truth.affine, atol=1e-3):
+            predicted = sample(predicted, prediction.affine, truth.affine, truth.shape, order=0)
+        internal = np.zeros(truth.shape, np.uint8)
+        internal[np.isin(truth.array, scheme["organ"])] = 1
+        internal[np.isin(truth.array, scheme["tumor"])] = 2
+        result = evaluate_case(np.asarray(predicted).astype(np.int32), internal, truth.spacing)
+        cases.append({"case": name, **result})
+    data = {
+        "summary": summarize(cases),
+        "cases": cases,
+        "unpaired_predictions": sorted(set(predictions) - set(truths)),
+        "unpaired_truths": sorted(set(truths) - set(predictions)),
+    }
+    data = _json_safe(data)
+    with atomic_file(out) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    return data
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a metric without cases, e.g. DSC of two empty masks) becomes ``null``: metrics.json stays valid JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+__all__ = ["evaluate_folders", "markdown_table"]

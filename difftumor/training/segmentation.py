@@ -1,0 +1,311 @@
+"""Train a tumour segmentation model with tumours synthesised on the fly into healthy CTs (DiffTumor's stage 3).
+
+Real-tumour and healthy datalists are mixed; 96³ crops (half centred on organ/tumour voxels) get the original's
+augmentations (flips, 90° rotations, intensity scale/shift); then, on the collated batch, healthy crops receive a
+synthetic tumour with probability 0.5 from any registered synthesizer (created once per process). DiceCE loss,
+AdamW with linear warm-up and cosine decay, sliding-window validation with best-checkpoint selection on tumour Dice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DiffTumorInputError
+from .config import load_config
+from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
+from .run import RunConfig, TrainingRun, command_line
+
+
+@dataclass
+class SegmentationData(DataConfig):
+    #: healthy cases (labels: organ only) that receive synthetic tumours; optional
+    healthy_datalist: str = ""
+    #: cases for sliding-window validation; optional
+    validation_datalist: str = ""
+    #: probability of drawing a healthy case (when both kinds are given)
+    healthy_fraction: float = 0.5
+    positive_fraction: float = 0.5
+
+    def validate(self) -> None:
+        if not self.datalist and not self.healthy_datalist:
+            raise DiffTumorInputError(
+                "no training data: data.datalist and data.healthy_datalist are both empty",
+                "give real-tumour cases, healthy cases, or both",
+            )
+        if any(size % 16 for size in self.crop_size):
+            raise DiffTumorInputError(f"data.crop_size {self.crop_size} must be multiples of 16")
+
+
+@dataclass
+class BackboneSection:
+    backbone: str = "unet"
+    backbone_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class SynthesisSection:
+    #: a registered synthesizer (handcrafted, diffusion, a plugin) or "none"
+    synthesizer: str = "handcrafted"
+    #: diffusion: pipeline folder or repo id (default: the bundled demo pipeline)
+    pipeline: str | None = None
+    prob: float = 0.5
+    size_mix: dict = field(default_factory=lambda: {"early": 0.8, "medium": 0.1, "large": 0.1})
+
+
+@dataclass
+class SegmentationOptim:
+    lr: float = 4e-4
+    weight_decay: float = 1e-5
+    warmup_steps: int = 100
+
+
+@dataclass
+class ValidationSection:
+    every: int = 0
+    overlap: float = 0.5
+
+
+@dataclass
+class SegmentationConfig:
+    """``difftumor train segmentation`` configuration (see ``configs/segmentation_*.yaml``)."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: SegmentationData = field(default_factory=SegmentationData)
+    model: BackboneSection = field(default_factory=BackboneSection)
+    synthesis: SynthesisSection = field(default_factory=SynthesisSection)
+    optim: SegmentationOptim = field(default_factory=SegmentationOptim)
+    validation: ValidationSection = field(default_factory=ValidationSection)
+    organ: str = "liver"
+
+
+def _augment(config: SegmentationConfig):
+    from monai.transforms import (
+        Compose,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    keys = ["image", "label"]
+    positive = config.data.positive_fraction
+    chain = Compose(
+        [
+            RandCropByPosNegLabeld(
+                keys=keys,
+                label_key="label",
+                spatial_size=config.data.crop_size,
+                pos=positive,
+                neg=1.0 - positive,
+                num_samples=1,
+                fg_indices_key="label_fg_indices",
+                bg_indices_key="label_bg_indices",
+            ),
+            RandFlipd(keys=keys, prob=0.2, spatial_axis=0),
+            RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
+            RandFlipd(keys=keys, prob=0.2, spatial_axis=2),
+            RandRotate90d(keys=keys, prob=0.2, max_k=3),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.15),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.15),
+        ]
+    )
+
+    def transform(data: dict, rng: np.random.Generator) -> dict:
+        sample = seeded(chain, rng)(dict(data))
+        sample = sample[0] if isinstance(sample, list) else sample
+        return {
+            "image": sample["image"],
+            "label": sample["label"],
+            "healthy": data["healthy"],
+            "seed": int(rng.integers(2**31 - 1)),
+        }
+
+    return transform
+
+
+def _preprocess(config: SegmentationConfig):
+    from monai.transforms import Compose, FgBgToIndicesd, Lambdad
+
+    return Compose(
+        [
+            preprocessing(config.data.window, config.data.spacing, config.data.crop_size, True, (0.0, 1.0)),
+            # Internal labels: early (2) and mid/late (3) tumours are both "tumour" for segmentation.
+            Lambdad(keys="label", func=lambda label: torch.clamp(label, max=2)),
+            FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.0),
+        ]
+    )
+
+
+class _MixedDataset(CropDataset):
+    """CropDataset whose cases carry a ``healthy`` flag passed through to the batch."""
+
+    def case(self, index: int) -> dict:
+        data = super().case(index)
+        data["healthy"] = bool(self.cases[index].get("_healthy", False))
+        return data
+
+
+def _cases(config: SegmentationConfig) -> tuple[list[dict], list[float]]:
+    real = read_cases(config.data.datalist, config.data.max_cases, require_label=True) if config.data.datalist else []
+    healthy = (
+        read_cases(config.data.healthy_datalist, config.data.max_cases, require_label=True)
+        if config.data.healthy_datalist
+        else []
+    )
+    for case in healthy:
+        case["_healthy"] = True
+    cases = real + healthy
+    if real and healthy:
+        fraction = config.data.healthy_fraction
+        weights = [(1 - fraction) / len(real)] * len(real) + [fraction / len(healthy)] * len(healthy)
+    else:
+        weights = [1.0] * len(cases)
+    return cases, weights
+
+
+def _validation_dice(model, cases, config: SegmentationConfig, device) -> float:
+    """Mean tumour Dice over validation cases (sliding window in the working space)."""
+    from monai.inferers import sliding_window_inference
+
+    from ..evaluation.metrics import dice
+
+    preprocess = preprocessing(config.data.window, config.data.spacing, config.data.crop_size, True, (0.0, 1.0))
+    scores = []
+    model.eval()
+    with torch.no_grad():
+        for case in cases:
+            if "_working" not in case:  # preprocessed once, on the first validation
+                case["_working"] = preprocess({"image": case["image"], "label": case["label"]})
+            data = case["_working"]
+            logits = sliding_window_inference(
+                data["image"][None].to(device),
+                tuple(config.data.crop_size),
+                1,
+                model,
+                overlap=config.validation.overlap,
+                mode="gaussian",
+            )
+            prediction = logits.argmax(1)[0].cpu().numpy() == 2
+            truth = data["label"][0].numpy() >= 2
+            value = dice(prediction, truth)
+            scores.append(1.0 if math.isnan(value) else value)
+    model.train()
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def train_segmentation(config: SegmentationConfig, resume: bool = False) -> Path:
+    """Run the training; returns the final model folder (``<output_dir>/model``; the best is ``best_model``)."""
+    from monai.losses import DiceCELoss
+    from monai.optimizers import WarmupCosineSchedule
+
+    from ..segmentation.model import SegmentationModel
+    from ..synthesis.transforms import TumorSynthesisOnBatch
+
+    cases, weights = _cases(config)
+    validation = (
+        read_cases(config.data.validation_datalist, require_label=True) if config.data.validation_datalist else []
+    )
+    run = TrainingRun(config.run, config, "segmentation", resume=resume)
+    accelerator = run.accelerator
+    torch.manual_seed(config.run.seed)
+    model = SegmentationModel(
+        backbone=config.model.backbone,
+        backbone_kwargs=config.model.backbone_kwargs,
+        window=config.data.window,
+        spacing=config.data.spacing,
+        roi_size=config.data.crop_size,
+        organ=config.organ,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    schedule = WarmupCosineSchedule(optimizer, warmup_steps=config.optim.warmup_steps, t_total=config.run.max_steps)
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6)
+    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    start = run.restore()
+    synthesis = None
+    if config.synthesis.synthesizer != "none":
+        kwargs: dict[str, Any] = {}
+        if config.synthesis.synthesizer == "diffusion":
+            kwargs = {"pipeline": config.synthesis.pipeline, "device": str(run.device)}
+        synthesis = TumorSynthesisOnBatch(
+            synthesizer=config.synthesis.synthesizer,
+            organ=config.organ,
+            prob=config.synthesis.prob,
+            size_mix=config.synthesis.size_mix,
+            window=config.data.window,
+            intensity_range=(0.0, 1.0),
+            synthesizer_kwargs=kwargs,
+        )
+    dataset = _MixedDataset(cases, _preprocess(config), _augment(config), config.run.seed, weights)
+    loader = run_loader(
+        dataset, config.data.batch_size, config.data.num_workers, start, config.run.max_steps, accelerator
+    )
+    best_path = Path(config.run.output_dir) / "best_model"
+    best = (
+        json.loads((best_path / "validation.json").read_text())["tumor_dice"]
+        if (best_path / "validation.json").exists()
+        else -1.0
+    )
+    run.start_progress(config.run.max_steps)
+    step = start
+    for batch in loader:
+        images, labels = batch["image"], batch["label"]
+        synthesised = 0
+        if synthesis is not None:
+            images, labels, synthesised = synthesis(images, labels, batch["seed"].tolist(), batch["healthy"].tolist())
+        images, labels = images.to(run.device), labels.to(run.device)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss = loss_function(model(images), labels)
+            accelerator.backward(loss)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+        step += 1
+        run.step = step
+        metrics = {"loss": loss.item(), "synthetic_tumours": float(synthesised), "lr": schedule.get_last_lr()[0]}
+        if (
+            validation
+            and config.validation.every
+            and (step % config.validation.every == 0 or step == config.run.max_steps)
+        ):
+            score = _validation_dice(accelerator.unwrap_model(model), validation, config, run.device)
+            metrics["val_tumor_dice"] = score
+            if run.is_main and score > best:
+                best = score
+                accelerator.unwrap_model(model).save_pretrained(best_path)
+                (best_path / "validation.json").write_text(json.dumps({"step": step, "tumor_dice": score}))
+        run.log(metrics)
+        if step % config.run.checkpoint_every == 0 or step == config.run.max_steps:
+            run.save_checkpoint()
+    digest = run.record_parameters(model)
+    seconds = run.finish()
+    out = Path(config.run.output_dir) / "model"
+    if run.is_main:
+        accelerator.unwrap_model(model).save_pretrained(out)
+        (out / "training.json").write_text(
+            json.dumps(
+                {
+                    "trainer": "segmentation",
+                    "steps": step,
+                    "seconds": round(seconds, 1),
+                    "parameters_sha256": digest,
+                    "synthesizer": config.synthesis.synthesizer,
+                    "command": command_line(),
+                },
+                indent=2,
+            )
+        )
+    accelerator.wait_for_everyone()
+    return out
+
+
+def load_segmentation_config(path, overrides) -> SegmentationConfig:
+    return load_config(SegmentationConfig, path, overrides)
