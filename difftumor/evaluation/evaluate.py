@@ -41,6 +41,7 @@ def evaluate_folders(
     truth_labels: str = "internal",
     organ_label: int | None = None,
     tumor_label: int | None = None,
+    organ: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every prediction that has a same-named truth file; write ``metrics.json`` (``cases`` + ``summary``).
 
@@ -81,6 +82,8 @@ def evaluate_folders(
         result = evaluate_case(np.asarray(predicted).astype(np.int32), internal, truth.spacing)
         cases.append({"case": name, **result})
     data = {
+        "organ": organ,
+        "truth_labels": truth_labels,
         "summary": summarize(cases),
         "cases": cases,
         "unpaired_predictions": sorted(set(predictions) - set(truths)),

@@ -1,0 +1,101 @@
+"""On-the-fly synthesis for segmentation training: the MONAI transform and its batched twin, on real CT crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from difftumor.synthesis import HandcraftedSynthesizer
+from difftumor.synthesis.transforms import RandTumorSynthesisd, TumorSynthesisOnBatch
+from difftumor.training.data import preprocessing
+from tests.helpers.volumes import PATIENT_A_CT, PATIENT_A_ORGANS
+
+
+@pytest.fixture(scope="module")
+def liver_crops(data_dir):
+    """Four 64³ crops (1 mm, RAS, window -> [0, 1]) around patient A's liver; label 1 = liver."""
+    data = preprocessing((-175, 250), 1.0, (64, 64, 64), True, (0.0, 1.0))(
+        {"image": str(PATIENT_A_CT), "label": str(PATIENT_A_ORGANS)}
+    )
+    image, label = data["image"], (data["label"] == 5).float()
+    center = torch.nonzero(label[0]).float().mean(0).round().long()
+    crops = []
+    for offset in ((0, 0, 0), (-20, 0, 0), (0, -20, 0), (0, 0, -12)):
+        start = [int(c) + o - 32 for c, o in zip(center, offset)]
+        box = tuple(slice(s, s + 64) for s in start)
+        crops.append((image[(slice(None), *box)].clone(), label[(slice(None), *box)].clone()))
+    return crops
+
+
+class CountingHandcrafted(HandcraftedSynthesizer):
+    calls: list[int] = []
+    constructed = 0
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        CountingHandcrafted.constructed += 1
+
+    def synthesize(self, batch):
+        CountingHandcrafted.calls.append(batch.images.shape[0])
+        return super().synthesize(batch)
+
+
+def test_monai_transform_adds_a_tumour_to_healthy_crops_only(liver_crops):
+    image, label = liver_crops[0]
+    transform = RandTumorSynthesisd(
+        keys=("image", "label"), synthesizer="handcrafted", organ="liver", prob=1.0, size_mix={"small": 1.0}
+    )
+    transform.set_random_state(seed=3)
+    out = transform({"image": image, "label": label})
+    tumour = out["label"][0] == 2
+    assert tumour.any() and (label[0][tumour] == 1).all()  # inside the liver
+    changed = out["image"][0] != image[0]
+    assert changed.any() and out["image"].min() >= 0 and out["image"].max() <= 1
+    assert out["image"][0][tumour].mean() < image[0][tumour].mean()  # hypo-attenuating
+    # The soft edge reaches 4σ ≤ 8 voxels (σ ≤ 2 mm) in every direction, diagonals included.
+    near = ndimage.binary_dilation(tumour.numpy(), structure=np.ones((3, 3, 3)), iterations=9)
+    far = ~torch.from_numpy(near)
+    assert torch.equal(out["image"][0][far], image[0][far])
+    transform.set_random_state(seed=3)
+    again = transform({"image": image, "label": label})
+    assert torch.equal(again["image"], out["image"]) and torch.equal(again["label"], out["label"])
+    # A crop that already has a tumour is not healthy: untouched.
+    unhealthy = out["label"].clone()
+    assert torch.equal(transform({"image": image, "label": unhealthy})["image"], image)
+    never = RandTumorSynthesisd(keys=("image", "label"), prob=0.0)
+    assert torch.equal(never({"image": image, "label": label})["image"], image)
+
+
+def test_batched_synthesis_loads_once_and_batches(liver_crops, monkeypatch):
+    import difftumor.synthesis.transforms as transforms_module
+
+    created = []
+
+    def fake_get(name, **kwargs):
+        created.append(name)
+        return CountingHandcrafted()
+
+    monkeypatch.setattr(transforms_module, "get_synthesizer", fake_get)
+    CountingHandcrafted.calls = []
+    hook = TumorSynthesisOnBatch(synthesizer="handcrafted", organ="liver", prob=1.0, size_mix={"early": 1.0})
+    images = torch.stack([c[0] for c in liver_crops])
+    labels = torch.stack([c[1] for c in liver_crops])
+    for step in range(3):
+        out_images, out_labels, count = hook(
+            images, labels, seeds=[10 * step + i for i in range(4)], healthy=[True, True, False, True]
+        )
+        assert count == 3 and not torch.equal(out_images[0], images[0]) and torch.equal(out_images[2], images[2])
+        assert (out_labels == 2).any()
+    assert created == ["handcrafted"]  # built once, reused
+    assert CountingHandcrafted.calls == [3, 3, 3]  # one call per batch, three crops each
+
+
+def test_probability_and_size_mix_are_respected(liver_crops):
+    hook = TumorSynthesisOnBatch(synthesizer=HandcraftedSynthesizer(), organ="liver", prob=0.5, size_mix={"tiny": 1.0})
+    image, label = liver_crops[0]
+    counts = sum(hook(image[None], label[None], seeds=[seed])[2] for seed in range(40))
+    assert 10 <= counts <= 30
+    with pytest.raises(Exception, match="invalid size mix"):
+        TumorSynthesisOnBatch(size_mix={"early": -1.0})
