@@ -71,7 +71,7 @@ def test_backbone_registry():
         ("segresnet", {"init_filters": 8}),
         ("swinunetr", {"feature_size": 12}),
     ):
-        network = make_backbone(name, 1, 3, **kwargs)
+        network = make_backbone(name, 1, 3, **kwargs).eval()
         with torch.no_grad():
             assert network(torch.rand(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
 
