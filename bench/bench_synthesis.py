@@ -42,11 +42,18 @@ def run_once(synthesizer_name: str, tumors: int, batch: int, threads: int) -> No
     start = time.perf_counter()
     result = synthesize_tumors(ct, mask, "liver", synthesizer, size="small", count=tumors, seed=0, organ_label=5)
     seconds = time.perf_counter() - start
-    print(json.dumps({
-        "synthesizer": synthesizer_name, "tumors": len(result.tumors), "batch": batch,
-        "seconds": round(seconds, 2), "seconds_per_tumor": round(seconds / tumors, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "synthesizer": synthesizer_name,
+                "tumors": len(result.tumors),
+                "batch": batch,
+                "seconds": round(seconds, 2),
+                "seconds_per_tumor": round(seconds / tumors, 2),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -61,9 +68,20 @@ def main() -> None:
     for name in ("handcrafted", "diffusion"):
         for batch in (1, args.tumors):
             done = subprocess.run(
-                [sys.executable, __file__, "--once", name, str(batch), "--tumors", str(args.tumors),
-                 "--threads", str(args.threads)],
-                capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--once",
+                    name,
+                    str(batch),
+                    "--tumors",
+                    str(args.tumors),
+                    "--threads",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             print(done.stdout.strip().splitlines()[-1])
     print("command: python bench/bench_synthesis.py " + " ".join(sys.argv[1:]))

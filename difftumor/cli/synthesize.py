@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -103,23 +105,9 @@ def synthesize(
     if datalist is not None:
         if ct is not None:
             raise DiffTumorInputError("give either a CT or --datalist, not both", "drop one of them")
-        _run_datalist(
-            datalist,
-            out,
-            synthesizer,
-            pipeline,
-            midlate_pipeline,
-            scheduler,
-            steps,
-            device,
-            size,
-            count,
-            seed,
-            organ,
-            organ_label,
-            tumor_label,
-            overwrite,
-        )
+        template = CaseRequest(Path(), Path(), organ, out, organ_label, size, count, seed, None, tumor_label)
+        engine = functools.partial(make_synthesizer, synthesizer, pipeline, midlate_pipeline, scheduler, steps)
+        _run_datalist(datalist, out, template, engine, device, overwrite)
         return
     if ct is None or organ_mask is None:
         raise DiffTumorInputError("a CT and --organ-mask are needed", "pass CT --organ-mask MASK (or --datalist)")
@@ -177,27 +165,12 @@ def _progress():
     )
 
 
-def _run_datalist(
-    datalist,
-    out,
-    synthesizer,
-    pipeline,
-    midlate_pipeline,
-    scheduler,
-    steps,
-    device,
-    size,
-    count,
-    seed,
-    organ,
-    organ_label,
-    tumor_label,
-    overwrite,
-) -> None:
-    """Batch mode: each Accelerate process takes every n-th case; finished cases are skipped on re-runs."""
+def _run_datalist(datalist: Path, out: Path, template, build_synthesizer, device: str, overwrite: bool) -> None:
+    """Batch mode: each Accelerate process takes every n-th case (settings of a case override ``template``'s);
+    finished cases are skipped on re-runs. ``build_synthesizer(device)`` is called once, if there is work."""
     from accelerate import PartialState
 
-    from ..synthesis.cases import CaseRequest, is_finished, read_datalist, synthesize_case
+    from ..synthesis.cases import is_finished, read_datalist, synthesize_case
 
     cases = read_datalist(datalist)
     if out.exists() and not out.is_dir():
@@ -211,20 +184,21 @@ def _run_datalist(
     out.mkdir(parents=True, exist_ok=True)
     todo = [case for case in mine if overwrite or not is_finished(out / case["id"])]
     skipped = len(mine) - len(todo)
-    engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device) if todo else None
+    engine = build_synthesizer(device) if todo else None
     with _progress() as progress:
         task = progress.add_task(f"cases (process {state.process_index + 1}/{state.num_processes})", total=len(todo))
         for case in todo:
-            request = CaseRequest(
+            request = dataclasses.replace(
+                template,
                 ct=Path(case["image"]),
                 organ_mask=Path(case["organ_mask"]),
-                organ=case.get("organ", organ),
+                organ=case.get("organ", template.organ),
                 out=out / case["id"],
-                organ_label=case.get("organ_label", organ_label),
-                size=str(case.get("size", size)),
-                count=int(case.get("count", count)),
-                seed=int(case.get("seed", seed)),
-                tumor_label=case.get("tumor_label", tumor_label),
+                organ_label=case.get("organ_label", template.organ_label),
+                size=str(case.get("size", template.size)),
+                count=int(case.get("count", template.count)),
+                seed=int(case.get("seed", template.seed)),
+                tumor_label=case.get("tumor_label", template.tumor_label),
             )
             synthesize_case(request, engine, overwrite=True)
             progress.advance(task)

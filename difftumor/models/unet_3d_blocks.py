@@ -31,7 +31,17 @@ def _from_slices(images: torch.Tensor, batch: int) -> torch.Tensor:
     return tokens.reshape(batch, -1, *tokens.shape[1:])
 
 
-class InPlaneConv(nn.Module):
+class _SliceWise(nn.Module):
+    """Applies ``self.conv`` (a 2-D layer) to every axial slice of tokens ``(B, D, H, W, C)``, channels-last."""
+
+    conv: nn.Module
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        images = _as_slices(tokens).contiguous(memory_format=torch.channels_last)
+        return _from_slices(self.conv(images).contiguous(memory_format=torch.channels_last), tokens.shape[0])
+
+
+class InPlaneConv(_SliceWise):
     """A ``1 × k × k`` convolution of every axial slice, on tokens ``(B, D, H, W, C)``.
 
     Equivalent to the original's ``nn.Conv3d(in, out, (1, k, k), padding=(0, k//2, k//2))``; the weight is stored
@@ -42,33 +52,21 @@ class InPlaneConv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        images = _as_slices(tokens).contiguous(memory_format=torch.channels_last)
-        return _from_slices(self.conv(images).contiguous(memory_format=torch.channels_last), tokens.shape[0])
 
-
-class InPlaneDownsample(nn.Module):
+class InPlaneDownsample(_SliceWise):
     """Halve H and W with a 4×4 stride-2 convolution per slice; depth is never downsampled."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 4, stride=2, padding=1)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        images = _as_slices(tokens).contiguous(memory_format=torch.channels_last)
-        return _from_slices(self.conv(images).contiguous(memory_format=torch.channels_last), tokens.shape[0])
 
-
-class InPlaneUpsample(nn.Module):
+class InPlaneUpsample(_SliceWise):
     """Double H and W with a 4×4 stride-2 transposed convolution per slice."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        images = _as_slices(tokens).contiguous(memory_format=torch.channels_last)
-        return _from_slices(self.conv(images).contiguous(memory_format=torch.channels_last), tokens.shape[0])
 
 
 class ChannelLayerNorm(nn.Module):

@@ -9,7 +9,6 @@ Two Adam(β = 0.5, 0.9) optimisers, gradient clipping, mixed precision and gradi
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from ..errors import DiffTumorInputError
 from .config import load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
-from .run import RunConfig, TrainingRun, command_line
+from .run import RunConfig, TrainingRun, write_training_info
 
 
 @dataclass
@@ -272,18 +271,13 @@ def train_autoencoder(config: AutoencoderConfig, resume: bool = False) -> Path:
     if run.is_main:
         final = accelerator.unwrap_model(model)
         final.save_pretrained(out)
-        (out / "training.json").write_text(
-            json.dumps(
-                {
-                    "trainer": "autoencoder",
-                    "steps": step,
-                    "seconds": round(seconds, 1),
-                    "parameters_sha256": digest,
-                    "data_description": config.data_description,
-                    "command": command_line(),
-                },
-                indent=2,
-            )
+        write_training_info(
+            out,
+            trainer="autoencoder",
+            steps=step,
+            seconds=round(seconds, 1),
+            parameters_sha256=digest,
+            data_description=config.data_description,
         )
     accelerator.wait_for_everyone()
     return out

@@ -9,7 +9,6 @@ with the EMA weights.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from ..errors import DiffTumorInputError
 from .config import load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
-from .run import RunConfig, TrainingRun, command_line
+from .run import RunConfig, TrainingRun, write_training_info
 
 STAGE_LABELS = {"early": (2,), "midlate": (3,), "all": (2, 3)}
 
@@ -266,25 +265,20 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False) -> Path:
         pipeline.register_modules(unet=final_unet.eval().cpu())
         pipeline.vqmodel.cpu()
         pipeline.save_pretrained(out)
-        (out / "training.json").write_text(
-            json.dumps(
-                {
-                    "trainer": "diffusion",
-                    "organ": config.organ,
-                    "tumor_stage": config.tumor_stage,
-                    "steps": step,
-                    "seconds": round(seconds, 1),
-                    "parameters_sha256": digest,
-                    "num_train_timesteps": steps_t,
-                    "prediction_type": config.diffusion.prediction_type,
-                    "loss": config.diffusion.loss,
-                    "license": config.license,
-                    "data_description": config.data_description,
-                    "quality": config.quality,
-                    "command": command_line(),
-                },
-                indent=2,
-            )
+        write_training_info(
+            out,
+            trainer="diffusion",
+            organ=config.organ,
+            tumor_stage=config.tumor_stage,
+            steps=step,
+            seconds=round(seconds, 1),
+            parameters_sha256=digest,
+            num_train_timesteps=steps_t,
+            prediction_type=config.diffusion.prediction_type,
+            loss=config.diffusion.loss,
+            license=config.license,
+            data_description=config.data_description,
+            quality=config.quality,
         )
     accelerator.wait_for_everyone()
     return out

@@ -122,7 +122,7 @@ class TrainingRun:
         self._resume_from = self.latest_checkpoint() if resume else None
         if resume and self._resume_from is None:
             logger.warning("--resume: no complete checkpoint in %s, starting from step 0", self.output_dir)
-        self._started = time.perf_counter()
+        self._started = self._last_log = time.perf_counter()
         self._progress = None
 
     @property
@@ -214,6 +214,9 @@ class TrainingRun:
         """Log metrics of the current step (main process), every ``log_every`` steps, and update the bar."""
         if not self.is_main:
             return
+        now = time.perf_counter()
+        values = {**values, "seconds_per_step": now - self._last_log}  # includes data loading and synthesis
+        self._last_log = now
         if self._progress is not None:
             text = " ".join(f"{k}={v:.4g}" for k, v in list(values.items())[:2])
             self._progress.update(self._task, completed=self.step, loss=text)
@@ -253,6 +256,11 @@ class TrainingRun:
             (self.tracker.finish if isinstance(self.tracker, CSVTracker) else self.tracker.close)()
         self.accelerator.wait_for_everyone()
         return time.perf_counter() - self._started
+
+
+def write_training_info(folder: Path, **fields: Any) -> None:
+    """``training.json`` beside a trained model: what produced it (read by the model card)."""
+    (Path(folder) / "training.json").write_text(json.dumps({**fields, "command": command_line()}, indent=2) + "\n")
 
 
 def command_line() -> str:

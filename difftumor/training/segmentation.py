@@ -20,7 +20,7 @@ import torch
 from ..errors import DiffTumorInputError
 from .config import load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
-from .run import RunConfig, TrainingRun, command_line
+from .run import RunConfig, TrainingRun, write_training_info
 
 
 @dataclass
@@ -290,18 +290,13 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False) -> Path
     out = Path(config.run.output_dir) / "model"
     if run.is_main:
         accelerator.unwrap_model(model).save_pretrained(out)
-        (out / "training.json").write_text(
-            json.dumps(
-                {
-                    "trainer": "segmentation",
-                    "steps": step,
-                    "seconds": round(seconds, 1),
-                    "parameters_sha256": digest,
-                    "synthesizer": config.synthesis.synthesizer,
-                    "command": command_line(),
-                },
-                indent=2,
-            )
+        write_training_info(
+            out,
+            trainer="segmentation",
+            steps=step,
+            seconds=round(seconds, 1),
+            parameters_sha256=digest,
+            synthesizer=config.synthesis.synthesizer,
         )
     accelerator.wait_for_everyone()
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ PLUGIN = Path(__file__).resolve().parents[1] / "plugin_package"
 def installed_plugin(tmp_path_factory):
     """pip-install the example plugin package (offline) into a directory put on sys.path for this process."""
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("plugin_source") / "package"
+    shutil.copytree(PLUGIN, source)  # pip writes build files beside the sources: keep them out of the repository
     subprocess.run(
         [
             sys.executable,
@@ -35,7 +38,7 @@ def installed_plugin(tmp_path_factory):
             "--no-index",
             "--target",
             str(target),
-            str(PLUGIN),
+            str(source),
         ],
         check=True,
     )

@@ -1,0 +1,164 @@
+"""Training throughput of the three trainers on CPU (real data from ../shared/data, real trainers).
+
+Each configuration runs ``difftumor train ...`` for ``--steps`` steps in a fresh process and reads the per-step wall
+time the trainer logs (``seconds_per_step``: data, synthesis and optimisation); the first two steps (start-up) are
+dropped and the median of the rest is reported with steps/s and crops/s.
+
+    python bench/bench_training.py --steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def _datalists(folder: Path) -> dict[str, Path]:
+    sys.path.insert(0, str(REPO))
+    from difftumor.data.layouts import prepare_datalist
+
+    lits, patient = folder / "lits", folder / "patient_a" / "a"
+    (lits / "images").mkdir(parents=True)
+    (lits / "labels").mkdir()
+    patient.mkdir(parents=True)
+    (lits / "images" / "lits117.nii.gz").symlink_to(SHARED / "lits117_upper" / "lits117_upper_ct.nii.gz")
+    (lits / "labels" / "lits117.nii.gz").symlink_to(SHARED / "lits117_upper" / "lits117_upper_label.nii.gz")
+    (patient / "ct.nii.gz").symlink_to(SHARED / "totalseg_example" / "example_ct.nii.gz")
+    (patient / "seg.nii.gz").symlink_to(SHARED / "totalseg_example" / "example_seg_fast_force_split.nii.gz")
+    prepare_datalist("folders", lits, folder / "lits.json", organ="liver", early_max_diameter_mm=20)
+    prepare_datalist("totalsegmentator", folder / "patient_a", folder / "healthy.json", organ="liver")
+    return {"lits": folder / "lits.json", "healthy": folder / "healthy.json"}
+
+
+def _run(args: list[str], out: Path) -> float:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "difftumor.cli.main",
+            *args,
+            "--set",
+            f"run.output_dir={out}",
+            "--set",
+            "run.log_every=1",
+            "--set",
+            "run.checkpoint_every=100000",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    with open(out / "metrics.csv") as handle:
+        times = [float(row["value"]) for row in csv.DictReader(handle) if row["name"] == "seconds_per_step"]
+    return statistics.median(times[2:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--only", default="", help="comma-separated subset of configuration names")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_training_"))
+    data = _datalists(work / "data")
+    steps = ["--set", f"run.max_steps={args.steps}"]
+    tiny_ae = [
+        "--config",
+        str(REPO / "configs" / "autoencoder_tiny_cpu.yaml"),
+        "--set",
+        f"data.datalist={data['lits']}",
+        "--set",
+        "loss.discriminator_start_step=0",
+    ]
+    released_ae = [
+        "--set",
+        f"data.datalist={data['lits']}",
+        "--set",
+        "data.batch_size=1",
+        "--set",
+        "loss.discriminator_start_step=0",
+    ]
+    configurations = {
+        "autoencoder tiny (64³ ×2, GAN on)": (["train", "autoencoder", *tiny_ae], 2),
+        "autoencoder released (96³ ×1, GAN on)": (["train", "autoencoder", *released_ae], 1),
+    }
+    tiny_vq = work / "tiny_vq"
+    released_vq = work / "released_vq"
+    for folder, kwargs in (
+        (tiny_vq, {"hidden_channels": 8, "latent_channels": 4, "num_codes": 512, "norm_num_groups": 4}),
+        (released_vq, {}),
+    ):
+        from difftumor import VQModel3D
+
+        VQModel3D(**kwargs).save_pretrained(folder)
+    configurations["diffusion tiny (64³ ×2)"] = (
+        [
+            "train",
+            "diffusion",
+            "--config",
+            str(REPO / "configs" / "diffusion_tiny_cpu.yaml"),
+            "--set",
+            f"data.datalist={data['lits']}",
+            "--set",
+            f"vqmodel={tiny_vq}",
+        ],
+        2,
+    )
+    configurations["diffusion released (96³ ×2)"] = (
+        ["train", "diffusion", "--set", f"data.datalist={data['lits']}", "--set", f"vqmodel={released_vq}"],
+        2,
+    )
+    segmentation = [
+        "train",
+        "segmentation",
+        "--set",
+        f"data.healthy_datalist={data['healthy']}",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "synthesis.prob=1.0",
+    ]
+    configurations["segmentation U-Net 96³ ×2, no synthesis"] = (
+        [*segmentation, "--set", "synthesis.synthesizer=none"],
+        2,
+    )
+    configurations["segmentation U-Net 96³ ×2, handcrafted (p=1)"] = ([*segmentation], 2)
+    configurations["segmentation U-Net 96³ ×2, diffusion bundled (p=1)"] = (
+        [*segmentation, "--set", "synthesis.synthesizer=diffusion"],
+        2,
+    )
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    for index, (name, (command, crops)) in enumerate(configurations.items()):
+        if wanted and not any(w in name for w in wanted):
+            continue
+        for precision in ("no", "bf16"):
+            if name.startswith("segmentation") and precision == "bf16":
+                continue
+            seconds = _run(
+                [*command, *steps, "--set", f"run.mixed_precision={precision}"], work / f"run_{index}_{precision}"
+            )
+            print(
+                json.dumps(
+                    {
+                        "configuration": name,
+                        "precision": "fp32" if precision == "no" else "bf16 autocast",
+                        "seconds_per_step": round(seconds, 3),
+                        "steps_per_s": round(1 / seconds, 3),
+                        "crops_per_s": round(crops / seconds, 3),
+                    }
+                ),
+                flush=True,
+            )
+    print("command: python bench/bench_training.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
