@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled demo pipeline (difftumor/assets/tiny_pipeline) from ../shared/data with the project's own
-# trainers, on CPU. Usage: bash scripts/train_bundled_pipeline.sh [WORK_DIR]   (about 30-40 minutes on 2 cores)
+# trainers, on CPU. Usage: bash scripts/train_bundled_pipeline.sh [WORK_DIR]   (about 45 minutes on 2 cores)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 shared="${DIFFTUMOR_SHARED:-$repo/../shared}"
@@ -30,6 +30,6 @@ difftumor train autoencoder --config "$repo/configs/autoencoder_tiny_cpu.yaml" \
 # 3. Early-tumour diffusion model on the real tumours of the LiTS upper half (one annotated CT).
 difftumor train diffusion --config "$repo/configs/diffusion_tiny_cpu.yaml" \
     --set run.output_dir="$work/diffusion" --set data.datalist="$work/data/lits_early.json" \
-    --set vqmodel="$work/autoencoder/vqmodel" --set run.max_steps=1500 --set run.checkpoint_every=300
+    --set vqmodel="$work/autoencoder/vqmodel" --set run.max_steps=4500 --set run.checkpoint_every=500
 
 echo "pipeline: $work/diffusion/pipeline (copy it to difftumor/assets/tiny_pipeline to bundle it)"
