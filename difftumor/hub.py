@@ -128,6 +128,57 @@ def model_card(folder: str | os.PathLike, repo_id: str) -> str:
     return "\n".join(lines)
 
 
+def _is_segmentation_model(folder: Path) -> bool:
+    import json
+
+    config = folder / "config.json"
+    return config.exists() and json.loads(config.read_text()).get("_class_name") == "SegmentationModel"
+
+
+def segmentation_model_card(folder: str | os.PathLike, repo_id: str) -> str:
+    """A model card for a :class:`SegmentationModel` folder (backbone, data handling, training provenance)."""
+    import json
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+    synthesizer = training.get("synthesizer")
+    synthesis = f"{synthesizer} synthetic tumours" if synthesizer not in (None, "none") else "real tumours only"
+    lines = [
+        "---",
+        f"license: {training.get('license', 'apache-2.0')}",
+        "library_name: difftumor",
+        "tags:",
+        "- medical-imaging",
+        "- computed-tomography",
+        "- segmentation",
+        "- difftumor",
+        "---",
+        "",
+        f"# {repo_id}",
+        "",
+        f"{config.get('organ', 'organ').capitalize()} and tumour segmentation ({config.get('backbone')} backbone), "
+        f"trained with difftumor ({synthesis}).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| labels | {', '.join(config.get('labels', []))} |",
+        f"| working space | RAS, {config.get('spacing')} mm, HU window {config.get('window')} -> [0, 1] |",
+        f"| patch size | {config.get('roi_size')} |",
+        f"| training steps | {training.get('steps', 'not recorded')} |",
+        "",
+        "## Intended use",
+        "",
+        "Research on tumour segmentation and synthetic training data. Not a medical device.",
+        "",
+        "## How to use",
+        "",
+        f"`difftumor segment ct.nii.gz --model {repo_id} --out prediction.nii.gz`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def push_pipeline_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -135,7 +186,8 @@ def push_pipeline_folder(
     private: bool = False,
     commit_message: str = "Upload TumorInpaintPipeline",
 ) -> str:
-    """Upload a pipeline folder to the Hub with a generated model card (``README.md`` unless the folder has one).
+    """Upload a pipeline or segmentation-model folder to the Hub with a generated model card (``README.md`` unless
+    the folder has one).
 
     Returns:
         The URL of the commit.
@@ -145,9 +197,13 @@ def push_pipeline_folder(
     from huggingface_hub import HfApi
 
     folder = Path(folder)
-    if not (folder / "model_index.json").exists():
+    if (folder / "model_index.json").exists():
+        make_card = model_card
+    elif _is_segmentation_model(folder):
+        make_card = segmentation_model_card
+    else:
         raise DiffTumorInputError(
-            f"{folder} is not a pipeline folder (no model_index.json)",
+            f"{folder} is neither a pipeline folder (model_index.json) nor a segmentation model folder",
             "pass a folder written by save_pretrained, `difftumor convert` or the trainers",
         )
     if repo_id.count("/") != 1:
@@ -157,7 +213,7 @@ def push_pipeline_folder(
         readme = folder / "README.md"
         if not readme.exists():
             readme = Path(card_dir) / "README.md"
-            readme.write_text(model_card(folder, repo_id))
+            readme.write_text(make_card(folder, repo_id))
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_file(
             path_or_fileobj=str(readme), path_in_repo="README.md", repo_id=repo_id, commit_message="Add model card"

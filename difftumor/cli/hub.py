@@ -12,12 +12,14 @@ from .app import app, console
 
 @app.command()
 def push(
-    folder: Annotated[Path, typer.Argument(help="Pipeline folder (model_index.json, vqmodel/, unet/, scheduler/).")],
+    folder: Annotated[
+        Path, typer.Argument(help="Pipeline folder (model_index.json, ...) or segmentation model folder.")
+    ],
     repo_id: Annotated[str, typer.Argument(help="Hub repository, owner/name (created if missing).")],
     private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
     token: Annotated[str | None, typer.Option(help="Hub token (default: HF_TOKEN or the cached login).")] = None,
 ) -> None:
-    """Upload a pipeline folder to the Hub with a generated model card."""
+    """Upload a pipeline or segmentation model folder to the Hub with a generated model card."""
     from ..hub import push_pipeline_folder
 
     url = push_pipeline_folder(folder, repo_id, token=token, private=private)

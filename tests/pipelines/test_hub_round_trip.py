@@ -110,3 +110,47 @@ def test_from_pretrained_rejects_non_repo_names(tmp_path):
 
     with pytest.raises(DiffTumorInputError, match="neither a folder nor a Hub repo id"):
         TumorInpaintPipeline.from_pretrained(str(tmp_path / "nothing" / "here"))
+
+
+def test_segmentation_model_push_and_segment_by_repo_id(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from difftumor.segmentation import SegmentationModel
+
+    model = SegmentationModel(
+        backbone="unet", backbone_kwargs={"channels": [4, 8], "strides": [2], "num_res_units": 0}, roi_size=(32, 32, 32)
+    )
+    model.save_pretrained(tmp_path / "seg")
+    nib.save(
+        nib.Nifti1Image(np.full((20, 20, 12), 80, np.int16), np.diag([2.0, 2.0, 3.0, 1.0])), str(tmp_path / "ct.nii.gz")
+    )
+    with FakeHub() as hub:
+        env = _env(hub, tmp_path)
+        pushed = subprocess.run(
+            [sys.executable, "-m", "difftumor.cli.main", "push", str(tmp_path / "seg"), "lab/liver-seg"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert pushed.returncode == 0, pushed.stderr
+        card = hub.repos["lab/liver-seg"]["files"]["README.md"].decode()
+        assert "difftumor segment ct.nii.gz --model lab/liver-seg" in card
+        segmented = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "difftumor.cli.main",
+                "segment",
+                str(tmp_path / "ct.nii.gz"),
+                "--model",
+                "lab/liver-seg",
+                "--out",
+                str(tmp_path / "pred.nii.gz"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    assert segmented.returncode == 0, segmented.stderr
+    assert nib.load(str(tmp_path / "pred.nii.gz")).shape == (20, 20, 12)
