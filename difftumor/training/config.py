@@ -84,7 +84,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise DiffTumorInputError(f"config key {key} must be a number, got {value!r}")
         return float(value)
     if annotation is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads a bare no/yes (as in mixed_precision=no) as a boolean
+            return "yes" if value else "no"
+        if not isinstance(value, (str, int, float)):
             raise DiffTumorInputError(f"config key {key} must be a string, got {value!r}")
         return str(value)
     return value

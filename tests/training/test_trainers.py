@@ -281,3 +281,22 @@ def test_bad_configs_are_one_line_errors(training_set, tmp_path, capsys):
         assert cli(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_config_overrides_parse_like_yaml():
+    from difftumor.training.config import apply_overrides, build
+    from difftumor.training.diffusion import DiffusionConfig
+
+    raw = apply_overrides(
+        {},
+        [
+            "run.mixed_precision=no",
+            "optim.lr=2e-4",
+            "vqmodel=x",
+            "model.channel_multipliers=[1,2]",
+            "data.datalist=a.json",
+        ],
+    )
+    config = build(DiffusionConfig, raw)
+    assert config.run.mixed_precision == "no" and config.optim.lr == 2e-4
+    assert config.model.channel_multipliers == (1, 2)
