@@ -300,3 +300,21 @@ def test_config_overrides_parse_like_yaml():
     config = build(DiffusionConfig, raw)
     assert config.run.mixed_precision == "no" and config.optim.lr == 2e-4
     assert config.model.channel_multipliers == (1, 2)
+
+
+def test_every_example_config_is_valid():
+    from pathlib import Path
+
+    from difftumor.training.autoencoder import load_autoencoder_config
+    from difftumor.training.diffusion import load_diffusion_config
+    from difftumor.training.segmentation import load_segmentation_config
+
+    loaders = {
+        "autoencoder": load_autoencoder_config,
+        "diffusion": load_diffusion_config,
+        "segmentation": load_segmentation_config,
+    }
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert len(configs) == 6
+    for path in configs:
+        loaders[path.name.split("_")[0]](path, [])
