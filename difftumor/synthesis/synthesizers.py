@@ -289,7 +289,12 @@ class HandcraftedSynthesizer(TumorSynthesizer):
         change = np.where(organ[box], change, 0.0).astype(np.float32)
         out = image.copy()
         out[box] = np.where(change != 0, image[box] - change, image[box])
-        return out, {"delta_hu": round(delta, 3), "edge_sigma_mm": round(edge_sigma, 4), **texture_parameters}
+        return out, {
+            "model_id": "handcrafted-hu2023",
+            "delta_hu": round(delta, 3),
+            "edge_sigma_mm": round(edge_sigma, 4),
+            **texture_parameters,
+        }
 
     def synthesize(self, batch: CropBatch) -> SynthesisOutput:
         images = batch.images.numpy()

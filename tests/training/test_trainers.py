@@ -244,6 +244,47 @@ def test_two_cpu_processes_keep_identical_replicas(training_set, trained_autoenc
     assert len(state) == 2  # each process saved its own RNG state
 
 
+def test_two_cpu_processes_share_one_codebook(training_set, tmp_path):
+    """The autoencoder's EMA codebook is updated in the forward pass: counts and sums are all-reduced and restart
+    vectors broadcast, so both replicas keep the same codebook (with the GAN on, two optimisers)."""
+    out = tmp_path / "ddp_ae"
+    command = [
+        shutil.which("accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29573",
+        shutil.which("difftumor"),
+        "train",
+        "autoencoder",
+        "--set",
+        f"run.output_dir={out}",
+        "--set",
+        f"data.datalist={training_set['all']}",
+        "--set",
+        "run.max_steps=4",
+        "--set",
+        "run.checkpoint_every=4",
+        "--set",
+        "loss.discriminator_start_step=2",
+        *TINY_AE,
+    ]
+    result = subprocess.run(command, env={**os.environ, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = [(out / "ranks" / f"rank_{r}.txt").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    model = VQModel3D.from_pretrained(out / "vqmodel")
+    assert bool(model.quantizer.initialized) and (model.quantizer.cluster_size > 0).any()
+
+
 def test_bad_configs_are_one_line_errors(training_set, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("run:\n  max_step: 3\n")
