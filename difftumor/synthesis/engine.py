@@ -91,7 +91,7 @@ class _Canvas:
     ct: Volume
     grid: WorkingGrid
     organ_box: Box
-    organ_on_ct: np.ndarray
+    organ_on_ct: np.ndarray  # uint8, the form the sampler reads
     new_ct: np.ndarray
     new_labels: np.ndarray
     tumor_label: int
@@ -221,7 +221,8 @@ def synthesize_tumors(
     grid = WorkingGrid(ct.affine, ct.shape)
     organ_points = voxel_world_points(ct.affine, np.argwhere(organ_on_ct).astype(np.float64))
     organ_box = grid.box_around(organ_points, margin=_ORGAN_MARGIN_MM)
-    organ_work = sample(organ_on_ct.astype(np.uint8), ct.affine, grid.box_affine(organ_box), organ_box.shape, order=0)
+    organ_on_ct = organ_on_ct.astype(np.uint8)
+    organ_work = sample(organ_on_ct, ct.affine, grid.box_affine(organ_box), organ_box.shape, order=0)
     organ_work = organ_work.astype(bool)
 
     seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint32).tolist()
@@ -288,7 +289,7 @@ def _paint(
         overlap = box.slices_within(organ_box)
         if overlap is not None:
             tumor_crop[overlap[0]] = placed[index].mask[overlap[1]]
-        organ_crop = sample(canvas.organ_on_ct.astype(np.uint8), ct.affine, affine, box.shape, order=0).astype(bool)
+        organ_crop = sample(canvas.organ_on_ct, ct.affine, affine, box.shape, order=0).astype(bool)
         boxes.append(box)
         images.append(sample(canvas.new_ct, ct.affine, affine, box.shape, order=1, cval=canvas.minimum_hu))
         tumor_masks.append(tumor_crop)
