@@ -260,11 +260,8 @@ def train_autoencoder(config: AutoencoderConfig, resume: bool = False) -> Path:
                 disc_optimizer.step()
                 disc_optimizer.zero_grad()
                 metrics["d_loss"] = d_loss.item()
-        step += 1
-        run.step = step
-        run.log({"loss": loss.item(), **metrics})
-        if step % config.run.checkpoint_every == 0 or step == config.run.max_steps:
-            run.save_checkpoint()
+        step = run.advance()
+        run.end_step({"loss": loss.item(), **metrics})
     digest = run.record_parameters(model)
     seconds = run.finish()
     out = Path(config.run.output_dir) / "vqmodel"

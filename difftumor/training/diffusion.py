@@ -249,13 +249,10 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False) -> Path:
                 accelerator.clip_grad_norm_(unet.parameters(), config.optim.gradient_clip)
             optimizer.step()
             optimizer.zero_grad()
-        step += 1
-        run.step = step
+        step = run.advance()
         if accelerator.sync_gradients and (step % config.ema.update_every == 0 or step <= config.ema.start_step):
             ema.step(unet.parameters())
-        run.log({"loss": loss.item(), "tumour_fraction": float(mask.mean())})
-        if step % config.run.checkpoint_every == 0 or step == config.run.max_steps:
-            run.save_checkpoint()
+        run.end_step({"loss": loss.item(), "tumour_fraction": float(mask.mean())})
     digest = run.record_parameters(unet)
     seconds = run.finish()
     out = Path(config.run.output_dir) / "pipeline"

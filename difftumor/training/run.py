@@ -210,6 +210,17 @@ class TrainingRun:
 
             self.tracker = SummaryWriter(str(self.output_dir / "tensorboard"))
 
+    def advance(self) -> int:
+        """Count one finished optimisation step; returns the new step number."""
+        self.step += 1
+        return self.step
+
+    def end_step(self, values: dict[str, float]) -> None:
+        """Log the step's metrics and write a checkpoint when one is due (every ``checkpoint_every`` and at the end)."""
+        self.log(values)
+        if self.step % self.run.checkpoint_every == 0 or self.step == self.run.max_steps:
+            self.save_checkpoint()
+
     def log(self, values: dict[str, float]) -> None:
         """Log metrics of the current step (main process), every ``log_every`` steps, and update the bar."""
         if not self.is_main:

@@ -268,8 +268,7 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False) -> Path
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
-        step += 1
-        run.step = step
+        step = run.advance()
         metrics = {"loss": loss.item(), "synthetic_tumours": float(synthesised), "lr": schedule.get_last_lr()[0]}
         if (
             validation
@@ -282,9 +281,7 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False) -> Path
                 best = score
                 accelerator.unwrap_model(model).save_pretrained(best_path)
                 (best_path / "validation.json").write_text(json.dumps({"step": step, "tumor_dice": score}))
-        run.log(metrics)
-        if step % config.run.checkpoint_every == 0 or step == config.run.max_steps:
-            run.save_checkpoint()
+        run.end_step(metrics)
     digest = run.record_parameters(model)
     seconds = run.finish()
     out = Path(config.run.output_dir) / "model"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 
 import pytest
 
 from difftumor.cli.main import main as cli
+from tests.helpers.launch import launch_two_cpu_processes
 from tests.helpers.volumes import LIVER, PATIENT_A_CT, PATIENT_A_ORGANS, PATIENT_A_SMALL_CT, PATIENT_A_SMALL_ORGANS
 
 
@@ -52,30 +51,18 @@ def test_datalist_runs_every_case_and_skips_finished_ones(datalist, tmp_path, ca
 
 def test_accelerate_launch_splits_the_cases_across_two_processes(datalist, tmp_path):
     out = tmp_path / "out"
-    command = [
-        shutil.which("accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29561",
-        shutil.which("difftumor"),
-        "synthesize",
-        "--datalist",
-        str(datalist),
-        "--synthesizer",
-        "handcrafted",
-        "--out",
-        str(out),
-    ]
-    result = subprocess.run(command, env={**os.environ, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True)
+    result = launch_two_cpu_processes(
+        [
+            "synthesize",
+            "--datalist",
+            str(datalist),
+            "--synthesizer",
+            "handcrafted",
+            "--out",
+            str(out),
+        ],
+        29561,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "process 0: 1 case(s) written" in result.stdout and "process 1: 1 case(s) written" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["example_ct_sm", "full"]

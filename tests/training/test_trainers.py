@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from safetensors.torch import load_file
 
 from difftumor import TumorInpaintPipeline, VQModel3D
 from difftumor.cli.main import main as cli
+from tests.helpers.launch import launch_two_cpu_processes
 from tests.helpers.training_data import small_training_set
 
 TINY_AE = [
@@ -216,26 +216,14 @@ def test_autoencoder_resume_continues_exactly(training_set, trained_autoencoder,
 
 def test_two_cpu_processes_keep_identical_replicas(training_set, trained_autoencoder, tmp_path):
     out = tmp_path / "ddp"
-    command = [
-        shutil.which("accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29571",
-        shutil.which("difftumor"),
-        *_tiny_diffusion(training_set, trained_autoencoder / "vqmodel", out, 4, 4),
-        "--set",
-        "run.gradient_accumulation_steps=2",
-    ]
-    result = subprocess.run(command, env={**os.environ, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True)
+    result = launch_two_cpu_processes(
+        [
+            *_tiny_diffusion(training_set, trained_autoencoder / "vqmodel", out, 4, 4),
+            "--set",
+            "run.gradient_accumulation_steps=2",
+        ],
+        29571,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     digests = [(out / "ranks" / f"rank_{r}.txt").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]
@@ -248,36 +236,24 @@ def test_two_cpu_processes_share_one_codebook(training_set, tmp_path):
     """The autoencoder's EMA codebook is updated in the forward pass: counts and sums are all-reduced and restart
     vectors broadcast, so both replicas keep the same codebook (with the GAN on, two optimisers)."""
     out = tmp_path / "ddp_ae"
-    command = [
-        shutil.which("accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29573",
-        shutil.which("difftumor"),
-        "train",
-        "autoencoder",
-        "--set",
-        f"run.output_dir={out}",
-        "--set",
-        f"data.datalist={training_set['all']}",
-        "--set",
-        "run.max_steps=4",
-        "--set",
-        "run.checkpoint_every=4",
-        "--set",
-        "loss.discriminator_start_step=2",
-        *TINY_AE,
-    ]
-    result = subprocess.run(command, env={**os.environ, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True)
+    result = launch_two_cpu_processes(
+        [
+            "train",
+            "autoencoder",
+            "--set",
+            f"run.output_dir={out}",
+            "--set",
+            f"data.datalist={training_set['all']}",
+            "--set",
+            "run.max_steps=4",
+            "--set",
+            "run.checkpoint_every=4",
+            "--set",
+            "loss.discriminator_start_step=2",
+            *TINY_AE,
+        ],
+        29573,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     digests = [(out / "ranks" / f"rank_{r}.txt").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]
