@@ -1,15 +1,37 @@
-"""Write outputs atomically: into a temporary sibling first, renamed into place only when complete."""
+"""Write outputs safely: never onto an input, never over something difftumor did not write, never half-written.
+
+Every command that writes checks its output path first with :func:`check_output`: the path must not be, contain or
+lie inside one of the command's inputs, must not be the current folder or one above it, and an existing output is
+replaced only with ``--overwrite`` and only when difftumor wrote it (folders carry a :data:`MARKER` file, JSON files a
+``"difftumor_version"`` key, NIfTI files a ``descrip`` starting with ``difftumor``).
+
+Writing goes to a temporary sibling named ``.<name>.difftumor-<pid>-<token>.partial`` that replaces the output only
+when complete. A replaced folder is swapped in with one atomic ``renameat2(RENAME_EXCHANGE)`` where the system has it
+(Linux), so a reader sees the complete old or the complete new result at every instant; elsewhere the old folder is
+renamed aside first and restored by the next run if the process died in between. Temporaries left by a killed
+process (its pid no longer alive) are removed by the next write into the same folder.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import DiffTumorInputError
+
+#: Name of the file that marks a folder as written by difftumor (``--overwrite`` replaces only such folders).
+MARKER = ".difftumor"
+NIFTI_DESCRIPTION = b"difftumor"
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.difftumor-(?P<pid>\d+)-[0-9a-f]+\.(?P<kind>partial|old)(\..*)?$")
 
 
 def _umask() -> int:
@@ -18,58 +40,261 @@ def _umask() -> int:
     return mask
 
 
-def check_output_folder(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Validate an output folder before any work starts: not a file, and empty unless ``overwrite``."""
+def _temporary_name(name: str, kind: str, suffix: str = "") -> str:
+    return f".{name}.difftumor-{os.getpid()}-{secrets.token_hex(4)}.{kind}{suffix}"
+
+
+def input_paths(paths: Iterable[str | os.PathLike | None]) -> list[Path]:
+    """Resolved input paths; a single DICOM file stands for its whole series folder."""
+    resolved = []
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path).resolve()
+        resolved.append(path)
+        if path.is_file() and _is_dicom(path):
+            resolved.append(path.parent)
+    return resolved
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _relation(output: Path, source: Path) -> str | None:
+    if output == source:
+        return "is"
+    if output in source.parents:
+        return "contains"
+    if source in output.parents:
+        return "lies inside"
+    return None
+
+
+def is_difftumor_folder(path: Path) -> bool:
+    return (path / MARKER).is_file()
+
+
+def is_difftumor_file(path: Path) -> bool:
+    """Whether an existing file was written by difftumor (JSON with ``difftumor_version``, NIfTI ``descrip``)."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".json"):
+            content = json.loads(path.read_text())
+            return isinstance(content, dict) and "difftumor_version" in content
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            description = nib.load(str(path)).header["descrip"].tobytes()
+            return description.startswith(NIFTI_DESCRIPTION)
+    except Exception:  # noqa: BLE001 — an unreadable file is not one of ours
+        return False
+    return False
+
+
+def check_output(
+    path: str | os.PathLike,
+    kind: str = "folder",
+    inputs: Iterable[str | os.PathLike | None] = (),
+    overwrite: bool = False,
+    option: str = "--out",
+    create_parents: bool = False,
+) -> Path:
+    """Validate an output path before any work starts; returns it as a :class:`Path`.
+
+    Args:
+        path: the folder or file to write.
+        kind: ``"folder"`` or ``"file"``.
+        inputs: every file and folder the command reads (refused: the output is, contains or lies inside one).
+        overwrite: allow replacing an existing output that difftumor wrote.
+        option: how the user named the path, for messages.
+        create_parents: the caller creates missing parent folders (training runs); otherwise they must exist.
+
+    Raises:
+        DiffTumorInputError: with the problem and the fix.
+    """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise DiffTumorInputError(f"output path {path} is a file", "pass a folder path for --out")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise DiffTumorInputError(f"output folder {path} is not empty", "choose a new folder or pass --overwrite")
-    parent = path.resolve().parent
-    if not parent.exists():
-        raise DiffTumorInputError(f"parent folder {parent} of the output does not exist", "create it first")
+    absolute = path.resolve()
+    cwd = Path.cwd().resolve()
+    if absolute == cwd or absolute in cwd.parents:
+        raise DiffTumorInputError(
+            f"{option} {path} is the current folder or one above it",
+            "pass a new sub-folder, e.g. --out results/",
+        )
+    for source in input_paths(inputs):
+        relation = _relation(absolute, source)
+        if relation is not None:
+            raise DiffTumorInputError(
+                f"{option} {path} {relation} the input {source}", "write the output outside the inputs"
+            )
+    if kind == "folder":
+        if path.exists() and not path.is_dir():
+            raise DiffTumorInputError(f"{option} {path} is a file", "pass a folder path")
+        if path.is_dir() and any(path.iterdir()):
+            if not is_difftumor_folder(path):
+                raise DiffTumorInputError(
+                    f"{option} {path} is a folder that difftumor did not write",
+                    "choose a new folder (--overwrite only replaces folders difftumor wrote)",
+                )
+            if not overwrite:
+                raise DiffTumorInputError(
+                    f"{option} {path} already holds a difftumor result", "choose a new folder or pass --overwrite"
+                )
+    else:
+        if path.is_dir():
+            raise DiffTumorInputError(f"{option} {path} is a folder", "pass a file path")
+        if path.exists():
+            if not is_difftumor_file(path):
+                raise DiffTumorInputError(
+                    f"{option} {path} exists and was not written by difftumor",
+                    "choose a new file name (--overwrite only replaces files difftumor wrote)",
+                )
+            if not overwrite:
+                raise DiffTumorInputError(f"{option} {path} already exists", "choose a new name or pass --overwrite")
+    if not create_parents and not absolute.parent.is_dir():
+        raise DiffTumorInputError(f"folder {path.parent} of {option} does not exist", "create it first")
     return path
 
 
+def check_output_folder(path: str | os.PathLike, overwrite: bool = False, inputs: Iterable = ()) -> Path:
+    """:func:`check_output` for a folder."""
+    return check_output(path, "folder", inputs, overwrite)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(parent: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that killed difftumor processes left in ``parent``; returns what was removed.
+
+    A folder renamed aside (``.old``) whose output is missing is the complete old result of a replacement that was
+    interrupted between its two renames: it is put back instead.
+    """
+    parent = Path(parent)
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or _pid_alive(int(match.group("pid"))):
+            continue
+        target = parent / match.group("name")
+        if match.group("kind") == "old" and not target.exists():
+            os.rename(entry, target)
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2``); ``False`` where the system or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new)  # now the old result
+        return
+    aside = target.parent / _temporary_name(target.name, "old")
+    os.rename(target, aside)
+    os.rename(new, target)
+    shutil.rmtree(aside)
+
+
+def write_marker(folder: Path) -> None:
+    from . import __version__
+
+    (folder / MARKER).write_text(json.dumps({"written_by": "difftumor", "difftumor_version": __version__}) + "\n")
+
+
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_folder(
+    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+) -> Iterator[Path]:
     """Yield a temporary folder next to ``path`` that replaces ``path`` when the block succeeds.
 
-    On an exception the temporary folder is removed and ``path`` is left as it was, so an interrupted run never
-    leaves a half-written output behind.
+    The folder is checked with :func:`check_output` first and marked as difftumor's. On an exception the temporary
+    folder is removed and ``path`` is left as it was.
     """
-    path = check_output_folder(path, overwrite)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent))
-    temporary.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
+    path = check_output(path, "folder", inputs, overwrite)
+    parent = path.resolve().parent
+    clean_stale_temporaries(parent)
+    temporary = parent / _temporary_name(path.name, "partial")
+    temporary.mkdir(mode=0o777 & ~_umask())
     try:
+        write_marker(temporary)
         yield temporary
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(temporary, path)
+    _replace_folder(temporary, path.resolve())
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_file(
+    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; it is renamed onto ``path`` when the block succeeds.
 
     The temporary name keeps ``path``'s suffixes (``.nii.gz``) so writers that infer the format from the name work.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise DiffTumorInputError(f"output path {path} is a folder", "pass a file path")
-    if not path.resolve().parent.is_dir():
-        raise DiffTumorInputError(f"folder {path.parent} of the output does not exist", "create it first")
-    suffix = "".join(path.suffixes)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.resolve().parent)
-    os.close(handle)
-    temporary_path = Path(temporary)
-    temporary_path.chmod(0o666 & ~_umask())
+    path = check_output(path, "file", inputs, overwrite)
+    parent = path.resolve().parent
+    clean_stale_temporaries(parent)
+    temporary = parent / _temporary_name(path.name, "partial", "".join(path.suffixes))
     try:
-        yield temporary_path
+        yield temporary
     except BaseException:
-        temporary_path.unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-    os.replace(temporary_path, path)
+    os.replace(temporary, path)
+
+
+def prepare_output_root(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Create (or reuse) a folder that will hold several difftumor outputs, e.g. one sub-folder per case.
+
+    An existing folder is reused when difftumor made it or it is empty; it is marked as difftumor's.
+    """
+    path = check_output(path, "folder", inputs, overwrite=True)
+    path.mkdir(exist_ok=True)
+    if not is_difftumor_folder(path):
+        write_marker(path)
+    clean_stale_temporaries(path)
+    return path

@@ -27,6 +27,9 @@ def prepare(
     labels_dir: Annotated[Path | None, typer.Option(help="Where to write the labels (default: next to --out).")] = None,
     organ_value: Annotated[list[int] | None, typer.Option(help="folders layout: organ label value(s).")] = None,
     tumor_value: Annotated[list[int] | None, typer.Option(help="folders layout: tumour label value(s).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a datalist and labels folder difftumor wrote earlier.")
+    ] = False,
 ) -> None:
     """Scan a dataset, write labels in the internal scheme (0 background, 1 organ, 2 tumour) and a datalist.
 
@@ -45,6 +48,7 @@ def prepare(
         labels_dir=labels_dir,
         organ_values=tuple(organ_value or (1,)),
         tumor_values=tuple(tumor_value or (2,)),
+        overwrite=overwrite,
     )
     cases = datalist["data"]
     with_tumors = sum(case["has_tumor"] for case in cases)

@@ -30,9 +30,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         return 130
+    except MemoryError as error:
+        if debug:
+            raise
+        detail = f" ({error})" if str(error) else ""
+        err_console.print(
+            f"error: out of memory{detail}; use a smaller input, patch or batch, or a machine with more memory",
+            markup=False,
+        )
+        return 2
     except Exception as error:  # noqa: BLE001 — the CLI's last line of defence
         if debug:
             raise
+        if type(error).__name__ == "OutOfMemoryError":  # torch's (CUDA) out-of-memory, without importing torch
+            err_console.print(
+                "error: out of accelerator memory; use a smaller patch or batch, or --device cpu", markup=False
+            )
+            return 2
         err_console.print(
             f"error: unexpected failure: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
             markup=False,

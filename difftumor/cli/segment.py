@@ -25,25 +25,28 @@ def segment(
     restrict_to_organ: Annotated[
         bool, typer.Option(help="Remove tumour components that do not touch the organ.")
     ] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace a prediction difftumor wrote earlier.")] = False,
+    series: Annotated[
+        str | None, typer.Option(help="DICOM SeriesInstanceUID, when the CT folder holds several series.")
+    ] = None,
 ) -> None:
     """Segment organ and tumours with sliding-window inference; the prediction is written on the input grid."""
-    from ..atomic import atomic_file
-    from ..data.volumes import load_volume, save_volume
+    from ..atomic import atomic_file, check_output
+    from ..data.volumes import check_hounsfield, load_volume, save_volume
     from ..hub import resolve_pipeline_folder
     from ..segmentation import SegmentationModel, segment_volume
 
-    if out.exists() and out.is_dir():
-        raise DiffTumorInputError(f"output path {out} is a folder", "pass a file name such as pred.nii.gz")
     if not out.name.endswith((".nii", ".nii.gz")):
         raise DiffTumorInputError(f"output {out} is not a .nii/.nii.gz name", "e.g. --out prediction.nii.gz")
+    inputs = (ct, model if Path(model).exists() else None)
+    check_output(out, "file", inputs, overwrite)
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise DiffTumorInputError("CUDA is not available on this machine", "use --device cpu")
-    if not out.resolve().parent.is_dir():
-        raise DiffTumorInputError(f"folder {out.parent} of the output does not exist", "create it first")
-    volume = load_volume(ct, "CT")
+    volume = load_volume(ct, "CT", series=series)
+    check_hounsfield(volume)
     folder = Path(model) if Path(model).is_dir() else Path(resolve_pipeline_folder(model))
     if not (folder / "config.json").exists():
         raise DiffTumorInputError(
@@ -66,8 +69,8 @@ def segment(
         min_tumor_radius_mm=min_tumor_radius_mm,
         restrict_to_organ=restrict_to_organ,
     )
-    with atomic_file(out) as temporary:
-        save_volume(labels, volume, temporary)
+    with atomic_file(out, overwrite, inputs) as temporary:
+        save_volume(labels, volume, temporary, description="difftumor segment")
     console.print(
         f"wrote {out}: {int((labels == 1).sum())} organ and {int((labels == 2).sum())} tumour voxels "
         f"on the input grid {volume.shape}"
@@ -83,11 +86,12 @@ def evaluate(
     organ: Annotated[str | None, typer.Option(help="Organ name (recorded in metrics.json).")] = None,
     organ_label: Annotated[int | None, typer.Option(help="Override the truth's organ label id.")] = None,
     tumor_label: Annotated[int | None, typer.Option(help="Override the truth's tumour label id.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a metrics file difftumor wrote earlier.")] = False,
 ) -> None:
     """Per-case organ/tumour DSC, tumour NSD at 2 mm, lesion detection by size, patient sensitivity/specificity."""
 
     from ..evaluation import evaluate_folders, markdown_table
 
-    data = evaluate_folders(pred, truth, out, truth_labels, organ_label, tumor_label, organ)
+    data = evaluate_folders(pred, truth, out, truth_labels, organ_label, tumor_label, organ, overwrite)
     console.print(markdown_table(data["summary"]))
     console.print(f"\n{data['summary']['cases']} case(s); wrote {out}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 from typing import Annotated
@@ -92,12 +91,15 @@ def synthesize(
     center: Annotated[
         list[str] | None, typer.Option(help="Tumour centre 'x,y,z' in world RAS mm (repeat per tumour).")
     ] = None,
+    series: Annotated[
+        str | None, typer.Option(help="DICOM SeriesInstanceUID, when the CT folder holds several series.")
+    ] = None,
     datalist: Annotated[Path | None, typer.Option(help="JSON list of cases for batch mode.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
 ) -> None:
     """Synthesise tumours into a healthy CT; writes ct.nii.gz, label.nii.gz, tumors.json and preview.png."""
     from ..atomic import check_output_folder
-    from ..synthesis.cases import CaseRequest, synthesize_case
+    from ..synthesis.cases import CaseRequest, synthesize_case, validate_request
 
     if out is None:
         raise DiffTumorInputError("no output folder given", "pass --out DIR")
@@ -111,15 +113,9 @@ def synthesize(
         return
     if ct is None or organ_mask is None:
         raise DiffTumorInputError("a CT and --organ-mask are needed", "pass CT --organ-mask MASK (or --datalist)")
-    check_output_folder(out, overwrite)
-    request = CaseRequest(ct, organ_mask, organ, out, organ_label, size, count, seed, centers, tumor_label)
-    from ..synthesis.geometry import ORGANS, parse_size
-
-    if organ not in ORGANS:
-        raise DiffTumorInputError(f"unknown organ {organ!r}", f"choose one of {', '.join(ORGANS)}")
-    parse_size(size)
-    if count < 1:
-        raise DiffTumorInputError(f"tumour count must be at least 1, got {count}", "pass --count 1 or more")
+    request = CaseRequest(ct, organ_mask, organ, out, organ_label, size, count, seed, centers, tumor_label, series)
+    check_output_folder(out, overwrite, inputs=(ct, organ_mask))
+    validate_request(request)
     engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device)
     with _LazyProgress(f"{synthesizer} tumours") as progress:
         data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update)
@@ -137,11 +133,11 @@ class _LazyProgress:
         self._progress = None
         self._task = None
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: int, total: int, description: str | None = None) -> None:
         if self._progress is None:
             self._progress = _progress()
             self._progress.start()
-            self._task = self._progress.add_task(self.description, total=total)
+            self._task = self._progress.add_task(description or self.description, total=total)
         self._progress.update(self._task, completed=done)
 
     def __enter__(self) -> _LazyProgress:
@@ -166,40 +162,19 @@ def _progress():
 
 
 def _run_datalist(datalist: Path, out: Path, template, build_synthesizer, device: str, overwrite: bool) -> None:
-    """Batch mode: each Accelerate process takes every n-th case (settings of a case override ``template``'s);
-    finished cases are skipped on re-runs. ``build_synthesizer(device)`` is called once, if there is work."""
-    from accelerate import PartialState
+    from ..synthesis.cases import synthesize_datalist
 
-    from ..synthesis.cases import is_finished, read_datalist, synthesize_case
-
-    cases = read_datalist(datalist)
-    if out.exists() and not out.is_dir():
-        raise DiffTumorInputError(f"output path {out} is a file", "pass a folder for --out")
-    # cpu=True is what makes `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ...` give several CPU processes;
-    # with --device cuda each process takes its own GPU.
-    state = PartialState(cpu=device == "cpu")
-    if device.startswith("cuda") and state.num_processes > 1:
-        device = str(state.device)
-    mine = cases[state.process_index :: state.num_processes]
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [case for case in mine if overwrite or not is_finished(out / case["id"])]
-    skipped = len(mine) - len(todo)
-    engine = build_synthesizer(device) if todo else None
-    with _progress() as progress:
-        task = progress.add_task(f"cases (process {state.process_index + 1}/{state.num_processes})", total=len(todo))
-        for case in todo:
-            request = dataclasses.replace(
-                template,
-                ct=Path(case["image"]),
-                organ_mask=Path(case["organ_mask"]),
-                organ=case.get("organ", template.organ),
-                out=out / case["id"],
-                organ_label=case.get("organ_label", template.organ_label),
-                size=str(case.get("size", template.size)),
-                count=int(case.get("count", template.count)),
-                seed=int(case.get("seed", template.seed)),
-                tumor_label=case.get("tumor_label", template.tumor_label),
-            )
-            synthesize_case(request, engine, overwrite=True)
-            progress.advance(task)
-    console.print(f"process {state.process_index}: {len(todo)} case(s) written to {out}, {skipped} already finished")
+    with _LazyProgress("cases") as progress:
+        counts = synthesize_datalist(
+            datalist,
+            out,
+            template,
+            build_synthesizer,
+            device=device,
+            overwrite=overwrite,
+            progress=lambda done, total, label: progress.update(done, total, label),
+        )
+    console.print(
+        f"process {counts['process']}: {counts['written']} case(s) written to {out}, "
+        f"{counts['skipped']} already finished"
+    )

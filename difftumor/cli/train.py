@@ -22,11 +22,18 @@ ResumeOption = Annotated[bool, typer.Option(help="Continue from the newest check
 
 
 @train_app.command("autoencoder")
-def autoencoder(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = False) -> None:
+def autoencoder(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    resume: ResumeOption = False,
+    trust_config_code: Annotated[
+        bool, typer.Option(help="Let the config import 'module:callable' hooks (loss.perceptual_network).")
+    ] = False,
+) -> None:
     """Train VQModel3D (L1 + commitment + 2-D/3-D hinge GAN + feature matching); writes <output_dir>/vqmodel."""
     from ..training.autoencoder import load_autoencoder_config, train_autoencoder
 
-    out = train_autoencoder(load_autoencoder_config(config, set_), resume=resume)
+    out = train_autoencoder(load_autoencoder_config(config, set_), resume=resume, trust_config_code=trust_config_code)
     console.print(f"wrote {out} (checkpoints in {out.parent / 'checkpoints'})")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_folder
+from ..atomic import atomic_folder, check_output
 from ..errors import DiffTumorInputError
 from ..schedulers import difftumor_cosine_betas, make_scheduler
 from .checkpoints import read_autoencoder_checkpoint, read_diffusion_checkpoint
@@ -58,6 +58,7 @@ def convert_original_checkpoints(
     """
     from ..pipelines import TumorInpaintPipeline
 
+    check_output(out, "folder", (autoencoder, diffusion), overwrite)
     autoencoder_ckpt = read_autoencoder_checkpoint(autoencoder)
     diffusion_ckpt = read_diffusion_checkpoint(diffusion, use_ema=use_ema)
     train_steps = diffusion_ckpt.num_train_timesteps
@@ -95,7 +96,7 @@ def convert_original_checkpoints(
         organ=organ,
         tumor_stage=stage,
     )
-    with atomic_folder(out, overwrite=overwrite) as folder:
+    with atomic_folder(out, overwrite=overwrite, inputs=(autoencoder, diffusion)) as folder:
         pipeline.save_pretrained(folder)
         (folder / "CONVERSION.md").write_text(
             "# Converted DiffTumor checkpoint\n\n"

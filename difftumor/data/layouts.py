@@ -26,7 +26,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ..atomic import atomic_file
+from .. import __version__
+from ..atomic import atomic_file, atomic_folder, check_output
 from ..errors import DiffTumorInputError
 from ..synthesis.geometry import equivalent_diameter_mm
 from .volumes import load_volume
@@ -246,6 +247,7 @@ def prepare_datalist(
     labels_dir: str | os.PathLike | None = None,
     organ_values: tuple[int, ...] = (1,),
     tumor_values: tuple[int, ...] = (2,),
+    overwrite: bool = False,
 ) -> dict:
     """Scan ``root`` in ``layout``, write internal-scheme labels and the datalist JSON ``out``.
 
@@ -257,8 +259,11 @@ def prepare_datalist(
         raise DiffTumorInputError(f"unknown layout {layout!r}", f"choose one of {', '.join(LAYOUTS)}")
     if not root.is_dir():
         raise DiffTumorInputError(f"dataset folder {root} does not exist", "check the path")
-    if out.is_dir():
-        raise DiffTumorInputError(f"--out {out} is a folder", "pass a .json file path")
+    if out.suffix.lower() != ".json":
+        raise DiffTumorInputError(f"--out {out} is not a .json file name", "e.g. --out liver.json")
+    labels_dir = Path(labels_dir) if labels_dir else out.with_name(out.stem + "_labels")
+    check_output(out, "file", (root,), overwrite)
+    check_output(labels_dir, "folder", (root, out), overwrite, option="--labels-dir")
     builders = {
         "msd": _msd,
         "lits": _lits,
@@ -268,8 +273,41 @@ def prepare_datalist(
         "folders": lambda r, o: _folders(r, o, organ_values, tumor_values),
     }
     organ, cases = builders[layout](root, organ)
-    labels_dir = Path(labels_dir) if labels_dir else out.with_name(out.stem + "_labels")
-    labels_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(labels_dir, overwrite, (root, out)) as written_labels:
+        entries = _write_labels(cases, written_labels, labels_dir, out, organ, early_max_diameter_mm)
+        if not entries:
+            raise DiffTumorInputError(
+                f"no cases found in {root} for the {layout} layout",
+                "check the layout name and the folder structure (see `difftumor data prepare -h`)",
+            )
+    scheme = {"0": "background", "1": organ}
+    if early_max_diameter_mm is None:
+        scheme["2"] = f"{organ} tumour"
+    else:
+        scheme["2"] = f"early {organ} tumour (equivalent diameter <= {early_max_diameter_mm:g} mm)"
+        scheme["3"] = f"mid/late {organ} tumour (> {early_max_diameter_mm:g} mm)"
+    datalist = {
+        "difftumor_version": __version__,
+        "layout": layout,
+        "root": str(root.resolve()),
+        "organ": organ,
+        "label_scheme": scheme,
+        "data": entries,
+    }
+    with atomic_file(out, overwrite, (root,)) as temporary:
+        temporary.write_text(json.dumps(datalist, indent=2) + "\n")
+    return datalist
+
+
+def _write_labels(
+    cases: Iterator[SourceCase],
+    folder: Path,
+    labels_dir: Path,
+    out: Path,
+    organ: str,
+    early_max_diameter_mm: float | None,
+) -> list[dict]:
+    """Write each case's internal-scheme label into ``folder`` (the temporary of ``labels_dir``); datalist entries."""
     entries = []
     for case in cases:
         label, affine, header = case.build_label()
@@ -279,16 +317,15 @@ def prepare_datalist(
             early, midlate = split_by_diameter(label, spacing, early_max_diameter_mm)
         else:
             early = int(ndimage.label(label == TUMOR)[1])
-        path = labels_dir / f"{case.case_id}.nii.gz"
+        name = f"{case.case_id}.nii.gz"
         image = nib.Nifti1Image(label, affine, header=header)
         image.set_data_dtype(np.uint8)
-        with atomic_file(path) as temporary:
-            nib.save(image, str(temporary))
+        nib.save(image, str(folder / name))
         entries.append(
             {
                 "id": case.case_id,
                 "image": _portable(case.image, out.parent),
-                "label": _portable(path, out.parent),
+                "label": _portable(labels_dir / name, out.parent),
                 "organ": organ,
                 "has_tumor": bool(early or midlate),
                 "tumor_components": early + midlate,
@@ -297,18 +334,4 @@ def prepare_datalist(
                 "organ_voxels": int((label > 0).sum()),
             }
         )
-    if not entries:
-        raise DiffTumorInputError(
-            f"no cases found in {root} for the {layout} layout",
-            "check the layout name and the folder structure (see `difftumor data prepare -h`)",
-        )
-    scheme = {"0": "background", "1": organ}
-    if early_max_diameter_mm is None:
-        scheme["2"] = f"{organ} tumour"
-    else:
-        scheme["2"] = f"early {organ} tumour (equivalent diameter <= {early_max_diameter_mm:g} mm)"
-        scheme["3"] = f"mid/late {organ} tumour (> {early_max_diameter_mm:g} mm)"
-    datalist = {"layout": layout, "root": str(root.resolve()), "organ": organ, "label_scheme": scheme, "data": entries}
-    with atomic_file(out) as temporary:
-        temporary.write_text(json.dumps(datalist, indent=2) + "\n")
-    return datalist
+    return entries

@@ -17,6 +17,8 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DiffTumorInputError
+from ..limits import check_volume_size
+from .dicom import series_files
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -69,6 +71,7 @@ def _read_nifti(path: Path, what: str) -> Volume:
         ) from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DiffTumorInputError(f"{what} {path} is not a NIfTI image", "convert it to NIfTI or pass a DICOM folder")
+    check_volume_size(image.header.get_data_shape(), what, path)
     try:
         array = np.asanyarray(image.dataobj)
     except (EOFError, OSError, zlib.error, ValueError) as error:
@@ -79,13 +82,20 @@ def _read_nifti(path: Path, what: str) -> Volume:
     return Volume(np.asarray(array), image.affine.astype(np.float64), path, image.header.copy(), "nifti")
 
 
-def _read_dicom_series(path: Path, what: str) -> Volume:
+def _read_dicom_series(path: Path, what: str, series: str | None) -> Volume:
+    import re
+
+    from monai.data import PydicomReader
     from monai.transforms import LoadImage
 
+    files = series_files(path, what, series)
+    # MONAI stacks every DICOM file of a folder; the regex limits it to the checked slices of the chosen series.
+    only = "|".join(re.escape(str(f)) for f in files)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MONAI warns that GPU DICOM decoders are absent
-            data = LoadImage(reader="PydicomReader", image_only=True, dtype=None)(str(path))
+            reader = PydicomReader(fname_regex=f"^(?:{only})$")
+            data = LoadImage(reader=reader, image_only=True, dtype=None)(str(path))
     except Exception as error:  # noqa: BLE001
         raise DiffTumorInputError(
             f"{what} {path} is not a readable DICOM series ({_short(error)})",
@@ -97,20 +107,51 @@ def _read_dicom_series(path: Path, what: str) -> Volume:
     return Volume(array, np.asarray(data.affine, dtype=np.float64), path, None, "dicom")
 
 
+def _series_of(path: Path) -> str | None:
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(str(path), stop_before_pixels=True).SeriesInstanceUID)
+    except Exception:  # noqa: BLE001 — the series check names the file properly
+        return None
+
+
+def check_hounsfield(volume: Volume, what: str = "CT") -> None:
+    """Refuse a CT whose values cannot be Hounsfield units (normalised to [0, 1] / [-1, 1], or 8-bit display
+    levels): tumours painted in HU into such an image come out meaningless."""
+    array = volume.array
+    low, high = float(array.min()), float(array.max())
+    if high <= 1.0 and low >= -1.0:
+        raise DiffTumorInputError(
+            f"{what} {volume.path} holds values in [{low:.3g}, {high:.3g}], not Hounsfield units "
+            "(air is about -1000, liver 40-160)",
+            "pass the original CT in HU, not a normalised copy",
+        )
+    if array.dtype == np.uint8:
+        raise DiffTumorInputError(
+            f"{what} {volume.path} is stored as 8-bit values [{low:.0f}, {high:.0f}], display levels rather than HU",
+            "pass the original CT in HU (16-bit or float NIfTI, or the DICOM series)",
+        )
+
+
 def _short(error: Exception) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text[:150]
 
 
-def load_volume(path: str | os.PathLike, what: str = "image") -> Volume:
+def load_volume(path: str | os.PathLike, what: str = "image", series: str | None = None) -> Volume:
     """Load a NIfTI file or a DICOM series (a folder, or one file of the series) as a 3-D :class:`Volume`.
 
     Args:
         path: file or folder.
         what: how to name it in error messages (``"CT"``, ``"organ mask"``...).
+        series: DICOM SeriesInstanceUID to read from a folder holding several (default: the only one, or the
+            series of the file given).
 
     Raises:
-        DiffTumorInputError: missing/unreadable/truncated/non-image files, 2-D images, non-finite values.
+        DiffTumorInputError: missing/unreadable/truncated/non-image files, 2-D images, non-finite values, more
+            voxels than :func:`difftumor.limits.max_volume_voxels`, a DICOM folder with several series, a missing
+            or damaged slice.
     """
     path = Path(path)
     if not path.exists():
@@ -118,11 +159,11 @@ def load_volume(path: str | os.PathLike, what: str = "image") -> Volume:
     if not os.access(path, os.R_OK):
         raise DiffTumorInputError(f"{what} {path} is not readable", "check its permissions")
     if path.is_dir():
-        volume = _read_dicom_series(path, what)
+        volume = _read_dicom_series(path, what, series)
     elif path.name.lower().endswith(NIFTI_SUFFIXES):
         volume = _read_nifti(path, what)
     elif _looks_like_dicom(path):
-        volume = _read_dicom_series(path.parent, what)
+        volume = _read_dicom_series(path.parent, what, series or _series_of(path))
     else:
         volume = _read_nifti(path, what)
 
@@ -144,10 +185,11 @@ def load_volume(path: str | os.PathLike, what: str = "image") -> Volume:
     return volume
 
 
-def save_volume(array: np.ndarray, reference: Volume, path: str | os.PathLike) -> None:
+def save_volume(array: np.ndarray, reference: Volume, path: str | os.PathLike, description: str | None = None) -> None:
     """Write ``array`` as NIfTI with ``reference``'s affine (and header, for NIfTI inputs) at ``path``.
 
     The stored dtype is ``array``'s; scaling is reset to identity so stored values are the given values.
+    ``description`` goes into the header's ``descrip`` (``difftumor ...`` marks a file difftumor may overwrite).
     """
     if reference.header is not None:
         header = reference.header.copy()
@@ -162,4 +204,6 @@ def save_volume(array: np.ndarray, reference: Volume, path: str | os.PathLike) -
         image = nib.Nifti1Image(array, reference.affine)
         image.set_qform(reference.affine, 1)
         image.set_sform(reference.affine, 1)
+    if description is not None:
+        image.header["descrip"] = description.encode()[:79]
     nib.save(image, str(path))

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_file
+from .. import __version__
+from ..atomic import atomic_file, check_output
 from ..data.volumes import load_volume
 from ..errors import DiffTumorInputError
 from ..synthesis.working_space import sample
@@ -42,6 +43,7 @@ def evaluate_folders(
     organ_label: int | None = None,
     tumor_label: int | None = None,
     organ: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every prediction that has a same-named truth file; write ``metrics.json`` (``cases`` + ``summary``).
 
@@ -53,6 +55,7 @@ def evaluate_folders(
     for folder, what in ((prediction_dir, "prediction"), (truth_dir, "truth")):
         if not folder.is_dir():
             raise DiffTumorInputError(f"{what} folder {folder} does not exist", "check the path")
+    check_output(out, "file", (prediction_dir, truth_dir), overwrite)
     if truth_labels not in TRUTH_LABELS:
         raise DiffTumorInputError(
             f"unknown truth label scheme {truth_labels!r}", f"choose one of {', '.join(TRUTH_LABELS)}"
@@ -82,6 +85,7 @@ def evaluate_folders(
         result = evaluate_case(np.asarray(predicted).astype(np.int32), internal, truth.spacing)
         cases.append({"case": name, **result})
     data = {
+        "difftumor_version": __version__,
         "organ": organ,
         "truth_labels": truth_labels,
         "summary": summarize(cases),
@@ -90,7 +94,7 @@ def evaluate_folders(
         "unpaired_truths": sorted(set(truths) - set(predictions)),
     }
     data = _json_safe(data)
-    with atomic_file(out) as temporary:
+    with atomic_file(out, overwrite, (prediction_dir, truth_dir)) as temporary:
         temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     return data
 

@@ -8,6 +8,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from ..limits import check_patch_size
 from ..models.loading import AlignedLoadingMixin
 from .backbones import make_backbone
 
@@ -43,6 +44,7 @@ class SegmentationModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
         labels: tuple[str, ...] | list[str] = ("background", "organ", "tumor"),
     ):
         super().__init__()
+        check_patch_size(roi_size, "roi_size of the segmentation model")
         self.network = make_backbone(backbone, in_channels, out_channels, **(backbone_kwargs or {}))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

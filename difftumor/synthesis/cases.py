@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import check_output_folder
+from ..atomic import check_output, check_output_folder, prepare_output_root
 from ..data.volumes import load_volume
 from ..errors import DiffTumorInputError
 from .engine import synthesize_tumors
@@ -31,6 +33,8 @@ class CaseRequest:
     seed: int = 0
     centers_mm: Sequence[Sequence[float]] | None = None
     tumor_label: int | None = None
+    #: DICOM SeriesInstanceUID when ``ct`` is a folder holding several series
+    series: str | None = None
 
 
 def synthesize_case(
@@ -38,10 +42,14 @@ def synthesize_case(
     synthesizer: TumorSynthesizer,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
-    """Load, synthesise and write one case; returns its manifest. Nothing is written if anything fails."""
-    check_output_folder(request.out, overwrite)
-    ct = load_volume(request.ct, "CT")
+    """Load, synthesise and write one case; returns its manifest. Nothing is written if anything fails; the
+    output may not touch the case's files or any of ``inputs`` (e.g. the other cases of a batch)."""
+    validate_request(request)
+    inputs = (request.ct, request.organ_mask, *inputs)
+    check_output_folder(request.out, overwrite, inputs)
+    ct = load_volume(request.ct, "CT", series=request.series)
     organ_mask = load_volume(request.organ_mask, "organ mask")
     result = synthesize_tumors(
         ct,
@@ -63,14 +71,15 @@ def synthesize_case(
         **synthesizer.describe(),
     }
     data = manifest(result, ct, organ_mask, request.organ, request.organ_label, settings)
-    write_outputs(request.out, result, ct, data, overwrite=overwrite)
+    write_outputs(request.out, result, ct, data, overwrite=overwrite, inputs=inputs)
     return data
 
 
 def read_datalist(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Cases of a JSON datalist: a list of ``{"image", "organ_mask", ...}`` objects, or a MONAI-style object with
     such a list under ``"data"``, ``"training"``, ``"validation"`` or ``"testing"``. Relative paths are resolved
-    against the datalist's folder."""
+    against the datalist's folder. Every entry is checked here, before any case is written: the files exist, and
+    ids (default: the image's file name) are single, non-hidden path components, unique ignoring case."""
     path = Path(path)
     if not path.is_file():
         raise DiffTumorInputError(f"datalist {path} does not exist", "check the path")
@@ -83,23 +92,48 @@ def read_datalist(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not isinstance(content, list) or not content:
         raise DiffTumorInputError(f"datalist {path} has no cases", 'give a JSON list of {"image", "organ_mask"}')
     cases = []
+    seen: dict[str, int] = {}
     for number, entry in enumerate(content):
-        if not isinstance(entry, dict) or "image" not in entry:
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             raise DiffTumorInputError(
                 f"case {number} of {path} has no 'image'", "every case needs image and organ_mask"
             )
         mask = entry.get("organ_mask", entry.get("label"))
-        if mask is None:
+        if not isinstance(mask, str):
             raise DiffTumorInputError(f"case {number} of {path} has no 'organ_mask'", "add the organ mask path")
         resolved = dict(entry)
         resolved["image"] = str((path.parent / entry["image"]).resolve())
         resolved["organ_mask"] = str((path.parent / mask).resolve())
-        resolved.setdefault("id", _case_id(entry["image"]))
+        for key in ("image", "organ_mask"):
+            if not Path(resolved[key]).exists():
+                raise DiffTumorInputError(f"{key} {resolved[key]} of case {number} in {path} does not exist")
+        resolved["id"] = case_id = validate_case_id(entry.get("id", _case_id(entry["image"])), number, path)
+        key = unicodedata.normalize("NFC", case_id).casefold()
+        if key in seen:
+            raise DiffTumorInputError(
+                f"cases {seen[key]} and {number} of {path} have the same id {case_id!r} (ids ignore case)",
+                "give each case a unique 'id'",
+            )
+        seen[key] = number
         cases.append(resolved)
-    ids = [case["id"] for case in cases]
-    if len(set(ids)) != len(ids):
-        raise DiffTumorInputError(f"datalist {path} has duplicate case ids", "give each case a unique 'id'")
     return cases
+
+
+def validate_case_id(case_id: Any, number: int, path: Path) -> str:
+    """A case id names one output sub-folder: one path component, not empty, not hidden, no ``..``."""
+    if not isinstance(case_id, str) or not case_id.strip():
+        raise DiffTumorInputError(f"case {number} of {path} has an empty id", "give it a name such as 'case_001'")
+    if (
+        case_id != case_id.strip()
+        or case_id.startswith(".")
+        or any(character in case_id for character in "/\\\0:")
+        or Path(case_id).is_absolute()
+    ):
+        raise DiffTumorInputError(
+            f"case {number} of {path} has the id {case_id!r}, which is not a plain folder name",
+            "use letters, digits, '_' and '-' (no '/', '..' or leading '.')",
+        )
+    return case_id
 
 
 def _case_id(image: str) -> str:
@@ -113,3 +147,97 @@ def _case_id(image: str) -> str:
 def is_finished(folder: Path) -> bool:
     """A case is finished when its folder holds the manifest (written last, and the folder appears atomically)."""
     return (folder / "tumors.json").is_file()
+
+
+def case_requests(cases: list[dict[str, Any]], template: CaseRequest, out: Path) -> list[CaseRequest]:
+    """One request per datalist case (a case's own settings override ``template``'s), validated."""
+    requests = []
+    for case in cases:
+        request = dataclasses.replace(
+            template,
+            ct=Path(case["image"]),
+            organ_mask=Path(case["organ_mask"]),
+            organ=case.get("organ", template.organ),
+            out=out / case["id"],
+            organ_label=case.get("organ_label", template.organ_label),
+            size=str(case.get("size", template.size)),
+            count=case.get("count", template.count),
+            seed=case.get("seed", template.seed),
+            tumor_label=case.get("tumor_label", template.tumor_label),
+            series=case.get("series"),
+        )
+        validate_request(request, where=f"case {case['id']}: ")
+        requests.append(request)
+    return requests
+
+
+def validate_request(request: CaseRequest, where: str = "") -> None:
+    """Check a request's options (not its files) so that a run fails before it writes anything."""
+    from .geometry import ORGANS, parse_size
+
+    if request.organ not in ORGANS:
+        raise DiffTumorInputError(f"{where}unknown organ {request.organ!r}", f"choose one of {', '.join(ORGANS)}")
+    parse_size(request.size)
+    for name in ("count", "seed"):
+        value = getattr(request, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DiffTumorInputError(f"{where}{name} must be an integer, got {value!r}")
+    for name in ("organ_label", "tumor_label"):
+        value = getattr(request, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DiffTumorInputError(f"{where}{name} must be a positive integer, got {value!r}")
+    if request.count < 1:
+        raise DiffTumorInputError(f"{where}tumour count must be at least 1, got {request.count}", "pass 1 or more")
+
+
+def synthesize_datalist(
+    datalist: str | os.PathLike,
+    out: str | os.PathLike,
+    template: CaseRequest,
+    build_synthesizer: Callable[[str], TumorSynthesizer],
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, int]:
+    """Batch mode: every case of ``datalist`` into ``out/<id>``; each Accelerate process takes every n-th case.
+
+    Every entry is validated before the first case is written; finished cases are skipped unless ``overwrite``
+    (which replaces only results difftumor wrote). ``build_synthesizer(device)`` is called once, if there is work.
+
+    Returns:
+        ``{"written", "skipped", "process", "processes"}``.
+    """
+    from accelerate import PartialState
+
+    out = Path(out)
+    cases = read_datalist(datalist)
+    inputs = [datalist] + [case[key] for case in cases for key in ("image", "organ_mask")]
+    check_output(out, "folder", inputs, overwrite=True)
+    requests = case_requests(cases, template, out)
+    for request in requests:  # only folders difftumor wrote may be there (the root's check covers the inputs)
+        if request.out.exists():
+            check_output_folder(request.out, overwrite=True)
+    # cpu=True is what makes `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ...` give several CPU processes;
+    # with --device cuda each process takes its own GPU.
+    state = PartialState(cpu=device == "cpu")
+    if device.startswith("cuda") and state.num_processes > 1:
+        device = str(state.device)
+    if state.is_main_process:
+        prepare_output_root(out, inputs)
+    state.wait_for_everyone()
+    mine = requests[state.process_index :: state.num_processes]
+    todo = [request for request in mine if overwrite or not is_finished(request.out)]
+    engine = build_synthesizer(device) if todo else None
+    label = f"cases (process {state.process_index + 1}/{state.num_processes})"
+    for done, request in enumerate(todo):
+        if progress is not None:
+            progress(done, len(todo), label)
+        synthesize_case(request, engine, overwrite=overwrite, inputs=inputs)
+    if progress is not None:
+        progress(len(todo), len(todo), label)
+    return {
+        "written": len(todo),
+        "skipped": len(mine) - len(todo),
+        "process": state.process_index,
+        "processes": state.num_processes,
+    }

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..data.volumes import Volume
+from ..data.volumes import Volume, check_hounsfield
 from ..errors import DiffTumorInputError
 from .geometry import (
     ORGANS,
@@ -106,7 +106,16 @@ def organ_mask_on_ct_grid(mask: Volume, ct: Volume, organ_label: int | None) -> 
         if not np.all(np.mod(labels, 1) == 0):
             raise DiffTumorInputError(f"organ mask {mask.path} has non-integer values", "pass a label map")
         labels = labels.astype(np.int32)
-    same_grid = labels.shape == ct.shape and np.allclose(mask.affine, ct.affine, atol=1e-3)
+    same_affine = np.allclose(mask.affine, ct.affine, atol=1e-3)
+    if same_affine and labels.shape != ct.shape and sorted(labels.shape) == sorted(ct.shape):
+        # Same affine but permuted axes: an export that transposed the array and kept the header. Resampling by
+        # affine would put the organ somewhere else entirely.
+        raise DiffTumorInputError(
+            f"organ mask {mask.path} has shape {tuple(labels.shape)}, a permutation of the CT's {tuple(ct.shape)}, "
+            "with the same affine: its axes are transposed",
+            "export the mask in the CT's axis order (e.g. with nibabel, not a transposed NumPy array)",
+        )
+    same_grid = labels.shape == ct.shape and same_affine
     if not same_grid:
         labels = sample(labels, mask.affine, ct.affine, ct.shape, order=0, cval=0).astype(labels.dtype)
     present = [int(v) for v in np.unique(labels) if v != 0]
@@ -209,6 +218,7 @@ def synthesize_tumors(
     parsed = parse_size(size) if isinstance(size, str) else float(size)
     spec_class = parsed if isinstance(parsed, str) else size_class_of_diameter(parsed)
 
+    check_hounsfield(ct)
     labels, organ_on_ct, organ_label = organ_mask_on_ct_grid(organ_mask, ct, organ_label)
     if tumor_label is None:
         tumor_label = 2 if int(labels.max()) == 1 else int(labels.max()) + 1

@@ -77,9 +77,11 @@ def write_outputs(
     ct: Volume,
     manifest_data: dict[str, Any],
     overwrite: bool = False,
+    inputs: tuple = (),
 ) -> Path:
-    """Write the four outputs into ``out`` atomically (a temporary sibling folder renamed at the end)."""
-    with atomic_folder(out, overwrite=overwrite) as folder:
+    """Write the four outputs into ``out`` atomically (a temporary sibling folder renamed at the end); ``inputs``
+    are the files the case was read from (the output may not touch them)."""
+    with atomic_folder(out, overwrite=overwrite, inputs=inputs) as folder:
         save_volume(result.ct, ct, folder / "ct.nii.gz")
         labels = result.labels
         if labels.max() <= 255 and labels.min() >= 0:

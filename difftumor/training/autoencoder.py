@@ -18,42 +18,42 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DiffTumorInputError
-from .config import load_config
+from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
 from .run import RunConfig, TrainingRun, write_training_info
 
 
 @dataclass
 class VQModelSection:
-    in_channels: int = 1
-    hidden_channels: int = 16
-    downsample: tuple[int, int, int] = (4, 4, 4)
-    latent_channels: int = 8
-    num_codes: int = 16384
-    norm_num_groups: int = 32
-    restart_threshold: float = 1.0
+    in_channels: PositiveInt = 1
+    hidden_channels: PositiveInt = 16
+    downsample: tuple[PositiveInt, PositiveInt, PositiveInt] = (4, 4, 4)
+    latent_channels: PositiveInt = 8
+    num_codes: PositiveInt = 16384
+    norm_num_groups: PositiveInt = 32
+    restart_threshold: NonNegativeFloat = 1.0
 
 
 @dataclass
 class AutoencoderLoss:
-    l1_weight: float = 4.0
-    commitment_weight: float = 1.0
-    perceptual_weight: float = 0.0
+    l1_weight: NonNegativeFloat = 4.0
+    commitment_weight: NonNegativeFloat = 1.0
+    perceptual_weight: NonNegativeFloat = 0.0
     #: ``"module:callable"`` returning a 2-D feature network (list of feature maps per input), when perceptual > 0
     perceptual_network: str | None = None
-    image_gan_weight: float = 1.0
-    volume_gan_weight: float = 1.0
-    gan_feature_weight: float = 4.0
-    discriminator_start_step: int = 10000
-    discriminator_channels: int = 64
-    discriminator_layers: int = 3
+    image_gan_weight: NonNegativeFloat = 1.0
+    volume_gan_weight: NonNegativeFloat = 1.0
+    gan_feature_weight: NonNegativeFloat = 4.0
+    discriminator_start_step: NonNegativeInt = 10000
+    discriminator_channels: PositiveInt = 64
+    discriminator_layers: PositiveInt = 3
 
 
 @dataclass
 class AutoencoderOptim:
-    lr: float = 1.875e-5
-    betas: tuple[float, float] = (0.5, 0.9)
-    gradient_clip: float = 1.0
+    lr: PositiveFloat = 1.875e-5
+    betas: tuple[Fraction, Fraction] = (0.5, 0.9)
+    gradient_clip: NonNegativeFloat = 1.0
 
 
 @dataclass
@@ -101,8 +101,29 @@ class PerceptualSlices(torch.nn.Module):
         return total
 
 
-def load_object(reference: str) -> Any:
-    """Import ``"package.module:attribute"``."""
+#: Entry-point group under which packages register perceptual networks (a callable returning the network).
+PERCEPTUAL_NETWORKS = "difftumor.perceptual_networks"
+
+
+def load_perceptual_network(reference: str, trust_config_code: bool = False) -> Any:
+    """The perceptual-network factory named by ``loss.perceptual_network``.
+
+    A name registered by an installed package under :data:`PERCEPTUAL_NETWORKS` is loaded as is. A config file
+    is data, so a ``"package.module:callable"`` reference (which imports and runs that module) is only followed
+    with ``trust_config_code`` (``--trust-config-code``).
+    """
+    from importlib.metadata import entry_points
+
+    registered = {point.name: point for point in entry_points(group=PERCEPTUAL_NETWORKS)}
+    if reference in registered:
+        return registered[reference].load()
+    if ":" not in reference or not trust_config_code:
+        names = ", ".join(sorted(registered)) or "none installed"
+        raise DiffTumorInputError(
+            f"loss.perceptual_network {reference!r} is not a registered perceptual network ({names})",
+            f"register it under the entry-point group {PERCEPTUAL_NETWORKS}, or pass --trust-config-code to let "
+            "the config import 'package.module:callable'",
+        )
     module_name, _, attribute = reference.partition(":")
     try:
         return getattr(importlib.import_module(module_name), attribute)
@@ -148,7 +169,7 @@ def _preprocess(config: AutoencoderConfig, with_label: bool):
     return Compose([base, FgBgToIndicesd(keys="label", image_key="image", image_threshold=-1.0)])
 
 
-def train_autoencoder(config: AutoencoderConfig, resume: bool = False) -> Path:
+def train_autoencoder(config: AutoencoderConfig, resume: bool = False, trust_config_code: bool = False) -> Path:
     """Run the training; returns the folder of the final :class:`VQModel3D` (``<output_dir>/vqmodel``)."""
     from monai.networks.nets import PatchDiscriminator
 
@@ -156,11 +177,19 @@ def train_autoencoder(config: AutoencoderConfig, resume: bool = False) -> Path:
 
     cases = read_cases(config.data.datalist, config.data.max_cases)
     with_label = all("label" in case for case in cases)
+    loss_cfg = config.loss
+    perceptual_factory = None
+    if loss_cfg.perceptual_weight > 0:  # resolved before the run folder exists: a refused hook leaves nothing
+        if not loss_cfg.perceptual_network:
+            raise DiffTumorInputError(
+                "loss.perceptual_weight > 0 needs loss.perceptual_network",
+                f"give a network registered under {PERCEPTUAL_NETWORKS}",
+            )
+        perceptual_factory = load_perceptual_network(loss_cfg.perceptual_network, trust_config_code)
     run = TrainingRun(config.run, config, "autoencoder", resume=resume)
     accelerator = run.accelerator
     torch.manual_seed(config.run.seed)
     model = VQModel3D(**vars(config.model))
-    loss_cfg = config.loss
     image_disc = PatchDiscriminator(
         spatial_dims=2,
         num_layers_d=loss_cfg.discriminator_layers,
@@ -173,14 +202,7 @@ def train_autoencoder(config: AutoencoderConfig, resume: bool = False) -> Path:
         channels=loss_cfg.discriminator_channels,
         in_channels=1,
     )
-    perceptual = None
-    if loss_cfg.perceptual_weight > 0:
-        if not loss_cfg.perceptual_network:
-            raise DiffTumorInputError(
-                "loss.perceptual_weight > 0 needs loss.perceptual_network",
-                "give 'package.module:callable' returning a 2-D feature network",
-            )
-        perceptual = PerceptualSlices(load_object(loss_cfg.perceptual_network)()).to(run.device)
+    perceptual = None if perceptual_factory is None else PerceptualSlices(perceptual_factory()).to(run.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, betas=config.optim.betas)
     disc_optimizer = torch.optim.Adam(
         [*image_disc.parameters(), *volume_disc.parameters()], lr=config.optim.lr, betas=config.optim.betas
@@ -267,15 +289,19 @@ def train_autoencoder(config: AutoencoderConfig, resume: bool = False) -> Path:
     out = Path(config.run.output_dir) / "vqmodel"
     if run.is_main:
         final = accelerator.unwrap_model(model)
-        final.save_pretrained(out)
-        write_training_info(
-            out,
-            trainer="autoencoder",
-            steps=step,
-            seconds=round(seconds, 1),
-            parameters_sha256=digest,
-            data_description=config.data_description,
-        )
+
+        def write(folder: Path) -> None:
+            final.save_pretrained(folder)
+            write_training_info(
+                folder,
+                trainer="autoencoder",
+                steps=step,
+                seconds=round(seconds, 1),
+                parameters_sha256=digest,
+                data_description=config.data_description,
+            )
+
+        run.export("vqmodel", write)
     accelerator.wait_for_everyone()
     return out
 

@@ -1,23 +1,51 @@
 """Training configurations: YAML files with ``--set key=value`` overrides, checked against dataclass schemas.
 
 Every key has a default; a file only lists what differs. Unknown keys, wrong types and impossible values are
-reported as one-line errors naming the key.
+reported as one-line errors naming the key. Bounds are declared on the schema with ``Annotated`` types
+(:data:`PositiveInt`, :data:`PositiveFloat`, :data:`Fraction`, :class:`Range`); every float must be finite.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
 from ..errors import DiffTumorInputError
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric config value, declared with ``Annotated[int, Range(1)]``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+
+    def check(self, value: float, key: str) -> None:
+        too_low = self.low is not None and (value < self.low if self.low_inclusive else value <= self.low)
+        too_high = self.high is not None and value > self.high
+        if too_low or too_high:
+            low = "" if self.low is None else f"{'>=' if self.low_inclusive else '>'} {self.low:g}"
+            high = "" if self.high is None else f"<= {self.high:g}"
+            raise DiffTumorInputError(
+                f"config key {key} must be {' and '.join(b for b in (low, high) if b)}, got {value!r}"
+            )
+
+
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, low_inclusive=False)]
+NonNegativeFloat = Annotated[float, Range(0)]
+Fraction = Annotated[float, Range(0, 1)]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
@@ -42,6 +70,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *metadata = typing.get_args(annotation)
+        value = _coerce(value, base, key)
+        for bound in metadata:
+            if isinstance(bound, Range):
+                bound.check(value, key)
+        return value
     if origin in (typing.Union, types.UnionType):
         arguments = typing.get_args(annotation)
         if value is None and type(None) in arguments:
@@ -61,7 +96,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise DiffTumorInputError(f"config key {key} must be a list, got {value!r}")
-        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        arguments = typing.get_args(annotation)
+        if origin is tuple and arguments and arguments[-1] is not Ellipsis:
+            if len(value) != len(arguments):
+                raise DiffTumorInputError(f"config key {key} must have {len(arguments)} values, got {value!r}")
+            return tuple(_coerce(v, item, key) for v, item in zip(value, arguments))
+        item = arguments[0] if arguments else Any
         items = [_coerce(v, item, key) for v in value]
         return tuple(items) if origin is tuple else items
     if annotation is bool:
@@ -77,11 +117,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, str):
             try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DiffTumorInputError(f"config key {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise DiffTumorInputError(f"config key {key} must be a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if isinstance(value, bool):  # YAML 1.1 reads a bare no/yes (as in mixed_precision=no) as a boolean
@@ -94,7 +136,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 def build(schema: type[T], raw: dict[str, Any], prefix: str = "") -> T:
     """Instantiate the dataclass ``schema`` from ``raw``, coercing types and rejecting unknown keys."""
-    hints = typing.get_type_hints(schema)
+    hints = typing.get_type_hints(schema, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(schema)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:

@@ -11,13 +11,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import DiffTumorInputError
+from ..limits import check_patch_size
+from .config import Fraction, NonNegativeInt, PositiveInt, Range
+
+#: A crop edge in voxels: at least one 16-voxel block of the networks, at most what fits the memory bound.
+CropEdge = Annotated[int, Range(16, 512)]
 
 
 @dataclass
@@ -25,25 +30,27 @@ class DataConfig:
     """Data section shared by the trainers."""
 
     datalist: str = ""
-    crop_size: tuple[int, int, int] = (96, 96, 96)
-    batch_size: int = 2
+    crop_size: tuple[CropEdge, CropEdge, CropEdge] = (96, 96, 96)
+    batch_size: PositiveInt = 2
     window: tuple[float, float] = (-175.0, 250.0)
-    spacing: float = 1.0
+    spacing: Annotated[float, Range(0.1, 10.0)] = 1.0
     #: fraction of crops centred on foreground (organ/tumour) voxels
-    positive_fraction: float = 0.95
-    num_workers: int = 0
+    positive_fraction: Fraction = 0.95
+    num_workers: NonNegativeInt = 0
     #: limit the number of cases (0 = all), for quick experiments
-    max_cases: int = 0
+    max_cases: NonNegativeInt = 0
 
     def validate(self) -> None:
         if not self.datalist:
             raise DiffTumorInputError("config key data.datalist is empty", "set it to a datalist JSON")
+        self.validate_crops()
+
+    def validate_crops(self) -> None:
         if any(size % 16 for size in self.crop_size):
             raise DiffTumorInputError(f"data.crop_size {self.crop_size} must be multiples of 16")
-        if self.batch_size < 1:
-            raise DiffTumorInputError("data.batch_size must be at least 1")
-        if not 0.0 <= self.positive_fraction <= 1.0:
-            raise DiffTumorInputError("data.positive_fraction must be in [0, 1]")
+        if self.window[0] >= self.window[1]:
+            raise DiffTumorInputError(f"data.window {self.window} must be (low, high) HU with low < high")
+        check_patch_size(self.crop_size, "data.crop_size", self.batch_size)
 
 
 def read_cases(datalist: str | os.PathLike, max_cases: int = 0, require_label: bool = False) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DiffTumorInputError
-from .config import load_config
+from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
 from .run import RunConfig, TrainingRun, write_training_info
 
@@ -26,37 +26,37 @@ STAGE_LABELS = {"early": (2,), "midlate": (3,), "all": (2, 3)}
 
 @dataclass
 class UNetSection:
-    base_channels: int = 24
-    channel_multipliers: tuple[int, ...] = (1, 2, 4, 8)
-    attention_heads: int = 8
-    attention_head_dim: int = 32
-    norm_num_groups: int = 8
+    base_channels: PositiveInt = 24
+    channel_multipliers: tuple[PositiveInt, ...] = (1, 2, 4, 8)
+    attention_heads: PositiveInt = 8
+    attention_head_dim: PositiveInt = 32
+    norm_num_groups: PositiveInt = 8
 
 
 @dataclass
 class DiffusionSection:
-    num_train_timesteps: int = 4
+    num_train_timesteps: PositiveInt = 4
     prediction_type: str = "epsilon"
     loss: str = "l1"
     mask_downsampling: str = "nearest"
     #: sampler stored with the pipeline (default: ddpm for T <= 10, ddim otherwise)
     sampler: str | None = None
-    num_inference_steps: int | None = None
+    num_inference_steps: PositiveInt | None = None
 
 
 @dataclass
 class DiffusionOptim:
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    gradient_clip: float = 0.0
+    lr: PositiveFloat = 1e-4
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    gradient_clip: NonNegativeFloat = 0.0
 
 
 @dataclass
 class EMASection:
-    decay: float = 0.995
-    update_every: int = 10
+    decay: Fraction = 0.995
+    update_every: PositiveInt = 10
     #: the EMA copy follows the online weights exactly until this step (the original's step_start_ema)
-    start_step: int = 2000
+    start_step: NonNegativeInt = 2000
 
 
 @dataclass
@@ -68,7 +68,7 @@ class DiffusionConfig:
     vqmodel: str = ""
     organ: str = "liver"
     tumor_stage: str = "early"
-    tumor_crop_ratio: float = 0.5
+    tumor_crop_ratio: Fraction = 0.5
     model: UNetSection = field(default_factory=UNetSection)
     diffusion: DiffusionSection = field(default_factory=DiffusionSection)
     optim: DiffusionOptim = field(default_factory=DiffusionOptim)
@@ -206,9 +206,9 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False) -> Path:
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.optim.lr, betas=config.optim.betas)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     vqmodel.to(run.device)
-    ema.to(run.device)
-    accelerator.register_for_checkpointing(ema)
+    run.register_state("ema", ema)
     start = run.restore()
+    ema.to(run.device)
     # Voxel indices of every class are computed once per case (cached), not at every crop.
     preprocess = Compose(
         [
@@ -261,22 +261,26 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False) -> Path:
         ema.copy_to(final_unet.parameters())
         pipeline.register_modules(unet=final_unet.eval().cpu())
         pipeline.vqmodel.cpu()
-        pipeline.save_pretrained(out)
-        write_training_info(
-            out,
-            trainer="diffusion",
-            organ=config.organ,
-            tumor_stage=config.tumor_stage,
-            steps=step,
-            seconds=round(seconds, 1),
-            parameters_sha256=digest,
-            num_train_timesteps=steps_t,
-            prediction_type=config.diffusion.prediction_type,
-            loss=config.diffusion.loss,
-            license=config.license,
-            data_description=config.data_description,
-            quality=config.quality,
-        )
+
+        def write(folder: Path) -> None:
+            pipeline.save_pretrained(folder)
+            write_training_info(
+                folder,
+                trainer="diffusion",
+                organ=config.organ,
+                tumor_stage=config.tumor_stage,
+                steps=step,
+                seconds=round(seconds, 1),
+                parameters_sha256=digest,
+                num_train_timesteps=steps_t,
+                prediction_type=config.diffusion.prediction_type,
+                loss=config.diffusion.loss,
+                license=config.license,
+                data_description=config.data_description,
+                quality=config.quality,
+            )
+
+        run.export("pipeline", write)
     accelerator.wait_for_everyone()
     return out
 

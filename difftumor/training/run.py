@@ -4,14 +4,22 @@ Checkpoints are ``<output_dir>/checkpoints/step_<N>/`` written by ``Accelerator.
 folder and renamed when complete (a run killed while saving leaves the previous checkpoint intact). ``--resume``
 continues from the newest complete one: weights, optimiser, EMA, RNG states and the step counter are restored,
 and the data stream (a function of the step, see ``training.data``) continues where it stopped.
+
+Nothing in a checkpoint can run code when it is loaded: weights are safetensors, extra state (the EMA copy) is
+safetensors + JSON instead of Accelerate's pickled custom objects, and the files Accelerate pickles (optimiser,
+learning-rate schedule, RNG states) are first checked against the SHA-256 recorded when they were written and
+opened with PyTorch's allow-listed ``weights_only`` unpickler. A modified, unexpected or unreadable file is an error
+naming it, never a silent partial resume.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -23,8 +31,9 @@ from typing import Any
 import torch
 import yaml
 
+from ..atomic import atomic_folder, check_output, is_difftumor_folder, write_marker
 from ..errors import DiffTumorInputError
-from .config import to_dict
+from .config import PositiveInt, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +46,12 @@ class RunConfig:
 
     output_dir: str = "runs/run"
     seed: int = 0
-    max_steps: int = 1000
-    gradient_accumulation_steps: int = 1
+    max_steps: PositiveInt = 1000
+    gradient_accumulation_steps: PositiveInt = 1
     mixed_precision: str = "no"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    checkpoint_every: PositiveInt = 500
+    keep_checkpoints: PositiveInt = 2
+    log_every: PositiveInt = 10
     logger: str = "csv"
     device: str = "auto"
 
@@ -51,8 +60,6 @@ class RunConfig:
             raise DiffTumorInputError(f"mixed_precision {self.mixed_precision!r}", "use no, bf16 or fp16")
         if self.logger not in ("csv", "tensorboard", "none"):
             raise DiffTumorInputError(f"logger {self.logger!r}", "use csv, tensorboard or none")
-        if self.max_steps < 1 or self.checkpoint_every < 1 or self.gradient_accumulation_steps < 1:
-            raise DiffTumorInputError("max_steps, checkpoint_every and gradient_accumulation_steps must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise DiffTumorInputError(f"device {self.device!r}", "use auto, cpu or cuda")
 
@@ -96,8 +103,9 @@ class TrainingRun:
 
         self.run, self.kind = run, kind
         self.output_dir = Path(run.output_dir)
-        if self.output_dir.exists() and not self.output_dir.is_dir():
-            raise DiffTumorInputError(f"output_dir {self.output_dir} is a file", "choose a folder")
+        # A run folder may be resumed (overwrite=True), but only if difftumor made it, and never over the data.
+        inputs = [path for path in config_paths(config) if path.resolve() != self.output_dir.resolve()]
+        check_output(self.output_dir, "folder", inputs, overwrite=True, option="run.output_dir", create_parents=True)
         if (
             not resume
             and (self.output_dir / "checkpoints").exists()
@@ -115,8 +123,11 @@ class TrainingRun:
         set_seed(run.seed)
         self.step = 0
         self.tracker = None
+        self._states: dict[str, Any] = {}
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            if not is_difftumor_folder(self.output_dir):
+                write_marker(self.output_dir)
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         self.accelerator.wait_for_everyone()
         self._resume_from = self.latest_checkpoint() if resume else None
@@ -150,13 +161,31 @@ class TrainingRun:
         found = self.checkpoints()
         return found[-1][1] if found else None
 
+    def register_state(self, name: str, obj: Any) -> None:
+        """Checkpoint ``obj`` (``state_dict``/``load_state_dict`` of tensors, tensor lists and plain scalars, such
+        as diffusers' ``EMAModel``) as ``state_<name>.safetensors`` + ``.json``, replicated on every process."""
+        self._states[name] = obj
+
     def restore(self) -> int:
-        """Load the checkpoint chosen at start-up (after ``prepare``); returns the step to continue from."""
+        """Load the checkpoint chosen at start-up (after ``prepare``); returns the step to continue from.
+
+        Raises:
+            DiffTumorInputError: a checkpoint file was modified, is unexpected or cannot be read safely.
+        """
         if self._resume_from is None:
             return 0
-        self.accelerator.load_state(str(self._resume_from))
-        state = json.loads((self._resume_from / "trainer_state.json").read_text())
-        self.step = int(state["step"])
+        folder = self._resume_from
+        state = verify_checkpoint(folder, self.accelerator.process_index, set(self._states))
+        try:
+            self.accelerator.load_state(str(folder))
+        except Exception as error:  # noqa: BLE001 — torch/accelerate raise many types for broken files
+            raise _broken_checkpoint(folder, error) from None
+        for name, obj in self._states.items():
+            try:
+                obj.load_state_dict(load_plain_state(folder, f"state_{name}"))
+            except Exception as error:  # noqa: BLE001 — json, safetensors and EMAModel raise their own types
+                raise _broken_checkpoint(folder, error) from None
+        self.step = state["step"]
         if self.is_main:
             logger.info("resumed %s from %s (step %d)", self.kind, self._resume_from, self.step)
         return self.step
@@ -173,7 +202,10 @@ class TrainingRun:
         self.accelerator.save_state(str(partial))
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            (partial / "trainer_state.json").write_text(json.dumps({"step": self.step}))
+            for name, obj in self._states.items():
+                save_plain_state(obj.state_dict(), partial, f"state_{name}")
+            files = {path.name: file_sha256(path) for path in sorted(partial.iterdir()) if path.is_file()}
+            (partial / "trainer_state.json").write_text(json.dumps({"step": self.step, "files": files}, indent=1))
             (partial / "COMPLETE").write_text("")
             if final.exists():
                 shutil.rmtree(final)
@@ -260,6 +292,14 @@ class TrainingRun:
                     logger.warning("model replicas differ across processes: %s", sorted(values))
         return value
 
+    def export(self, name: str, write: Any) -> Path:
+        """Write a final artefact (``write(folder)``, e.g. ``model.save_pretrained``) atomically as
+        ``<output_dir>/<name>``: a disk filling up or a kill leaves the previous one, never half a model."""
+        out = self.output_dir / name
+        with atomic_folder(out, overwrite=True) as folder:
+            write(folder)
+        return out
+
     def finish(self) -> float:
         if self._progress is not None:
             self._progress.stop()
@@ -277,3 +317,159 @@ def write_training_info(folder: Path, **fields: Any) -> None:
 def command_line() -> str:
     """The command that started this process (recorded in model cards)."""
     return " ".join(["difftumor" if Path(sys.argv[0]).name == "difftumor" else Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def config_paths(config: Any) -> list[Path]:
+    """Every existing file or folder named by a string value of a (nested) config: the run's inputs."""
+    found = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+        elif isinstance(value, str) and value and len(value) < 4096:
+            try:
+                if Path(value).exists():
+                    found.append(Path(value))
+            except OSError:
+                pass
+
+    visit(to_dict(config) if not isinstance(config, dict) else config)
+    return found + [path for datalist in found if datalist.suffix == ".json" for path in _datalist_files(datalist)]
+
+
+def _datalist_files(datalist: Path) -> list[Path]:
+    """The image and label files a datalist names (so a run folder can be kept away from them too)."""
+    try:
+        content = json.loads(datalist.read_text())
+    except (OSError, ValueError):
+        return []
+    entries = (
+        next((content[k] for k in ("data", "training") if k in content), []) if isinstance(content, dict) else content
+    )
+    files = []
+    for entry in entries if isinstance(entries, list) else []:
+        for key in ("image", "label", "organ_mask"):
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if isinstance(value, str):
+                files.append((datalist.parent / value).resolve())
+    return files
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# What Accelerate's save_state and TrainingRun write into a checkpoint; anything else is refused on resume.
+_CHECKPOINT_FILE = re.compile(
+    r"^(model(_\d+)?\.safetensors|(optimizer|scheduler|sampler|dl_state_dict)(_\d+)?\.bin|scaler\.pt"
+    r"|random_states_\d+\.pkl|state_\w+\.(safetensors|json)|trainer_state\.json|COMPLETE)$"
+)
+_RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+
+
+def _broken_checkpoint(path: Path, error: BaseException | str) -> DiffTumorInputError:
+    text = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    return DiffTumorInputError(
+        f"checkpoint {path} cannot be resumed safely ({text})",
+        "it was modified or is damaged: delete that checkpoint folder to resume from an earlier one, or start anew",
+    )
+
+
+def verify_checkpoint(folder: Path, process_index: int = 0, states: set[str] = frozenset()) -> dict[str, Any]:
+    """Check a checkpoint before anything in it is loaded; returns ``trainer_state.json``.
+
+    Every file must be one difftumor writes and have the SHA-256 recorded at save time; pickled files (optimiser,
+    schedule, RNG states) must open with the allow-listed ``weights_only`` unpickler; this process's RNG state must
+    be complete. Raises :class:`DiffTumorInputError` naming the first problem.
+    """
+    from accelerate.utils import load as accelerate_load
+
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step {step!r}")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _broken_checkpoint(folder / "trainer_state.json", error) from None
+    recorded = state.get("files")
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or not _CHECKPOINT_FILE.match(path.name):
+            raise _broken_checkpoint(path, "difftumor never writes this file into a checkpoint")
+        if path.name in ("trainer_state.json", "COMPLETE"):
+            continue
+        if isinstance(recorded, dict) and recorded.get(path.name) != file_sha256(path):
+            raise _broken_checkpoint(path, "its content differs from what was saved")
+        if path.suffix in (".bin", ".pkl", ".pt"):
+            try:
+                content = accelerate_load(path, map_location="cpu")
+            except pickle.UnpicklingError as error:  # the allow-list refused it: never fall back to full pickle
+                refused = re.search(r"Unsupported global: GLOBAL [\w.]+", str(error))
+                reason = refused.group(0) if refused else "an object outside the allow-list"
+                raise _broken_checkpoint(path, f"the weights-only unpickler refused {reason}") from None
+            except Exception as error:  # noqa: BLE001 — torch raises many types for damaged files
+                raise _broken_checkpoint(path, error) from None
+            if path.name.startswith("random_states_") and not (
+                isinstance(content, dict) and all(key in content for key in _RNG_KEYS)
+            ):
+                raise _broken_checkpoint(path, "it does not hold the random states")
+    if isinstance(recorded, dict):
+        missing = sorted(name for name in recorded if not (folder / name).is_file())
+        if missing:
+            raise _broken_checkpoint(folder / missing[0], "the file is missing")
+    rng = folder / f"random_states_{process_index}.pkl"
+    if not rng.is_file():
+        raise _broken_checkpoint(rng, "the random states of this process are missing (resume with as many processes)")
+    for name in states:
+        for suffix in (".safetensors", ".json"):
+            if not (folder / f"state_{name}{suffix}").is_file():
+                raise _broken_checkpoint(folder / f"state_{name}{suffix}", "the file is missing")
+    return state
+
+
+def save_plain_state(state: dict[str, Any], folder: Path, name: str) -> None:
+    """Write a state dict of tensors, lists of tensors and JSON scalars as ``<name>.safetensors`` + ``<name>.json``."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    layout: dict[str, Any] = {"scalars": {}, "tensor_lists": {}, "tensors": []}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value
+            layout["tensors"].append(key)
+        elif isinstance(value, (list, tuple)) and all(isinstance(item, torch.Tensor) for item in value):
+            for index, item in enumerate(value):
+                tensors[f"{key}.{index}"] = item
+            layout["tensor_lists"][key] = len(value)
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            layout["scalars"][key] = value
+        else:
+            raise TypeError(f"state {name}: {key} of type {type(value).__name__} cannot be saved without pickle")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / f"{name}.safetensors"))
+    (folder / f"{name}.json").write_text(json.dumps(layout, indent=1))
+
+
+def load_plain_state(folder: Path, name: str) -> dict[str, Any]:
+    """Read what :func:`save_plain_state` wrote; raises ``ValueError`` when the two files do not agree."""
+    from safetensors.torch import load_file
+
+    layout = json.loads((folder / f"{name}.json").read_text())
+    tensors = load_file(str(folder / f"{name}.safetensors"))
+    expected = set(layout["tensors"])
+    for key, length in layout["tensor_lists"].items():
+        expected |= {f"{key}.{index}" for index in range(length)}
+    if expected != set(tensors):
+        raise ValueError(f"{name}.safetensors and {name}.json do not match")
+    state: dict[str, Any] = dict(layout["scalars"])
+    for key in layout["tensors"]:
+        state[key] = tensors[key]
+    for key, length in layout["tensor_lists"].items():
+        state[key] = [tensors[f"{key}.{index}"] for index in range(length)]
+    return state

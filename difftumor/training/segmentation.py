@@ -12,13 +12,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
 from ..errors import DiffTumorInputError
-from .config import load_config
+from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, Range, load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
 from .run import RunConfig, TrainingRun, write_training_info
 
@@ -30,8 +30,8 @@ class SegmentationData(DataConfig):
     #: cases for sliding-window validation; optional
     validation_datalist: str = ""
     #: probability of drawing a healthy case (when both kinds are given)
-    healthy_fraction: float = 0.5
-    positive_fraction: float = 0.5
+    healthy_fraction: Fraction = 0.5
+    positive_fraction: Fraction = 0.5
 
     def validate(self) -> None:
         if not self.datalist and not self.healthy_datalist:
@@ -39,8 +39,7 @@ class SegmentationData(DataConfig):
                 "no training data: data.datalist and data.healthy_datalist are both empty",
                 "give real-tumour cases, healthy cases, or both",
             )
-        if any(size % 16 for size in self.crop_size):
-            raise DiffTumorInputError(f"data.crop_size {self.crop_size} must be multiples of 16")
+        self.validate_crops()
 
 
 @dataclass
@@ -55,21 +54,21 @@ class SynthesisSection:
     synthesizer: str = "handcrafted"
     #: diffusion: pipeline folder or repo id (default: the bundled demo pipeline)
     pipeline: str | None = None
-    prob: float = 0.5
+    prob: Fraction = 0.5
     size_mix: dict = field(default_factory=lambda: {"early": 0.8, "medium": 0.1, "large": 0.1})
 
 
 @dataclass
 class SegmentationOptim:
-    lr: float = 4e-4
-    weight_decay: float = 1e-5
-    warmup_steps: int = 100
+    lr: PositiveFloat = 4e-4
+    weight_decay: NonNegativeFloat = 1e-5
+    warmup_steps: NonNegativeInt = 100
 
 
 @dataclass
 class ValidationSection:
-    every: int = 0
-    overlap: float = 0.5
+    every: NonNegativeInt = 0
+    overlap: Annotated[float, Range(0, 0.99)] = 0.5
 
 
 @dataclass
@@ -279,22 +278,30 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False) -> Path
             metrics["val_tumor_dice"] = score
             if run.is_main and score > best:
                 best = score
-                accelerator.unwrap_model(model).save_pretrained(best_path)
-                (best_path / "validation.json").write_text(json.dumps({"step": step, "tumor_dice": score}))
+
+                def write_best(folder: Path, score: float = score, step: int = step) -> None:
+                    accelerator.unwrap_model(model).save_pretrained(folder)
+                    (folder / "validation.json").write_text(json.dumps({"step": step, "tumor_dice": score}))
+
+                run.export(best_path.name, write_best)
         run.end_step(metrics)
     digest = run.record_parameters(model)
     seconds = run.finish()
     out = Path(config.run.output_dir) / "model"
     if run.is_main:
-        accelerator.unwrap_model(model).save_pretrained(out)
-        write_training_info(
-            out,
-            trainer="segmentation",
-            steps=step,
-            seconds=round(seconds, 1),
-            parameters_sha256=digest,
-            synthesizer=config.synthesis.synthesizer,
-        )
+
+        def write(folder: Path) -> None:
+            accelerator.unwrap_model(model).save_pretrained(folder)
+            write_training_info(
+                folder,
+                trainer="segmentation",
+                steps=step,
+                seconds=round(seconds, 1),
+                parameters_sha256=digest,
+                synthesizer=config.synthesis.synthesizer,
+            )
+
+        run.export("model", write)
     accelerator.wait_for_everyone()
     return out
 

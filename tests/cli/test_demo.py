@@ -16,7 +16,13 @@ def test_demo_writes_the_synthesize_outputs_with_the_bundled_pipeline(tmp_path, 
     assert cli(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert "bundled demo pipeline" in printed.err and "wrote" in printed.out
-    assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz", "label.nii.gz", "preview.png", "tumors.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".difftumor",
+        "ct.nii.gz",
+        "label.nii.gz",
+        "preview.png",
+        "tumors.json",
+    ]
     manifest = json.loads((out / "tumors.json").read_text())
     assert manifest["synthesizer"] == "diffusion" and manifest["model_id"] == str(BUNDLED_PIPELINE)
     assert len(manifest["tumors"]) == 3 and all(t["size_class"] == "small" for t in manifest["tumors"])

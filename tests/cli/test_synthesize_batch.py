@@ -36,7 +36,7 @@ def test_datalist_runs_every_case_and_skips_finished_ones(datalist, tmp_path, ca
     out = tmp_path / "out"
     args = ["synthesize", "--datalist", str(datalist), "--synthesizer", "handcrafted", "--out", str(out)]
     assert cli(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["example_ct_sm", "full"]
+    assert sorted(p.name for p in out.iterdir()) == [".difftumor", "example_ct_sm", "full"]
     assert len(json.loads((out / "example_ct_sm" / "tumors.json").read_text())["tumors"]) == 2
     stamp = (out / "full" / "ct.nii.gz").stat().st_mtime_ns
     capsys.readouterr()
@@ -65,7 +65,7 @@ def test_accelerate_launch_splits_the_cases_across_two_processes(datalist, tmp_p
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "process 0: 1 case(s) written" in result.stdout and "process 1: 1 case(s) written" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["example_ct_sm", "full"]
+    assert sorted(p.name for p in out.iterdir()) == [".difftumor", "example_ct_sm", "full"]
 
 
 def test_bad_datalists(tmp_path, capsys):

@@ -103,7 +103,14 @@ def test_convert_command_writes_a_pipeline_that_reproduces_the_original(small_re
     out = tmp_path / "liver-early"
     assert cli(["convert", "--autoencoder", str(autoencoder), "--diffusion", str(early), "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert sorted(os.listdir(out)) == ["CONVERSION.md", "model_index.json", "scheduler", "unet", "vqmodel"]
+    assert sorted(os.listdir(out)) == [
+        ".difftumor",
+        "CONVERSION.md",
+        "model_index.json",
+        "scheduler",
+        "unet",
+        "vqmodel",
+    ]
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
     pipe = TumorInpaintPipeline.from_pretrained(out)
     assert pipe.config.organ == "liver" and pipe.config.tumor_stage == "early"

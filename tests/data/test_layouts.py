@@ -144,12 +144,16 @@ def test_split_rule_uses_the_header_spacing():
 
 
 def test_bad_prepare_calls(tmp_path, capsys):
+    root, out = tmp_path / "dataset", str(tmp_path / "x.json")
+    root.mkdir()
     for args, message in (
-        (["data", "prepare", "nnunet", str(tmp_path), "--out", str(tmp_path / "x.json")], "unknown layout"),
-        (["data", "prepare", "msd", str(tmp_path / "none"), "--out", str(tmp_path / "x.json")], "does not exist"),
-        (["data", "prepare", "msd", str(tmp_path), "--out", str(tmp_path / "x.json")], "not an MSD task folder"),
-        (["data", "prepare", "abdomenatlas", str(tmp_path), "--out", str(tmp_path / "x.json")], "--organ"),
-        (["data", "prepare", "kits", str(tmp_path), "--out", str(tmp_path / "x.json")], "no cases found"),
+        (["data", "prepare", "nnunet", str(root), "--out", out], "unknown layout"),
+        (["data", "prepare", "msd", str(tmp_path / "none"), "--out", out], "does not exist"),
+        (["data", "prepare", "msd", str(root), "--out", out], "not an MSD task folder"),
+        (["data", "prepare", "abdomenatlas", str(root), "--out", out], "--organ"),
+        (["data", "prepare", "kits", str(root), "--out", out], "no cases found"),
+        (["data", "prepare", "kits", str(root), "--out", str(root / "x.json")], "lies inside the input"),
     ):
         assert cli(args) == 2
         assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]  # no datalist, no empty labels folder

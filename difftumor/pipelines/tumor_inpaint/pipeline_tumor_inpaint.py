@@ -144,10 +144,14 @@ class TumorInpaintPipeline(DiffusionPipeline):
         Returns:
             :class:`difftumor.synthesis.SynthesisResult` (arrays on the input CT's grid).
         """
+        from ...atomic import check_output_folder
         from ...data.volumes import Volume, load_volume
         from ...synthesis import DiffusionSynthesizer, synthesize_tumors
         from ...synthesis.outputs import manifest, write_outputs
 
+        inputs = [value.path if isinstance(value, Volume) else value for value in (ct, organ_mask)]
+        if out is not None:  # before the (slow) synthesis
+            check_output_folder(out, overwrite, inputs)
         ct_volume = ct if isinstance(ct, Volume) else load_volume(ct, "CT")
         mask_volume = organ_mask if isinstance(organ_mask, Volume) else load_volume(organ_mask, "organ mask")
         synthesizer = DiffusionSynthesizer(pipeline=self, device=str(self.device))
@@ -165,7 +169,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
         if out is not None:
             settings = {"seed": seed, "size": str(size), "count": count, **synthesizer.describe()}
             data = manifest(result, ct_volume, mask_volume, organ, organ_label, settings)
-            write_outputs(out, result, ct_volume, data, overwrite=overwrite)
+            write_outputs(out, result, ct_volume, data, overwrite=overwrite, inputs=inputs)
         return result
 
     # -- pieces ----------------------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""Memory bounds checked before anything is allocated: volume sizes read from headers, and network patch sizes.
+
+A file's header can claim any size (a 2 MB ``.nii.gz`` of zeros can hold a 1024³ volume); reading it first and
+failing in the allocator gives an empty ``MemoryError`` minutes later, or takes the machine down. The defaults fit
+a 24 GB machine with room for the working copies synthesis and inference make; both can be raised through
+environment variables for larger machines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+from .errors import DiffTumorInputError
+
+#: Default voxel limit of one input volume: 512 × 512 × 2048 (a whole-body CT at 0.5 mm slices).
+DEFAULT_MAX_VOLUME_VOXELS = 512 * 512 * 2048
+#: Default voxel limit of one network patch times its batch: the activations of a 3-D U-Net grow with it.
+DEFAULT_MAX_PATCH_VOXELS = 2 * 192**3
+
+
+def _limit(variable: str, default: int) -> int:
+    text = os.environ.get(variable)
+    if not text:
+        return default
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise DiffTumorInputError(f"{variable}={text!r} is not a number", "unset it or give a voxel count") from None
+    if value < 1:
+        raise DiffTumorInputError(f"{variable}={text!r} must be positive", "unset it or give a voxel count")
+    return value
+
+
+def max_volume_voxels() -> int:
+    """The voxel limit of one input volume (``DIFFTUMOR_MAX_VOXELS`` overrides the default)."""
+    return _limit("DIFFTUMOR_MAX_VOXELS", DEFAULT_MAX_VOLUME_VOXELS)
+
+
+def check_volume_size(shape: Sequence[int], what: str, path: object) -> None:
+    """Refuse a volume whose header claims more voxels than :func:`max_volume_voxels`, before reading it."""
+    voxels = math.prod(int(v) for v in shape)
+    limit = max_volume_voxels()
+    if voxels > limit:
+        size = " × ".join(str(int(v)) for v in shape)
+        raise DiffTumorInputError(
+            f"{what} {path} has {size} = {voxels:,} voxels, over the limit of {limit:,} "
+            f"(about {4 * voxels / 2**30:.0f} GB per float copy)",
+            "crop or resample it first, or raise the limit with DIFFTUMOR_MAX_VOXELS=N on a larger machine",
+        )
+
+
+def check_patch_size(size: Sequence[int], what: str, batch: int = 1) -> None:
+    """Refuse a network patch (times its batch) over ``DIFFTUMOR_MAX_PATCH_VOXELS`` (default 2 × 192³)."""
+    voxels = math.prod(int(v) for v in size) * max(int(batch), 1)
+    limit = _limit("DIFFTUMOR_MAX_PATCH_VOXELS", DEFAULT_MAX_PATCH_VOXELS)
+    if voxels > limit:
+        raise DiffTumorInputError(
+            f"{what} {list(size)} (× batch {batch}) is {voxels:,} voxels, over the limit of {limit:,}",
+            "use a smaller patch or batch, or raise the limit with DIFFTUMOR_MAX_PATCH_VOXELS=N on a larger machine",
+        )

@@ -1,0 +1,412 @@
+"""A user's data is sacred: every mistake or attack below exits 2 with one actionable line, leaves every byte of the
+workspace as it was (hashed before and after), and leaves no stray output. Built from the bundled demo CT only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from difftumor.assets import DEMO_CASE
+from difftumor.cli.main import main as cli
+from difftumor.data.layouts import prepare_datalist
+from tests.helpers.volumes import write_dicom_series
+
+LIVER = 5  # TotalSegmentator label of the liver in the demo organ map
+
+
+def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, 1)
+    image.set_sform(affine, 1)
+    nib.save(image, str(path))
+    return path
+
+
+def _liver_crop() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The demo CT (3 mm) cropped to the liver with a margin: CT (int16), binary liver mask and affine."""
+    ct = nib.load(str(DEMO_CASE / "ct.nii.gz"))
+    organs = np.asanyarray(nib.load(str(DEMO_CASE / "organs.nii.gz")).dataobj)
+    points = np.argwhere(organs == LIVER)
+    low = np.maximum(points.min(0) - 6, 0)
+    high = np.minimum(points.max(0) + 7, organs.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    affine = ct.affine.copy()
+    affine[:3, 3] = ct.affine[:3, :3] @ low + ct.affine[:3, 3]
+    array = np.asanyarray(ct.dataobj)[box].astype(np.int16)
+    return array, (organs[box] == LIVER).astype(np.uint8), affine
+
+
+def _header_only_nifti(path: Path, shape: tuple[int, int, int]) -> Path:
+    """A NIfTI whose header claims ``shape`` but holds almost no data (a few KB on disk)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.int16)
+    header.set_qform(np.eye(4), 1)
+    header.set_sform(np.eye(4), 1)
+    with open(path, "wb") as handle:
+        handle.write(header.binaryblock + b"\0" * (352 - len(header.binaryblock)) + b"\0" * 4096)
+    return path
+
+
+def _evil_pickle(marker: Path) -> bytes:
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps({"state": Payload()})
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("workspace")
+    ct, liver, affine = _liver_crop()
+    assert len(set(ct.shape)) == 3  # a transposed copy must differ in shape
+    for case in ("c1", "c2"):
+        (root / "d" / case).mkdir(parents=True)
+        _save(ct, affine, root / "d" / case / "ct.nii.gz")
+        _save(liver, affine, root / "d" / case / "liver.nii.gz")
+    (root / "d" / "c1" / "notes.txt").write_text("the radiologist's notes\n")
+    (root / "foreign").mkdir()
+    (root / "foreign" / "readme.txt").write_text("not difftumor's\n")
+    (root / "victim").mkdir()
+    (root / "victim" / "keep.txt").write_text("must survive\n")
+    (root / "ckpt").mkdir()
+    (root / "ckpt" / "AutoencoderModel.ckpt").write_bytes(b"checkpoint bytes")
+    (root / "ckpt" / "liver_early.pt").write_bytes(b"checkpoint bytes")
+    _save((ct.astype(np.float32) + 1024) / 4096, affine, root / "ct01.nii.gz")  # a "normalised" CT in [0, 1]
+    _save(np.ascontiguousarray(liver.transpose(2, 1, 0)), affine, root / "liver_T.nii.gz")
+    _header_only_nifti(root / "huge.nii", (1024, 1024, 1024))
+    _header_only_nifti(root / "giant.nii", (2000, 2000, 2000))
+    _save(liver, affine, root / "foreign_pred.nii.gz")
+
+    # DICOM: a small series, one with two series, one with a missing slice, one with a damaged slice.
+    small = root / "small_ct.nii.gz"
+    _save(ct[10:42, 10:40, 4:20], affine, small)
+    for name in ("dicom", "dicom_missing", "dicom_broken"):
+        write_dicom_series(small, root / name)
+    (root / "dicom_missing" / "slice_007.dcm").unlink()
+    broken = root / "dicom_broken" / "slice_005.dcm"
+    broken.write_bytes(broken.read_bytes()[:900])
+    write_dicom_series(small, root / "dicom_two")
+    second = write_dicom_series(small, tmp_path_factory.mktemp("series_b"))
+    for path in second.iterdir():
+        shutil.copy(path, root / "dicom_two" / f"b_{path.name}")
+    small.unlink()
+
+    (root / "truth").mkdir()
+    (root / "pred").mkdir()
+    _save(liver, affine, root / "truth" / "case.nii.gz")
+    _save(liver, affine, root / "pred" / "case.nii.gz")
+    for sub in ("images", "labels"):
+        (root / "dataset" / sub).mkdir(parents=True)
+    _save(ct, affine, root / "dataset" / "images" / "a.nii.gz")
+    _save(liver, affine, root / "dataset" / "labels" / "a.nii.gz")
+    prepare_datalist("folders", root / "dataset", root / "train.json", organ="liver")
+    (root / "foreign.json").write_text('{"mine": true}\n')
+
+    from difftumor.segmentation import SegmentationModel
+
+    model = SegmentationModel(backbone="unet", roi_size=(32, 32, 32))
+    model.save_pretrained(root / "seg_model_big")
+    config = json.loads((root / "seg_model_big" / "config.json").read_text())
+    config["roi_size"] = [1024, 1024, 1024]
+    (root / "seg_model_big" / "config.json").write_text(json.dumps(config))
+
+    lists = root / "lists"
+    lists.mkdir()
+    c1 = {"image": "../d/c1/ct.nii.gz", "organ_mask": "../d/c1/liver.nii.gz"}
+    c2 = {"image": "../d/c2/ct.nii.gz", "organ_mask": "../d/c2/liver.nii.gz"}
+    datalists = {
+        "up": [{**c1, "id": "../victim"}],
+        "absolute": [{**c1, "id": str(root / "victim")}],
+        "empty": [{**c1, "id": "c1"}, {**c2, "id": ""}],
+        "dot": [{**c1, "id": "c1"}, {**c2, "id": "./c1"}],
+        "case": [{**c1, "id": "c1"}, {**c2, "id": "C1"}],
+        "missing": [{**c1, "id": "c1"}, {"image": "../d/c9/ct.nii.gz", "organ_mask": "../d/c9/liver.nii.gz"}],
+        "bad_count": [{**c1, "id": "c1"}, {**c2, "id": "c2", "count": 0}],
+    }
+    for name, content in datalists.items():
+        (lists / f"{name}.json").write_text(json.dumps(content))
+    return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with the SHA-256 of its bytes (or ``dir``)."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        relative = str(path.relative_to(root))
+        found[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+SYN = ["--synthesizer", "handcrafted", "--organ", "liver"]
+C1 = ["{ws}/d/c1/ct.nii.gz", "--organ-mask", "{ws}/d/c1/liver.nii.gz"]
+TRAIN = ["train", "segmentation", "--set", "data.datalist={ws}/train.json", "--set", "run.output_dir={ws}/runs/s"]
+CONVERT = ["convert", "--autoencoder", "{ws}/ckpt/AutoencoderModel.ckpt", "--diffusion", "{ws}/ckpt/liver_early.pt"]
+
+# name: (working folder, arguments, what the one-line error must say)
+CASES = {
+    # outputs never touch inputs
+    "synthesize --out . deletes the cwd": (
+        "d",
+        ["synthesize", *C1, *SYN, "--out", ".", "--overwrite"],
+        "current folder",
+    ),
+    "synthesize --out ancestor": ("d/c1", ["synthesize", *C1, *SYN, "--out", "..", "--overwrite"], "current folder"),
+    "synthesize --out the case folder": (
+        "",
+        ["synthesize", *C1, *SYN, "--out", "{ws}/d/c1", "--overwrite"],
+        "contains the input",
+    ),
+    "synthesize --out the CT itself": ("", ["synthesize", *C1, *SYN, "--out", "{ws}/d/c1/ct.nii.gz"], "is the input"),
+    "synthesize --out inside a DICOM input": (
+        "",
+        ["synthesize", "{ws}/dicom", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/dicom/out"],
+        "lies inside the input",
+    ),
+    "synthesize --overwrite a folder difftumor did not write": (
+        "",
+        ["synthesize", *C1, *SYN, "--out", "{ws}/foreign", "--overwrite"],
+        "difftumor did not write",
+    ),
+    "convert --out . deletes the checkpoints": ("ckpt", [*CONVERT, "--out", ".", "--overwrite"], "current folder"),
+    "convert --out the checkpoints' folder": (
+        "",
+        [*CONVERT, "--out", "{ws}/ckpt", "--overwrite"],
+        "contains the input",
+    ),
+    "segment --out the CT": (
+        "",
+        ["segment", "{ws}/d/c1/ct.nii.gz", "--model", "{ws}/seg_model_big", "--out", "{ws}/d/c1/ct.nii.gz"],
+        "is the input",
+    ),
+    "segment --out a file difftumor did not write": (
+        "",
+        ["segment", "{ws}/d/c1/ct.nii.gz", "--model", "{ws}/seg_model_big", "--out", "{ws}/foreign_pred.nii.gz"],
+        "not written by difftumor",
+    ),
+    "evaluate --out a truth file": (
+        "",
+        ["evaluate", "--pred", "{ws}/pred", "--truth", "{ws}/truth", "--out", "{ws}/truth/case.nii.gz"],
+        "lies inside the input",
+    ),
+    "data prepare --out inside the dataset": (
+        "",
+        ["data", "prepare", "folders", "{ws}/dataset", "--organ", "liver", "--out", "{ws}/dataset/list.json"],
+        "lies inside the input",
+    ),
+    "data prepare --out a JSON difftumor did not write": (
+        "",
+        ["data", "prepare", "folders", "{ws}/dataset", "--organ", "liver", "--out", "{ws}/foreign.json"],
+        "not written by difftumor",
+    ),
+    "data prepare over its own datalist without --overwrite": (
+        "",
+        ["data", "prepare", "folders", "{ws}/dataset", "--organ", "liver", "--out", "{ws}/train.json"],
+        "already exists",
+    ),
+    "train into a folder difftumor did not write": (
+        "",
+        ["train", "segmentation", "--set", "data.datalist={ws}/train.json", "--set", "run.output_dir={ws}/foreign"],
+        "difftumor did not write",
+    ),
+    "train into a folder holding its data": (
+        "",
+        ["train", "segmentation", "--set", "data.datalist={ws}/train.json", "--set", "run.output_dir={ws}/dataset"],
+        "contains the input",
+    ),
+    # datalists: ids and every entry checked before the first case is written
+    "datalist id ../victim": (
+        "",
+        ["synthesize", "--datalist", "{ws}/lists/up.json", "--out", "{ws}/b"],
+        "plain folder",
+    ),
+    "datalist absolute id": ("", ["synthesize", "--datalist", "{ws}/lists/absolute.json", "--out", "{ws}/b"], "plain"),
+    "datalist empty id": ("", ["synthesize", "--datalist", "{ws}/lists/empty.json", "--out", "{ws}/b"], "empty id"),
+    "datalist ./c1 beside c1": ("", ["synthesize", "--datalist", "{ws}/lists/dot.json", "--out", "{ws}/b"], "plain"),
+    "datalist ids differing in case": (
+        "",
+        ["synthesize", "--datalist", "{ws}/lists/case.json", "--out", "{ws}/b"],
+        "same id",
+    ),
+    "datalist with a missing second case": (
+        "",
+        ["synthesize", "--datalist", "{ws}/lists/missing.json", "--out", "{ws}/b", *SYN],
+        "does not exist",
+    ),
+    "datalist with a bad option in the second case": (
+        "",
+        ["synthesize", "--datalist", "{ws}/lists/bad_count.json", "--out", "{ws}/b", *SYN],
+        "count must be at least 1",
+    ),
+    # wrong scans
+    "DICOM folder with two series": (
+        "",
+        ["synthesize", "{ws}/dicom_two", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/o"],
+        "holds 2 DICOM series",
+    ),
+    "DICOM series with a missing slice": (
+        "",
+        ["synthesize", "{ws}/dicom_missing", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/o"],
+        "1 slice is missing between slice_006.dcm and slice_008.dcm",
+    ),
+    "DICOM series with a damaged slice": (
+        "",
+        ["synthesize", "{ws}/dicom_broken", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/o"],
+        "slice_005.dcm is unreadable",
+    ),
+    "DICOM --series that is not there": (
+        "",
+        [
+            "synthesize",
+            "{ws}/dicom_two",
+            "--series",
+            "1.2.3",
+            "--organ-mask",
+            "{ws}/d/c1/liver.nii.gz",
+            *SYN,
+            "--out",
+            "{ws}/o",
+        ],
+        "holds no series 1.2.3",
+    ),
+    "CT scaled to [0, 1]": (
+        "",
+        ["synthesize", "{ws}/ct01.nii.gz", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/o"],
+        "not Hounsfield units",
+    ),
+    "mask with transposed axes, same affine": (
+        "",
+        ["synthesize", "{ws}/d/c1/ct.nii.gz", "--organ-mask", "{ws}/liver_T.nii.gz", *SYN, "--out", "{ws}/o"],
+        "axes are transposed",
+    ),
+    # memory
+    "1024^3 volume": (
+        "",
+        ["synthesize", "{ws}/huge.nii", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/o"],
+        "over the limit",
+    ),
+    "header claiming 2000^3": (
+        "",
+        ["synthesize", "{ws}/d/c1/ct.nii.gz", "--organ-mask", "{ws}/giant.nii", *SYN, "--out", "{ws}/o"],
+        "DIFFTUMOR_MAX_VOXELS",
+    ),
+    "segmentation model with roi_size 1024^3": (
+        "",
+        ["segment", "{ws}/d/c1/ct.nii.gz", "--model", "{ws}/seg_model_big", "--out", "{ws}/p.nii.gz"],
+        "over the limit",
+    ),
+    "training crop of 1024^3": ("", [*TRAIN, "--set", "data.crop_size=[1024,1024,1024]"], "must be >= 16 and <= 512"),
+    "training crops over the memory bound": (
+        "",
+        [*TRAIN, "--set", "data.crop_size=[512,512,512]"],
+        "DIFFTUMOR_MAX_PATCH_VOXELS",
+    ),
+    # configuration values
+    "keep_checkpoints=-1": ("", [*TRAIN, "--set", "run.keep_checkpoints=-1"], "run.keep_checkpoints must be >= 1"),
+    "log_every=0": ("", [*TRAIN, "--set", "run.log_every=0"], "run.log_every must be >= 1"),
+    "lr=nan": ("", [*TRAIN, "--set", "optim.lr=nan"], "optim.lr must be a finite number"),
+    "lr=0": ("", [*TRAIN, "--set", "optim.lr=0"], "optim.lr must be > 0"),
+    "crop_size=[0,0,0]": ("", [*TRAIN, "--set", "data.crop_size=[0,0,0]"], "data.crop_size must be >= 16"),
+    "spacing=0": ("", [*TRAIN, "--set", "data.spacing=0"], "data.spacing must be >= 0.1"),
+    "batch_size=0": ("", [*TRAIN, "--set", "data.batch_size=0"], "data.batch_size must be >= 1"),
+    "probability above 1": ("", [*TRAIN, "--set", "synthesis.prob=1.5"], "synthesis.prob must be >= 0 and <= 1"),
+    "max_steps=0": ("", [*TRAIN, "--set", "run.max_steps=0"], "run.max_steps must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_refused_with_one_line_and_nothing_touched(name, ws, capsys, monkeypatch):
+    folder, arguments, expected = CASES[name]
+    monkeypatch.chdir(ws / folder)
+    before = snapshot(ws)
+    code = cli([argument.format(ws=ws) for argument in arguments])
+    error = capsys.readouterr().err.strip()
+    assert code == 2, error
+    assert len(error.splitlines()) == 1 and error.startswith("error: "), error
+    assert expected in error, error
+    assert snapshot(ws) == before, "the workspace changed"
+
+
+def test_out_of_memory_is_one_line_never_an_empty_message(ws, capsys, monkeypatch):
+    def exhausted(*_, **__):
+        raise MemoryError()
+
+    monkeypatch.setattr("difftumor.synthesis.cases.load_volume", exhausted)
+    code = cli(["synthesize", *[a.format(ws=ws) for a in C1], *SYN, "--out", str(ws / "o")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.startswith("error: out of memory;") and len(error.splitlines()) == 1
+
+
+def test_a_config_hook_is_imported_only_when_trusted(ws, tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "hook_ran"
+    (tmp_path / "evil_hook.py").write_text(f"open({str(marker)!r}, 'w').close()\nnetwork = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = snapshot(ws)
+    arguments = [
+        "train",
+        "autoencoder",
+        "--set",
+        f"data.datalist={ws}/train.json",
+        "--set",
+        f"run.output_dir={tmp_path}/run",
+        "--set",
+        "loss.perceptual_weight=1",
+        "--set",
+        "loss.perceptual_network=evil_hook:network",
+    ]
+    assert cli(arguments) == 2
+    error = capsys.readouterr().err
+    assert "not a registered perceptual network" in error and "--trust-config-code" in error
+    assert not marker.exists() and not (tmp_path / "run").exists()
+    assert snapshot(ws) == before
+
+
+def test_dicom_series_is_chosen_by_uid(ws, tmp_path):
+    import pydicom
+
+    from difftumor.data.volumes import load_volume
+
+    uid = str(pydicom.dcmread(str(ws / "dicom_two" / "b_slice_000.dcm")).SeriesInstanceUID)
+    chosen = load_volume(ws / "dicom_two", "CT", series=uid)
+    whole = load_volume(ws / "dicom", "CT")
+    assert chosen.shape == whole.shape == (32, 30, 16)
+    np.testing.assert_array_equal(chosen.array, whole.array)
+    # One file of a series stands for its series, even in a folder holding two.
+    assert load_volume(ws / "dicom_two" / "b_slice_003.dcm", "CT").shape == (32, 30, 16)
+
+
+def test_overwrite_replaces_only_difftumor_results_and_batch_never_forces_it(ws, tmp_path, capsys):
+    out = tmp_path / "out"
+    arguments = ["synthesize", *[a.format(ws=ws) for a in C1], *SYN]
+    assert cli([*arguments, "--out", str(out)]) == 0
+    first = snapshot(out)
+    assert cli([*arguments, "--out", str(out), "--seed", "1"]) == 2  # no --overwrite
+    assert snapshot(out) == first
+    assert cli([*arguments, "--out", str(out), "--seed", "1", "--overwrite"]) == 0
+    assert snapshot(out) != first and (out / ".difftumor").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporaries left beside it
+
+    batch = tmp_path / "batch"
+    datalist = tmp_path / "two.json"
+    datalist.write_text(
+        json.dumps(
+            [
+                {"image": str(ws / "d" / c / "ct.nii.gz"), "organ_mask": str(ws / "d" / c / "liver.nii.gz"), "id": c}
+                for c in ("c1", "c2")
+            ]
+        )
+    )
+    assert cli(["synthesize", "--datalist", str(datalist), "--out", str(batch), *SYN]) == 0
+    done = snapshot(batch)
+    assert cli(["synthesize", "--datalist", str(datalist), "--out", str(batch), *SYN, "--seed", "3"]) == 0
+    assert snapshot(batch) == done  # finished cases are kept, not overwritten
+    capsys.readouterr()
