@@ -1,6 +1,6 @@
 """Benchmark whole-CT synthesis: seconds per tumour for one CT with N tumours, batched vs one at a time.
 
-Real CT (patient A of ../shared/data, liver), both synthesizers; the diffusion synthesizer uses a pipeline of the
+Real CT (patient A, the bundled demo case, liver), both synthesizers; the diffusion synthesizer uses a pipeline of the
 released size with random weights (the cost is the same as with trained weights). Each configuration runs in a
 fresh subprocess that reports its wall time (loading the CT and the models excluded, writing excluded) and its
 peak RSS (the whole process, imports included).
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_example"
+DEMO_CASE = Path(__file__).resolve().parents[1] / "difftumor" / "assets" / "demo_case"
 
 
 def run_once(synthesizer_name: str, tumors: int, batch: int, threads: int) -> None:
@@ -30,8 +30,8 @@ def run_once(synthesizer_name: str, tumors: int, batch: int, threads: int) -> No
     from difftumor.schedulers import make_scheduler
     from difftumor.synthesis import DiffusionSynthesizer, HandcraftedSynthesizer, synthesize_tumors
 
-    ct = load_volume(SHARED / "example_ct.nii.gz")
-    mask = load_volume(SHARED / "example_seg_fast_force_split.nii.gz")
+    ct = load_volume(DEMO_CASE / "ct.nii.gz")
+    mask = load_volume(DEMO_CASE / "organs.nii.gz")
     if synthesizer_name == "diffusion":
         torch.manual_seed(0)
         pipeline = TumorInpaintPipeline(VQModel3D().eval(), UNet3DInpaintModel().eval(), make_scheduler("ddpm", 4))

@@ -1,4 +1,4 @@
-"""Training throughput of the three trainers on CPU (real data from ../shared/data, real trainers).
+"""Training throughput of the three trainers on CPU (real data kept in the repository, real trainers).
 
 Each configuration runs ``difftumor train ...`` for ``--steps`` steps in a fresh process and reads the per-step wall
 time the trainer logs (``seconds_per_step``: data, synthesis and optimisation). The first step (start-up) is dropped;
@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+DATA = REPO / "tests" / "data"
+DEMO_CASE = REPO / "difftumor" / "assets" / "demo_case"
 
 
 def _datalists(folder: Path) -> dict[str, Path]:
@@ -31,10 +32,10 @@ def _datalists(folder: Path) -> dict[str, Path]:
     (lits / "images").mkdir(parents=True)
     (lits / "labels").mkdir()
     patient.mkdir(parents=True)
-    (lits / "images" / "lits117.nii.gz").symlink_to(SHARED / "lits117_upper" / "lits117_upper_ct.nii.gz")
-    (lits / "labels" / "lits117.nii.gz").symlink_to(SHARED / "lits117_upper" / "lits117_upper_label.nii.gz")
-    (patient / "ct.nii.gz").symlink_to(SHARED / "totalseg_example" / "example_ct.nii.gz")
-    (patient / "seg.nii.gz").symlink_to(SHARED / "totalseg_example" / "example_seg_fast_force_split.nii.gz")
+    (lits / "images" / "lits117.nii.gz").symlink_to(DATA / "lits117_upper" / "lits117_upper_ct.nii.gz")
+    (lits / "labels" / "lits117.nii.gz").symlink_to(DATA / "lits117_upper" / "lits117_upper_label.nii.gz")
+    (patient / "ct.nii.gz").symlink_to(DEMO_CASE / "ct.nii.gz")
+    (patient / "seg.nii.gz").symlink_to(DEMO_CASE / "organs.nii.gz")
     prepare_datalist("folders", lits, folder / "lits.json", organ="liver", early_max_diameter_mm=20)
     prepare_datalist("totalsegmentator", folder / "patient_a", folder / "healthy.json", organ="liver")
     return {"lits": folder / "lits.json", "healthy": folder / "healthy.json"}

@@ -8,7 +8,8 @@
 # Environment: CROP (patch edge, default 64), CHANNELS (U-Net widths, default "16, 32, 64, 128").
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-shared="${DIFFTUMOR_SHARED:-$repo/../shared}"
+data="$repo/tests/data"
+demo="$repo/difftumor/assets/demo_case"
 work="${1:-$repo/runs/experiment}"
 steps="${2:-400}"
 crop="${CROP:-64}"
@@ -17,7 +18,7 @@ strides="$(python -c "print(', '.join(['2'] * (len('$channels'.split(',')) - 1))
 mkdir -p "$work"
 
 # 1. Split the LiTS upper half (128 x 128 x 64) into two slabs along z: 0-31 (train) and 32-63 (test).
-python - "$shared/data/lits117_upper" "$work" <<'PY'
+python - "$data/lits117_upper" "$work" <<'PY'
 import sys
 from pathlib import Path
 import nibabel as nib, numpy as np
@@ -33,8 +34,8 @@ for name, zs in (("train", slice(0, 32)), ("test", slice(32, 64))):
         nib.save(nib.Nifti1Image(array, affine, image.header), str(out / f"lits117_{name}.nii.gz"))
 PY
 mkdir -p "$work/patient_a/a"
-ln -sfn "$shared/data/totalseg_example/example_ct.nii.gz" "$work/patient_a/a/ct.nii.gz"
-ln -sfn "$shared/data/totalseg_example/example_seg_fast_force_split.nii.gz" "$work/patient_a/a/seg.nii.gz"
+ln -sfn "$demo/ct.nii.gz" "$work/patient_a/a/ct.nii.gz"
+ln -sfn "$demo/organs.nii.gz" "$work/patient_a/a/seg.nii.gz"
 
 # 2. Datalists: real tumours (train slab), healthy liver (patient A).
 difftumor data prepare folders "$work/lits_train" --organ liver --out "$work/real.json"

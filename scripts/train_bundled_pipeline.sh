@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Reproduce the bundled demo pipeline (difftumor/assets/tiny_pipeline) from ../shared/data with the project's own
+# Reproduce the bundled demo pipeline (difftumor/assets/tiny_pipeline) from the repository's real CT (tests/data, difftumor/assets) with the project's own
 # trainers, on CPU. Usage: bash scripts/train_bundled_pipeline.sh [WORK_DIR]   (about 45 minutes on 2 cores)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-shared="${DIFFTUMOR_SHARED:-$repo/../shared}"
+data="$repo/tests/data"
+demo="$repo/difftumor/assets/demo_case"
 work="${1:-$repo/runs/bundled}"
 mkdir -p "$work/src/lits/images" "$work/src/lits/labels" "$work/src/patient_a/a" "$work/data"
-ln -sfn "$shared/data/lits117_upper/lits117_upper_ct.nii.gz" "$work/src/lits/images/lits117_upper.nii.gz"
-ln -sfn "$shared/data/lits117_upper/lits117_upper_label.nii.gz" "$work/src/lits/labels/lits117_upper.nii.gz"
-ln -sfn "$shared/data/totalseg_example/example_ct.nii.gz" "$work/src/patient_a/a/ct.nii.gz"
-ln -sfn "$shared/data/totalseg_example/example_seg_fast_force_split.nii.gz" "$work/src/patient_a/a/seg.nii.gz"
+ln -sfn "$data/lits117_upper/lits117_upper_ct.nii.gz" "$work/src/lits/images/lits117_upper.nii.gz"
+ln -sfn "$data/lits117_upper/lits117_upper_label.nii.gz" "$work/src/lits/labels/lits117_upper.nii.gz"
+ln -sfn "$demo/ct.nii.gz" "$work/src/patient_a/a/ct.nii.gz"
+ln -sfn "$demo/organs.nii.gz" "$work/src/patient_a/a/seg.nii.gz"
 
 # 1. Datalists: LiTS upper half with early (<= 20 mm) / mid-late tumours split, patient A's liver.
 difftumor data prepare folders "$work/src/lits" --organ liver --early-max-diameter-mm 20 --out "$work/data/lits_early.json"

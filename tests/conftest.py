@@ -1,4 +1,4 @@
-"""Shared test set-up: offline Hub, deterministic threads, paths to ../shared fixtures and data."""
+"""Shared test set-up: offline Hub, deterministic threads, paths to the test data kept in the repository."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DIFFTUMOR_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "original_difftumor"
-DATA = SHARED / "data"
+#: Real CT crops, parity fixtures and key lists (provenance and licences: tests/data/README.md).
+DATA = REPO / "tests" / "data"
+FIXTURES = DATA / "original_difftumor"
 
 torch.set_num_threads(2)
 
@@ -27,15 +27,11 @@ def pytest_configure(config):  # noqa: D103
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"parity fixtures not found at {FIXTURES} (set DIFFTUMOR_SHARED)")
     return FIXTURES
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"real CT data not found at {DATA} (set DIFFTUMOR_SHARED)")
     return DATA
 
 

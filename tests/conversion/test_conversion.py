@@ -15,7 +15,7 @@ from difftumor.cli.main import main as cli
 from difftumor.conversion import infer_unet_kwargs, unet_from_original, vqmodel_from_original
 from difftumor.conversion.checkpoints import load_checkpoint_safely, read_autoencoder_checkpoint
 from difftumor.errors import DiffTumorInputError
-from tests.conftest import SHARED, load_fixture
+from tests.conftest import DATA, load_fixture
 from tests.helpers.noise_tape import replay_ddpm_noise
 from tests.helpers.released_formats import (
     RELEASED_VQGAN_CFG,
@@ -25,7 +25,7 @@ from tests.helpers.released_formats import (
     write_diffusion_checkpoint,
 )
 
-KEYS_MD = SHARED / "docs" / "original-state-dict-keys.md"
+KEYS_MD = DATA / "original-state-dict-keys.md"
 
 
 @pytest.fixture(scope="module")

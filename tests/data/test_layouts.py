@@ -1,4 +1,4 @@
-"""`difftumor data prepare`: every layout on small synthetic folder trees, plus the real files of ../shared/data."""
+"""`difftumor data prepare`: every layout on small synthetic folder trees, plus the real files kept in tests/data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Test volumes built from the real CT in ../shared/data: reoriented/anisotropic copies and DICOM series."""
+"""Test volumes built from the real CT kept in the repository: reoriented/anisotropic copies and DICOM series."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from difftumor.assets import DEMO_CASE
 from tests.conftest import DATA
 
-PATIENT_A_CT = DATA / "totalseg_example" / "example_ct.nii.gz"
-PATIENT_A_ORGANS = DATA / "totalseg_example" / "example_seg_fast_force_split.nii.gz"
+PATIENT_A_CT = DEMO_CASE / "ct.nii.gz"
+PATIENT_A_ORGANS = DEMO_CASE / "organs.nii.gz"
 PATIENT_A_SMALL_CT = DATA / "totalseg_example" / "example_ct_sm.nii.gz"
 PATIENT_A_SMALL_ORGANS = DATA / "totalseg_example" / "example_seg.nii.gz"
 LITS_CT = DATA / "lits117_upper" / "lits117_upper_ct.nii.gz"

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED
-
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "experiment_small.sh"
 
 
 @pytest.mark.slow
 def test_shortened_experiment_runs_end_to_end(tmp_path, data_dir):
-    environment = {**os.environ, "CROP": "32", "CHANNELS": "8, 16", "DIFFTUMOR_SHARED": str(SHARED)}
+    environment = {**os.environ, "CROP": "32", "CHANNELS": "8, 16"}
     result = subprocess.run(["bash", str(SCRIPT), str(tmp_path), "2"], env=environment, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     for model in ("handcrafted", "diffusion", "real"):
