@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpointing import call_block
+from .normalization import GroupNorm
 
 
 def _same_padding(kernel_size: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
@@ -90,9 +91,9 @@ class ResnetBlock3D(nn.Module):
         padding_mode: str = "replicate",
     ):
         super().__init__()
-        self.norm1 = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.norm1 = GroupNorm(norm_num_groups, channels, eps=norm_eps)
         self.conv1 = SamePadConv3d(channels, channels, 3, padding_mode=padding_mode)
-        self.norm2 = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.norm2 = GroupNorm(norm_num_groups, channels, eps=norm_eps)
         self.conv2 = SamePadConv3d(channels, channels, 3, padding_mode=padding_mode)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -141,7 +142,7 @@ class Encoder3D(nn.Module):
             block.resnet = ResnetBlock3D(channels * 2, norm_num_groups, norm_eps, padding_mode)
             self.down_blocks.append(block)
             channels *= 2
-        self.norm_out = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.norm_out = GroupNorm(norm_num_groups, channels, eps=norm_eps)
         self.out_channels = channels
         self.gradient_checkpointing = False
 
@@ -175,7 +176,7 @@ class Decoder3D(nn.Module):
         num_levels = len(strides)
         channels = hidden_channels * 2**num_levels
         self.in_channels = channels
-        self.norm_in = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.norm_in = GroupNorm(norm_num_groups, channels, eps=norm_eps)
         self.up_blocks = nn.ModuleList()
         for level, stride in enumerate(strides):
             block_out = hidden_channels * 2 ** (num_levels - level)

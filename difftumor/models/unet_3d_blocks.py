@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .normalization import GroupNorm
+
 
 def _as_slices(tokens: torch.Tensor) -> torch.Tensor:
     """``(B, D, H, W, C)`` tokens -> ``(B·D, C, H, W)`` channels-last images (a view)."""
@@ -84,7 +86,7 @@ class ChannelLayerNorm(nn.Module):
         return (tokens - mean) / (var + self.eps).sqrt() * self.weight
 
 
-class TokenGroupNorm(nn.GroupNorm):
+class TokenGroupNorm(GroupNorm):
     """GroupNorm over ``(C/G) × D × H × W`` for tokens ``(B, D, H, W, C)`` (run as channels-last 3-D)."""
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

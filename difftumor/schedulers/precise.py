@@ -59,12 +59,46 @@ class PreciseUniPCMultistepScheduler(Float64AlphasCumprodMixin, UniPCMultistepSc
     """:class:`diffusers.UniPCMultistepScheduler` with ᾱ accumulated in float64 from ``trained_betas``."""
 
 
-class PreciseEulerDiscreteScheduler(Float64AlphasCumprodMixin, EulerDiscreteScheduler):
-    """:class:`diffusers.EulerDiscreteScheduler` with ᾱ accumulated in float64 from ``trained_betas``."""
+class ClippedSigmaStepMixin:
+    """Clip the predicted clean latent x̂0 to ``[-clip_range, clip_range]`` before a σ-space (Euler/Heun) step.
+
+    The ancestral DDPM of the original clamps x̂0 at every step; diffusers' Euler and Heun have no such option. With
+    DiffTumor's cosine schedule the first σ at small T is in the hundreds, so one unclipped step from there puts the
+    latents far outside the codebook's range (−43…31 at T = 4, a tumour of −106 HU). The model output is rewritten
+    into the one whose x̂0 is the clipped x̂0 (for ε-, x0- and v-prediction alike) and handed to the parent's step, so
+    the step itself — derivative, dt, Heun's correction — is diffusers' own.
+    """
+
+    clip_range: float = 1.0
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, *args, **kwargs):
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        # The σ the parent turns the output into x̂0 with: Euler's σ̂ = σ (difftumor never sets s_churn); Heun's σ on
+        # its first stage and σ_next on its second, which are both sigmas[step_index] (the index advances per call).
+        sigma = self.sigmas[self.step_index].to(sample.device, torch.float32)
+        kind = self.config.prediction_type
+        if kind in ("sample", "original_sample"):
+            model_output = model_output.clamp(-self.clip_range, self.clip_range)
+        elif float(sigma) > 0:
+            sample32, output32 = sample.to(torch.float32), model_output.to(torch.float32)
+            if kind == "epsilon":
+                x0 = (sample32 - sigma * output32).clamp(-self.clip_range, self.clip_range)
+                output32 = (sample32 - x0) / sigma
+            elif kind == "v_prediction":
+                c_out, c_skip = -sigma / (sigma**2 + 1) ** 0.5, 1 / (sigma**2 + 1)
+                x0 = (output32 * c_out + sample32 * c_skip).clamp(-self.clip_range, self.clip_range)
+                output32 = (x0 - sample32 * c_skip) / c_out
+            model_output = output32.to(model_output.dtype)
+        return super().step(model_output, timestep, sample, *args, **kwargs)
 
 
-class PreciseHeunDiscreteScheduler(Float64AlphasCumprodMixin, HeunDiscreteScheduler):
-    """:class:`diffusers.HeunDiscreteScheduler` with ᾱ accumulated in float64 from ``trained_betas``."""
+class PreciseEulerDiscreteScheduler(ClippedSigmaStepMixin, Float64AlphasCumprodMixin, EulerDiscreteScheduler):
+    """:class:`diffusers.EulerDiscreteScheduler` with ᾱ accumulated in float64 and x̂0 clipped to [-1, 1]."""
+
+
+class PreciseHeunDiscreteScheduler(ClippedSigmaStepMixin, Float64AlphasCumprodMixin, HeunDiscreteScheduler):
+    """:class:`diffusers.HeunDiscreteScheduler` with ᾱ accumulated in float64 and x̂0 clipped to [-1, 1]."""
 
 
 __all__ += [name for name in dict(globals()) if name.startswith("Precise")]

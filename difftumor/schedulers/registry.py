@@ -36,6 +36,14 @@ _UNSAFE = {
     "flow": "flow-matching schedulers assume a different forward process than DDPM-trained models",
     "flowmatch": "flow-matching schedulers assume a different forward process than DDPM-trained models",
 }
+# The same, by the scheduler class a pipeline may be handed directly (``X.from_config(pipe.scheduler.config)``).
+_UNSAFE_CLASSES = {"PNDMScheduler": "pndm", "LCMScheduler": "lcm", "FlowMatch": "flowmatch"}
+
+# Samplers that need more training steps than the early-tumour models have. Heun's second-order correction across
+# DiffTumor's few, huge σ steps overshoots even with x̂0 clipped (a tumour of −32 HU where the other samplers give
+# 54 ± 3 HU on the bundled pipeline at T = 4).
+_MIN_TRAIN_STEPS = {"heun": 20}
+_MIN_TRAIN_STEPS_CLASSES = {"Heun": "heun"}
 
 _ALIASES = {
     "dpmsolver++": "dpm++",
@@ -57,11 +65,13 @@ def _ddim(common: dict[str, Any], train_steps: int) -> SchedulerMixin:
     # The original DDIM does not clip, visits arange(0, T, T // S) + 1 in reverse (diffusers' "leading" spacing with
     # steps_offset=1) and ends on ᾱ_0 rather than 1, leaving noise of std √(1 − ᾱ_0) (0.016 at T = 200). At small T
     # that convention breaks (ᾱ_0 = 0.85 at T = 4), so there the trajectory starts at T − 1 and ends on a clean x0.
+    # At small T it also clips x̂0 to [-1, 1] like the original's DDPM: its first step starts from σ in the hundreds,
+    # and one unclipped deterministic step from there leaves the codebook's range (−43…31 at T = 4).
     if train_steps >= _ORIGINAL_DDIM_SPACING_MIN_T:
-        convention = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
+        convention = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False}
     else:
-        convention = {"timestep_spacing": "trailing", "steps_offset": 0, "set_alpha_to_one": True}
-    return PreciseDDIMScheduler(**common, clip_sample=False, **convention)
+        convention = {"timestep_spacing": "trailing", "steps_offset": 0, "set_alpha_to_one": True, "clip_sample": True}
+    return PreciseDDIMScheduler(**common, clip_sample_range=1.0, **convention)
 
 
 def _dpm(common: dict[str, Any], train_steps: int) -> SchedulerMixin:
@@ -104,6 +114,25 @@ def _plugins() -> dict[str, Any]:
     return {entry.name.lower(): entry for entry in entry_points(group="difftumor.schedulers")}
 
 
+def refusal(name: str, train_steps: int) -> str | None:
+    """Why sampler ``name`` (a registry name or a scheduler class name) must not sample a model trained with
+    ``train_steps`` steps, or ``None`` when it may. The one place both :func:`make_scheduler` and the pipeline ask."""
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    for fragment, registry_name in _UNSAFE_CLASSES.items():
+        if fragment in name:
+            key = registry_name
+    if key in _UNSAFE:
+        return _UNSAFE[key]
+    for fragment, registry_name in _MIN_TRAIN_STEPS_CLASSES.items():
+        if fragment in name:
+            key = registry_name
+    minimum = _MIN_TRAIN_STEPS.get(key)
+    if minimum is not None and train_steps < minimum:
+        fitting = ", ".join(n for n in available_schedulers() if _MIN_TRAIN_STEPS.get(n, 0) <= train_steps)
+        return f"{key} needs a model trained with T >= {minimum} steps (this one has T = {train_steps}); use {fitting}"
+    return None
+
+
 def available_schedulers() -> list[str]:
     """Names accepted by :func:`make_scheduler` (built-in and installed through entry points)."""
     return sorted(set(_BUILTIN) | set(_plugins()))
@@ -126,10 +155,6 @@ def make_scheduler(name: str, config: Mapping[str, Any] | int) -> SchedulerMixin
     """
     key = _ALIASES.get(name.strip().lower(), name.strip().lower())
     supported = ", ".join(available_schedulers())
-    if key in _UNSAFE:
-        raise DiffTumorInputError(
-            f"scheduler {name!r} is not safe for DiffTumor models: {_UNSAFE[key]}", f"choose one of {supported}"
-        )
     if isinstance(config, int):
         config = {"num_train_timesteps": config}
     if "num_train_timesteps" not in config:
@@ -137,6 +162,9 @@ def make_scheduler(name: str, config: Mapping[str, Any] | int) -> SchedulerMixin
             "scheduler config lacks num_train_timesteps", "pass T or the pipeline's scheduler.config"
         )
     train_steps = int(config["num_train_timesteps"])
+    reason = refusal(key, train_steps)
+    if reason is not None:
+        raise DiffTumorInputError(f"scheduler {name!r} is not safe here: {reason}", f"choose one of {supported}")
     betas = config.get("trained_betas")
     common = {
         "num_train_timesteps": train_steps,

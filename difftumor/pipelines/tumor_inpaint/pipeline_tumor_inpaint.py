@@ -19,16 +19,16 @@ from scipy import ndimage
 from ...errors import DiffTumorInputError
 from ...models.unet_3d_inpaint import UNet3DInpaintModel
 from ...models.vq_model_3d import VQModel3D
-from ...schedulers import precise as _precise_schedulers  # noqa: F401 — see below
+
+# diffusers only instantiates component classes from modules that are already imported (it will not import a module
+# named in model_index.json), so every component module a saved pipeline may name is imported with this one.
+from ...schedulers import precise as _precise_schedulers  # noqa: F401
+from ...schedulers.registry import refusal
 from ...windowing import from_window, to_window
 
 # MONAI volumes are (B, C, X, Y, Z); the models want the axial axis first: (B, C, Z, X, Y).
 _TO_MODEL_AXES = (0, 1, 4, 2, 3)
 _FROM_MODEL_AXES = (0, 1, 3, 4, 2)
-
-_UNSAFE_SCHEDULERS = ("PNDMScheduler", "LCMScheduler", "FlowMatch")
-# diffusers only instantiates component classes from modules that are already imported (it will not import a module
-# named in model_index.json), so every component module a saved pipeline may name is imported with this one.
 
 
 @dataclass
@@ -199,10 +199,11 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 f"got {num_inference_steps}"
             )
         name = type(self.scheduler).__name__
-        if any(unsafe in name for unsafe in _UNSAFE_SCHEDULERS):
+        reason = refusal(name, int(self.scheduler.config.num_train_timesteps))
+        if reason is not None:
             raise DiffTumorInputError(
-                f"scheduler {name} is not safe for DiffTumor models",
-                "use difftumor.schedulers.make_scheduler('ddpm'|'ddim'|'dpm++'|'unipc'|'euler', pipe.scheduler.config)",
+                f"scheduler {name} is not safe for this model: {reason}",
+                "swap samplers with difftumor.schedulers.make_scheduler(name, pipe.scheduler.config)",
             )
 
     def encode_condition(self, window_image: torch.Tensor, tumor_mask: torch.Tensor) -> torch.Tensor:
