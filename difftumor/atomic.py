@@ -2,8 +2,10 @@
 
 Every command that writes checks its output path first with :func:`check_output`: the path must not be, contain or
 lie inside one of the command's inputs, must not be the current folder or one above it, and an existing output is
-replaced only with ``--overwrite`` and only when difftumor wrote it (folders carry a :data:`MARKER` file, JSON files a
-``"difftumor_version"`` key, NIfTI files a ``descrip`` starting with ``difftumor``).
+replaced only with ``--overwrite``, only when difftumor wrote it, only by an output of the same kind (a metrics file
+never replaces a datalist, a labels folder never a synthesis), and only when nothing was added to it since: folders
+carry a :data:`MARKER` file naming their kind and the entries written, JSON files a ``"difftumor_output"`` key, NIfTI
+files a ``descrip`` of ``difftumor <kind>``.
 
 Writing goes to a temporary sibling named ``.<name>.difftumor-<pid>-<token>.partial`` that replaces the output only
 when complete. A replaced folder is swapped in with one atomic ``renameat2(RENAME_EXCHANGE)`` where the system has it
@@ -51,6 +53,8 @@ def input_paths(paths: Iterable[str | os.PathLike | None]) -> list[Path]:
         if path is None:
             continue
         path = Path(path).resolve()
+        if not path.exists():  # e.g. a Hub repo id given where a folder could be
+            continue
         resolved.append(path)
         if path.is_file() and _is_dicom(path):
             resolved.append(path.parent)
@@ -76,44 +80,60 @@ def _relation(output: Path, source: Path) -> str | None:
     return None
 
 
-def is_difftumor_folder(path: Path) -> bool:
-    return (path / MARKER).is_file()
+def read_marker(path: Path) -> dict | None:
+    """The marker of a folder difftumor wrote, or ``None``."""
+    try:
+        content = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
 
 
-def is_difftumor_file(path: Path) -> bool:
-    """Whether an existing file was written by difftumor (JSON with ``difftumor_version``, NIfTI ``descrip``)."""
+def is_difftumor_folder(path: Path, kind: str | None = None) -> bool:
+    marker = read_marker(path)
+    return marker is not None and (kind is None or marker.get("kind") == kind)
+
+
+def file_kind(path: Path) -> str | None:
+    """The kind of output an existing file is, when difftumor wrote it (JSON ``difftumor_output``, NIfTI
+    ``descrip``), else ``None``."""
     name = path.name.lower()
     try:
         if name.endswith(".json"):
             content = json.loads(path.read_text())
-            return isinstance(content, dict) and "difftumor_version" in content
+            kind = content.get("difftumor_output") if isinstance(content, dict) else None
+            return kind if isinstance(kind, str) else None
         if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
-            description = nib.load(str(path)).header["descrip"].tobytes()
-            return description.startswith(NIFTI_DESCRIPTION)
+            description = nib.load(str(path)).header["descrip"].tobytes().split(b"\0")[0].decode(errors="replace")
+            prefix = NIFTI_DESCRIPTION.decode() + " "
+            return description[len(prefix) :] if description.startswith(prefix) else None
     except Exception:  # noqa: BLE001 — an unreadable file is not one of ours
-        return False
-    return False
+        return None
+    return None
 
 
 def check_output(
     path: str | os.PathLike,
-    kind: str = "folder",
+    form: str = "folder",
     inputs: Iterable[str | os.PathLike | None] = (),
     overwrite: bool = False,
     option: str = "--out",
     create_parents: bool = False,
+    kind: str | None = None,
 ) -> Path:
     """Validate an output path before any work starts; returns it as a :class:`Path`.
 
     Args:
         path: the folder or file to write.
-        kind: ``"folder"`` or ``"file"``.
+        form: ``"folder"`` or ``"file"``.
         inputs: every file and folder the command reads (refused: the output is, contains or lies inside one).
         overwrite: allow replacing an existing output that difftumor wrote.
         option: how the user named the path, for messages.
         create_parents: the caller creates missing parent folders (training runs); otherwise they must exist.
+        kind: what the command writes (``"synthesis"``, ``"metrics"``...): an existing output of another kind is
+            never replaced.
 
     Raises:
         DiffTumorInputError: with the problem and the fix.
@@ -132,15 +152,26 @@ def check_output(
             raise DiffTumorInputError(
                 f"{option} {path} {relation} the input {source}", "write the output outside the inputs"
             )
-    if kind == "folder":
+    if form == "folder":
         if path.exists() and not path.is_dir():
             raise DiffTumorInputError(f"{option} {path} is a file", "pass a folder path")
         if path.is_dir() and any(path.iterdir()):
-            if not is_difftumor_folder(path):
+            marker = read_marker(path)
+            if marker is None:
                 raise DiffTumorInputError(
                     f"{option} {path} is a folder that difftumor did not write",
                     "choose a new folder (--overwrite only replaces folders difftumor wrote)",
                 )
+            _check_same_kind(path, option, marker.get("kind"), kind)
+            written = marker.get("files")
+            if isinstance(written, list):
+                added = sorted(entry.name for entry in path.iterdir() if entry.name not in {MARKER, *written})
+                if added:
+                    raise DiffTumorInputError(
+                        f"{option} {path} holds {', '.join(added[:3])}{' ...' if len(added) > 3 else ''}, which "
+                        "difftumor did not write",
+                        "move those elsewhere or choose a new folder",
+                    )
             if not overwrite:
                 raise DiffTumorInputError(
                     f"{option} {path} already holds a difftumor result", "choose a new folder or pass --overwrite"
@@ -149,11 +180,13 @@ def check_output(
         if path.is_dir():
             raise DiffTumorInputError(f"{option} {path} is a folder", "pass a file path")
         if path.exists():
-            if not is_difftumor_file(path):
+            existing = file_kind(path)
+            if existing is None:
                 raise DiffTumorInputError(
                     f"{option} {path} exists and was not written by difftumor",
                     "choose a new file name (--overwrite only replaces files difftumor wrote)",
                 )
+            _check_same_kind(path, option, existing, kind)
             if not overwrite:
                 raise DiffTumorInputError(f"{option} {path} already exists", "choose a new name or pass --overwrite")
     if not create_parents and not absolute.parent.is_dir():
@@ -161,9 +194,19 @@ def check_output(
     return path
 
 
-def check_output_folder(path: str | os.PathLike, overwrite: bool = False, inputs: Iterable = ()) -> Path:
+def _check_same_kind(path: Path, option: str, existing: str | None, wanted: str | None) -> None:
+    if wanted is not None and existing != wanted:
+        raise DiffTumorInputError(
+            f"{option} {path} holds a difftumor {existing or 'output'}, not a {wanted}",
+            "choose a new path (--overwrite only replaces an output of the same kind)",
+        )
+
+
+def check_output_folder(
+    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable = (), kind: str | None = None
+) -> Path:
     """:func:`check_output` for a folder."""
-    return check_output(path, "folder", inputs, overwrite)
+    return check_output(path, "folder", inputs, overwrite, kind=kind)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -238,63 +281,78 @@ def _replace_folder(new: Path, target: Path) -> None:
     shutil.rmtree(aside)
 
 
-def write_marker(folder: Path) -> None:
+def write_marker(folder: Path, kind: str, files: list[str] | None = None) -> None:
+    """Mark ``folder`` as a difftumor output of ``kind``; ``files`` are the entries it holds when complete (an
+    output that later holds anything else is not replaced), ``None`` for folders that grow (runs, batches)."""
     from . import __version__
 
-    (folder / MARKER).write_text(json.dumps({"written_by": "difftumor", "difftumor_version": __version__}) + "\n")
+    marker = {"written_by": "difftumor", "difftumor_version": __version__, "kind": kind}
+    if files is not None:
+        marker["files"] = sorted(files)
+    (folder / MARKER).write_text(json.dumps(marker) + "\n")
 
 
 @contextlib.contextmanager
 def atomic_folder(
-    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    kind: str = "output",
 ) -> Iterator[Path]:
     """Yield a temporary folder next to ``path`` that replaces ``path`` when the block succeeds.
 
-    The folder is checked with :func:`check_output` first and marked as difftumor's. On an exception the temporary
-    folder is removed and ``path`` is left as it was.
+    The folder is checked with :func:`check_output` first and marked as difftumor's ``kind`` of output, with the
+    entries it holds. On an exception the temporary folder is removed and ``path`` is left as it was.
     """
-    path = check_output(path, "folder", inputs, overwrite)
-    parent = path.resolve().parent
-    clean_stale_temporaries(parent)
-    temporary = parent / _temporary_name(path.name, "partial")
+    path = check_output(path, "folder", inputs, overwrite, kind=kind)
+    target = path.resolve()
+    clean_stale_temporaries(target.parent)
+    temporary = target.parent / _temporary_name(target.name, "partial")
     temporary.mkdir(mode=0o777 & ~_umask())
     try:
-        write_marker(temporary)
+        write_marker(temporary, kind, files=[])  # first: a half-written temporary is recognisably difftumor's
         yield temporary
+        write_marker(temporary, kind, files=[entry.name for entry in temporary.iterdir() if entry.name != MARKER])
+        _replace_folder(temporary, target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    _replace_folder(temporary, path.resolve())
 
 
 @contextlib.contextmanager
 def atomic_file(
-    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    kind: str | None = None,
 ) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; it is renamed onto ``path`` when the block succeeds.
 
     The temporary name keeps ``path``'s suffixes (``.nii.gz``) so writers that infer the format from the name work.
+    The writer records ``kind`` in the file (``difftumor_output`` in JSON, ``descrip`` in NIfTI).
     """
-    path = check_output(path, "file", inputs, overwrite)
-    parent = path.resolve().parent
-    clean_stale_temporaries(parent)
-    temporary = parent / _temporary_name(path.name, "partial", "".join(path.suffixes))
+    path = check_output(path, "file", inputs, overwrite, kind=kind)
+    target = path.resolve()  # a link is replaced where it points, on that file system
+    clean_stale_temporaries(target.parent)
+    temporary = target.parent / _temporary_name(target.name, "partial", "".join(target.suffixes))
     try:
         yield temporary
+        os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    os.replace(temporary, path)
 
 
-def prepare_output_root(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+def prepare_output_root(
+    path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), kind: str = "batch"
+) -> Path:
     """Create (or reuse) a folder that will hold several difftumor outputs, e.g. one sub-folder per case.
 
-    An existing folder is reused when difftumor made it or it is empty; it is marked as difftumor's.
+    An existing folder is reused when difftumor made it for the same kind or it is empty; it is marked as such.
     """
-    path = check_output(path, "folder", inputs, overwrite=True)
+    path = check_output(path, "folder", inputs, overwrite=True, kind=kind)
     path.mkdir(exist_ok=True)
     if not is_difftumor_folder(path):
-        write_marker(path)
+        write_marker(path, kind)
     clean_stale_temporaries(path)
     return path

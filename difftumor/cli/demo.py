@@ -44,7 +44,7 @@ def demo(
     )
     engine = make_synthesizer(synthesizer, pipeline=pipeline)
     with _LazyProgress(f"{synthesizer} tumours") as progress:
-        data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update)
+        data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update, inputs=(pipeline,))
     for tumour in data["tumors"]:
         centre = ", ".join(f"{v:.0f}" for v in tumour["center_mm"])
         console.print(

@@ -39,7 +39,7 @@ def segment(
     if not out.name.endswith((".nii", ".nii.gz")):
         raise DiffTumorInputError(f"output {out} is not a .nii/.nii.gz name", "e.g. --out prediction.nii.gz")
     inputs = (ct, model if Path(model).exists() else None)
-    check_output(out, "file", inputs, overwrite)
+    check_output(out, "file", inputs, overwrite, kind="segmentation")
     if device.startswith("cuda"):
         import torch
 
@@ -69,8 +69,8 @@ def segment(
         min_tumor_radius_mm=min_tumor_radius_mm,
         restrict_to_organ=restrict_to_organ,
     )
-    with atomic_file(out, overwrite, inputs) as temporary:
-        save_volume(labels, volume, temporary, description="difftumor segment")
+    with atomic_file(out, overwrite, inputs, kind="segmentation") as temporary:
+        save_volume(labels, volume, temporary, description="difftumor segmentation")
     console.print(
         f"wrote {out}: {int((labels == 1).sum())} organ and {int((labels == 2).sum())} tumour voxels "
         f"on the input grid {volume.shape}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ def _parse_center(text: str) -> list[float]:
         values = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
         values = []
-    if len(values) != 3:
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise DiffTumorInputError(
             f"tumour centre {text!r} is not 'x,y,z'", "give world RAS millimetres, e.g. 12,-40,310"
         )
@@ -114,7 +115,7 @@ def synthesize(
     if ct is None or organ_mask is None:
         raise DiffTumorInputError("a CT and --organ-mask are needed", "pass CT --organ-mask MASK (or --datalist)")
     request = CaseRequest(ct, organ_mask, organ, out, organ_label, size, count, seed, centers, tumor_label, series)
-    check_output_folder(out, overwrite, inputs=(ct, organ_mask))
+    check_output_folder(out, overwrite, inputs=(ct, organ_mask, pipeline, midlate_pipeline), kind="synthesis")
     validate_request(request)
     engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device)
     with _LazyProgress(f"{synthesizer} tumours") as progress:

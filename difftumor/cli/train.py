@@ -33,7 +33,9 @@ def autoencoder(
     """Train VQModel3D (L1 + commitment + 2-D/3-D hinge GAN + feature matching); writes <output_dir>/vqmodel."""
     from ..training.autoencoder import load_autoencoder_config, train_autoencoder
 
-    out = train_autoencoder(load_autoencoder_config(config, set_), resume=resume, trust_config_code=trust_config_code)
+    out = train_autoencoder(
+        load_autoencoder_config(config, set_), resume=resume, trust_config_code=trust_config_code, inputs=(config,)
+    )
     console.print(f"wrote {out} (checkpoints in {out.parent / 'checkpoints'})")
 
 
@@ -42,7 +44,7 @@ def diffusion(config: ConfigOption = None, set_: SetOption = None, resume: Resum
     """Train the tumour-inpainting UNet on real tumours with a frozen VQ model; writes <output_dir>/pipeline."""
     from ..training.diffusion import load_diffusion_config, train_diffusion
 
-    out = train_diffusion(load_diffusion_config(config, set_), resume=resume)
+    out = train_diffusion(load_diffusion_config(config, set_), resume=resume, inputs=(config,))
     console.print(f"wrote {out}; load it with TumorInpaintPipeline.from_pretrained('{out}')")
 
 
@@ -52,5 +54,5 @@ def segmentation(config: ConfigOption = None, set_: SetOption = None, resume: Re
     <output_dir>/model (and best_model when validating)."""
     from ..training.segmentation import load_segmentation_config, train_segmentation
 
-    out = train_segmentation(load_segmentation_config(config, set_), resume=resume)
+    out = train_segmentation(load_segmentation_config(config, set_), resume=resume, inputs=(config,))
     console.print(f"wrote {out}; apply it with `difftumor segment CT --model {out} --out prediction.nii.gz`")

@@ -58,7 +58,7 @@ def convert_original_checkpoints(
     """
     from ..pipelines import TumorInpaintPipeline
 
-    check_output(out, "folder", (autoencoder, diffusion), overwrite)
+    check_output(out, "folder", (autoencoder, diffusion), overwrite, kind="pipeline")
     autoencoder_ckpt = read_autoencoder_checkpoint(autoencoder)
     diffusion_ckpt = read_diffusion_checkpoint(diffusion, use_ema=use_ema)
     train_steps = diffusion_ckpt.num_train_timesteps
@@ -96,7 +96,7 @@ def convert_original_checkpoints(
         organ=organ,
         tumor_stage=stage,
     )
-    with atomic_folder(out, overwrite=overwrite, inputs=(autoencoder, diffusion)) as folder:
+    with atomic_folder(out, overwrite=overwrite, inputs=(autoencoder, diffusion), kind="pipeline") as folder:
         pipeline.save_pretrained(folder)
         (folder / "CONVERSION.md").write_text(
             "# Converted DiffTumor checkpoint\n\n"

@@ -262,8 +262,8 @@ def prepare_datalist(
     if out.suffix.lower() != ".json":
         raise DiffTumorInputError(f"--out {out} is not a .json file name", "e.g. --out liver.json")
     labels_dir = Path(labels_dir) if labels_dir else out.with_name(out.stem + "_labels")
-    check_output(out, "file", (root,), overwrite)
-    check_output(labels_dir, "folder", (root, out), overwrite, option="--labels-dir")
+    check_output(out, "file", (root,), overwrite, kind="datalist")
+    check_output(labels_dir, "folder", (root, out), overwrite, option="--labels-dir", kind="labels")
     builders = {
         "msd": _msd,
         "lits": _lits,
@@ -272,8 +272,9 @@ def prepare_datalist(
         "totalsegmentator": lambda r, o: _structure_folders(r, o, "totalsegmentator"),
         "folders": lambda r, o: _folders(r, o, organ_values, tumor_values),
     }
-    organ, cases = builders[layout](root, organ)
-    with atomic_folder(labels_dir, overwrite, (root, out)) as written_labels:
+    organ, found = builders[layout](root, organ)
+    cases = _unique_cases(list(found))
+    with atomic_folder(labels_dir, overwrite, (root, out), kind="labels") as written_labels:
         entries = _write_labels(cases, written_labels, labels_dir, out, organ, early_max_diameter_mm)
         if not entries:
             raise DiffTumorInputError(
@@ -287,6 +288,7 @@ def prepare_datalist(
         scheme["2"] = f"early {organ} tumour (equivalent diameter <= {early_max_diameter_mm:g} mm)"
         scheme["3"] = f"mid/late {organ} tumour (> {early_max_diameter_mm:g} mm)"
     datalist = {
+        "difftumor_output": "datalist",
         "difftumor_version": __version__,
         "layout": layout,
         "root": str(root.resolve()),
@@ -294,9 +296,23 @@ def prepare_datalist(
         "label_scheme": scheme,
         "data": entries,
     }
-    with atomic_file(out, overwrite, (root,)) as temporary:
+    with atomic_file(out, overwrite, (root,), kind="datalist") as temporary:
         temporary.write_text(json.dumps(datalist, indent=2) + "\n")
     return datalist
+
+
+def _unique_cases(cases: list[SourceCase]) -> list[SourceCase]:
+    """Refuse two cases with one id (``a.nii`` beside ``a.nii.gz``): their labels would overwrite each other."""
+    seen: dict[str, SourceCase] = {}
+    for case in cases:
+        key = case.case_id.casefold()
+        if key in seen:
+            raise DiffTumorInputError(
+                f"cases {seen[key].image} and {case.image} both get the id {case.case_id}",
+                "keep one of them (or rename one) in the dataset folder",
+            )
+        seen[key] = case
+    return cases
 
 
 def _write_labels(

@@ -107,6 +107,29 @@ def _read_dicom_series(path: Path, what: str, series: str | None) -> Volume:
     return Volume(array, np.asarray(data.affine, dtype=np.float64), path, None, "dicom")
 
 
+def probe_volume(path: str | os.PathLike, what: str = "image", series: str | None = None) -> None:
+    """Check what :func:`load_volume` would refuse that a header tells — existence, format, dimensions, size, the
+    DICOM series — without reading the voxels (batch runs check every case before writing the first)."""
+    path = Path(path)
+    if not path.exists():
+        raise DiffTumorInputError(f"{what} {path} does not exist", "check the path")
+    if path.is_dir() or (not path.name.lower().endswith(NIFTI_SUFFIXES) and _looks_like_dicom(path)):
+        folder = path if path.is_dir() else path.parent
+        series_files(folder, what, series or (None if path.is_dir() else _series_of(path)))
+        return
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # noqa: BLE001 — nibabel raises several types for non-images
+        raise DiffTumorInputError(
+            f"{what} {path} is not a readable NIfTI image ({_short(error)})",
+            "pass a .nii/.nii.gz file or a DICOM series folder",
+        ) from None
+    shape = tuple(image.header.get_data_shape())
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)) or not 3 <= len(shape) <= 4:
+        raise DiffTumorInputError(f"{what} {path} is not a 3-D NIfTI volume", "pass a 3-D CT volume")
+    check_volume_size(shape[:3], what, path)
+
+
 def _series_of(path: Path) -> str | None:
     import pydicom
 
@@ -121,6 +144,12 @@ def check_hounsfield(volume: Volume, what: str = "CT") -> None:
     levels): tumours painted in HU into such an image come out meaningless."""
     array = volume.array
     low, high = float(array.min()), float(array.max())
+    if low >= 0.0:
+        raise DiffTumorInputError(
+            f"{what} {volume.path} has no value below 0 (range [{low:.4g}, {high:.4g}]), so it is not in Hounsfield "
+            "units: a CT in HU holds air (about -1000) and fat (about -100)",
+            "pass the CT in HU (undo any rescaling; raw scanner values need their RescaleIntercept, often -1024)",
+        )
     if high <= 1.0 and low >= -1.0:
         raise DiffTumorInputError(
             f"{what} {volume.path} holds values in [{low:.3g}, {high:.3g}], not Hounsfield units "

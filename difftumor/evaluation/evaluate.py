@@ -32,7 +32,17 @@ def _case_name(path: Path) -> str:
 
 
 def _nifti(folder: Path) -> dict[str, Path]:
-    return {_case_name(p): p for p in sorted(folder.iterdir()) if p.name.endswith((".nii", ".nii.gz"))}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.name.endswith((".nii", ".nii.gz")) or path.name.startswith("."):
+            continue
+        name = _case_name(path)
+        if name in found:
+            raise DiffTumorInputError(
+                f"{folder} holds two files for case {name} ({found[name].name}, {path.name})", "keep one of them"
+            )
+        found[name] = path
+    return found
 
 
 def evaluate_folders(
@@ -55,7 +65,7 @@ def evaluate_folders(
     for folder, what in ((prediction_dir, "prediction"), (truth_dir, "truth")):
         if not folder.is_dir():
             raise DiffTumorInputError(f"{what} folder {folder} does not exist", "check the path")
-    check_output(out, "file", (prediction_dir, truth_dir), overwrite)
+    check_output(out, "file", (prediction_dir, truth_dir), overwrite, kind="metrics")
     if truth_labels not in TRUTH_LABELS:
         raise DiffTumorInputError(
             f"unknown truth label scheme {truth_labels!r}", f"choose one of {', '.join(TRUTH_LABELS)}"
@@ -85,6 +95,7 @@ def evaluate_folders(
         result = evaluate_case(np.asarray(predicted).astype(np.int32), internal, truth.spacing)
         cases.append({"case": name, **result})
     data = {
+        "difftumor_output": "metrics",
         "difftumor_version": __version__,
         "organ": organ,
         "truth_labels": truth_labels,
@@ -94,7 +105,7 @@ def evaluate_folders(
         "unpaired_truths": sorted(set(truths) - set(predictions)),
     }
     data = _json_safe(data)
-    with atomic_file(out, overwrite, (prediction_dir, truth_dir)) as temporary:
+    with atomic_file(out, overwrite, (prediction_dir, truth_dir), kind="metrics") as temporary:
         temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     return data
 

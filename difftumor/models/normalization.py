@@ -11,6 +11,9 @@ running it contiguous would cost (4–6×; see BENCHMARKS.md).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +24,7 @@ def accurate_group_norm(
 ) -> torch.Tensor:
     """``F.group_norm`` for ``(B, C, *spatial)``; channels-last float32 CPU tensors take the accurate path."""
     channels_last = x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
-    if not channels_last or x.device.type != "cpu" or x.dtype != torch.float32:
+    if not (_ACCURATE and channels_last) or x.device.type != "cpu" or x.dtype != torch.float32:
         return F.group_norm(x, num_groups, weight, bias, eps)
     batch, channels = x.shape[:2]
     per_group = channels // num_groups
@@ -40,6 +43,20 @@ def accurate_group_norm(
         shift = shift + bias.double().view(1, num_groups, per_group)
     view = (batch, channels, 1, 1, 1)
     return torch.addcmul(shift.reshape(view).to(x.dtype), x, scale.reshape(view).to(x.dtype))
+
+
+_ACCURATE = True
+
+
+@contextlib.contextmanager
+def native_group_norm() -> Iterator[None]:
+    """Use PyTorch's own channels-last kernel inside the block (for benchmarks that show what accuracy costs)."""
+    global _ACCURATE
+    previous, _ACCURATE = _ACCURATE, False
+    try:
+        yield
+    finally:
+        _ACCURATE = previous
 
 
 class GroupNorm(nn.GroupNorm):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import check_output, check_output_folder, prepare_output_root
-from ..data.volumes import load_volume
+from ..data.volumes import load_volume, probe_volume
 from ..errors import DiffTumorInputError
 from .engine import synthesize_tumors
 from .outputs import manifest, write_outputs
@@ -48,7 +48,7 @@ def synthesize_case(
     output may not touch the case's files or any of ``inputs`` (e.g. the other cases of a batch)."""
     validate_request(request)
     inputs = (request.ct, request.organ_mask, *inputs)
-    check_output_folder(request.out, overwrite, inputs)
+    check_output_folder(request.out, overwrite, inputs, kind="synthesis")
     ct = load_volume(request.ct, "CT", series=request.series)
     organ_mask = load_volume(request.organ_mask, "organ mask")
     result = synthesize_tumors(
@@ -126,7 +126,8 @@ def validate_case_id(case_id: Any, number: int, path: Path) -> str:
     if (
         case_id != case_id.strip()
         or case_id.startswith(".")
-        or any(character in case_id for character in "/\\\0:")
+        or any(character in case_id for character in "/\\:")
+        or any(unicodedata.category(character).startswith("C") for character in case_id)
         or Path(case_id).is_absolute()
     ):
         raise DiffTumorInputError(
@@ -180,12 +181,12 @@ def validate_request(request: CaseRequest, where: str = "") -> None:
     parse_size(request.size)
     for name in ("count", "seed"):
         value = getattr(request, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise DiffTumorInputError(f"{where}{name} must be an integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+            raise DiffTumorInputError(f"{where}{name} must be an integer from 0 to 2³² − 1, got {value!r}")
     for name in ("organ_label", "tumor_label"):
         value = getattr(request, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise DiffTumorInputError(f"{where}{name} must be a positive integer, got {value!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**15):
+            raise DiffTumorInputError(f"{where}{name} must be an integer from 1 to 32767, got {value!r}")
     if request.count < 1:
         raise DiffTumorInputError(f"{where}tumour count must be at least 1, got {request.count}", "pass 1 or more")
 
@@ -212,18 +213,21 @@ def synthesize_datalist(
     out = Path(out)
     cases = read_datalist(datalist)
     inputs = [datalist] + [case[key] for case in cases for key in ("image", "organ_mask")]
-    check_output(out, "folder", inputs, overwrite=True)
+    check_output(out, "folder", inputs, overwrite=True, kind="synthesis-batch")
     requests = case_requests(cases, template, out)
+    for request in requests:  # headers only: a case that cannot be read fails the batch before anything is written
+        probe_volume(request.ct, "CT", request.series)
+        probe_volume(request.organ_mask, "organ mask")
     for request in requests:  # only folders difftumor wrote may be there (the root's check covers the inputs)
         if request.out.exists():
-            check_output_folder(request.out, overwrite=True)
+            check_output_folder(request.out, overwrite=True, kind="synthesis")
     # cpu=True is what makes `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ...` give several CPU processes;
     # with --device cuda each process takes its own GPU.
     state = PartialState(cpu=device == "cpu")
     if device.startswith("cuda") and state.num_processes > 1:
         device = str(state.device)
     if state.is_main_process:
-        prepare_output_root(out, inputs)
+        prepare_output_root(out, inputs, kind="synthesis-batch")
     state.wait_for_everyone()
     mine = requests[state.process_index :: state.num_processes]
     todo = [request for request in mine if overwrite or not is_finished(request.out)]

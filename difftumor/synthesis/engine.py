@@ -254,7 +254,15 @@ def synthesize_tumors(
         placed.append(tumor)
 
     canvas = _Canvas(
-        ct, grid, organ_box, organ_on_ct, ct.array.copy(), labels.copy(), tumor_label, float(ct.array.min())
+        ct,
+        grid,
+        organ_box,
+        organ_on_ct,
+        ct.array.copy(),
+        # The tumour label must fit the stored type (a uint8 map that already uses 255 gets a wider one).
+        labels.astype(np.promote_types(labels.dtype, np.min_scalar_type(tumor_label))),
+        tumor_label,
+        float(ct.array.min()),
     )
     records: list[SynthesizedTumor | None] = [None] * count
     done = 0

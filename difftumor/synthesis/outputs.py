@@ -81,7 +81,7 @@ def write_outputs(
 ) -> Path:
     """Write the four outputs into ``out`` atomically (a temporary sibling folder renamed at the end); ``inputs``
     are the files the case was read from (the output may not touch them)."""
-    with atomic_folder(out, overwrite=overwrite, inputs=inputs) as folder:
+    with atomic_folder(out, overwrite=overwrite, inputs=inputs, kind="synthesis") as folder:
         save_volume(result.ct, ct, folder / "ct.nii.gz")
         labels = result.labels
         if labels.max() <= 255 and labels.min() >= 0:

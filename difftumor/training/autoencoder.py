@@ -169,7 +169,9 @@ def _preprocess(config: AutoencoderConfig, with_label: bool):
     return Compose([base, FgBgToIndicesd(keys="label", image_key="image", image_threshold=-1.0)])
 
 
-def train_autoencoder(config: AutoencoderConfig, resume: bool = False, trust_config_code: bool = False) -> Path:
+def train_autoencoder(
+    config: AutoencoderConfig, resume: bool = False, trust_config_code: bool = False, inputs: tuple = ()
+) -> Path:
     """Run the training; returns the folder of the final :class:`VQModel3D` (``<output_dir>/vqmodel``)."""
     from monai.networks.nets import PatchDiscriminator
 
@@ -186,7 +188,7 @@ def train_autoencoder(config: AutoencoderConfig, resume: bool = False, trust_con
                 f"give a network registered under {PERCEPTUAL_NETWORKS}",
             )
         perceptual_factory = load_perceptual_network(loss_cfg.perceptual_network, trust_config_code)
-    run = TrainingRun(config.run, config, "autoencoder", resume=resume)
+    run = TrainingRun(config.run, config, "autoencoder", resume=resume, inputs=inputs)
     accelerator = run.accelerator
     torch.manual_seed(config.run.seed)
     model = VQModel3D(**vars(config.model))

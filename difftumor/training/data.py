@@ -60,14 +60,16 @@ def read_cases(datalist: str | os.PathLike, max_cases: int = 0, require_label: b
         raise DiffTumorInputError(f"datalist {path} does not exist", "create one with `difftumor data prepare`")
     try:
         content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DiffTumorInputError(f"datalist {path} is not valid JSON ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DiffTumorInputError(f"datalist {path} is not valid JSON ({error})", "fix the file") from None
     entries = content.get("data", content.get("training")) if isinstance(content, dict) else content
     if not isinstance(entries, list) or not entries:
         raise DiffTumorInputError(f"datalist {path} has no cases", "run `difftumor data prepare` on your dataset")
     cases = []
     for entry in entries:
-        if "image" not in entry or (require_label and "label" not in entry):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise DiffTumorInputError(f"a case of {path} is not an object with an 'image' path", 'e.g. {"image": ...}')
+        if require_label and "label" not in entry:
             raise DiffTumorInputError(f"a case of {path} lacks 'image'{' or label' if require_label else ''}")
         case = dict(entry)
         for key in ("image", "label"):

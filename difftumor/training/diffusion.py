@@ -150,7 +150,7 @@ def _relabel(stage: str):
     return Lambdad(keys="label", func=relabel)
 
 
-def train_diffusion(config: DiffusionConfig, resume: bool = False) -> Path:
+def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple = ()) -> Path:
     """Run the training; returns the pipeline folder (``<output_dir>/pipeline``)."""
     from diffusers.training_utils import EMAModel
     from monai.transforms import ClassesToIndicesd, Compose
@@ -175,7 +175,7 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False) -> Path:
             f"data.crop_size {config.data.crop_size} must be multiples of {multiple}",
             "the autoencoder and the UNet's levels divide it",
         )
-    run = TrainingRun(config.run, config, "diffusion", resume=resume)
+    run = TrainingRun(config.run, config, "diffusion", resume=resume, inputs=inputs)
     accelerator = run.accelerator
     torch.manual_seed(config.run.seed)
     latent = vqmodel.config.latent_channels

@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from .config import PositiveInt, to_dict
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^step_(\d+)$")
+_EXPORT_KINDS = {"model": "segmentation-model", "best_model": "segmentation-model"}
 
 
 @dataclass
@@ -95,17 +97,21 @@ class TrainingRun:
         config: the whole config (saved as ``config.yaml`` in the output folder).
         kind: trainer name, for messages and the progress bar.
         resume: continue from the newest complete checkpoint in ``run.output_dir``.
+        inputs: files the run reads that the config does not name (its YAML file): the run folder may not hold them.
     """
 
-    def __init__(self, run: RunConfig, config: Any, kind: str, resume: bool = False):
+    def __init__(self, run: RunConfig, config: Any, kind: str, resume: bool = False, inputs: tuple = ()):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         self.run, self.kind = run, kind
         self.output_dir = Path(run.output_dir)
         # A run folder may be resumed (overwrite=True), but only if difftumor made it, and never over the data.
-        inputs = [path for path in config_paths(config) if path.resolve() != self.output_dir.resolve()]
-        check_output(self.output_dir, "folder", inputs, overwrite=True, option="run.output_dir", create_parents=True)
+        named = [*config_paths(config), *(Path(path) for path in inputs if path is not None)]
+        inputs = [path for path in named if path.resolve() != self.output_dir.resolve()]
+        check_output(
+            self.output_dir, "folder", inputs, True, "run.output_dir", create_parents=True, kind="training-run"
+        )
         if (
             not resume
             and (self.output_dir / "checkpoints").exists()
@@ -124,13 +130,17 @@ class TrainingRun:
         self.step = 0
         self.tracker = None
         self._states: dict[str, Any] = {}
+        # Checked before anything is written: a refused checkpoint leaves the run folder exactly as it was.
+        self._resume_from = self.latest_checkpoint() if resume else None
+        self._resume_state = (
+            verify_checkpoint(self._resume_from, self.accelerator.process_index) if self._resume_from else None
+        )
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if not is_difftumor_folder(self.output_dir):
-                write_marker(self.output_dir)
+                write_marker(self.output_dir, "training-run")
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         self.accelerator.wait_for_everyone()
-        self._resume_from = self.latest_checkpoint() if resume else None
         if resume and self._resume_from is None:
             logger.warning("--resume: no complete checkpoint in %s, starting from step 0", self.output_dir)
         self._started = self._last_log = time.perf_counter()
@@ -174,10 +184,11 @@ class TrainingRun:
         """
         if self._resume_from is None:
             return 0
-        folder = self._resume_from
-        state = verify_checkpoint(folder, self.accelerator.process_index, set(self._states))
+        folder, state = self._resume_from, self._resume_state
         try:
-            self.accelerator.load_state(str(folder))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.accelerator.load_state(str(folder))
         except Exception as error:  # noqa: BLE001 — torch/accelerate raise many types for broken files
             raise _broken_checkpoint(folder, error) from None
         for name, obj in self._states.items():
@@ -296,7 +307,7 @@ class TrainingRun:
         """Write a final artefact (``write(folder)``, e.g. ``model.save_pretrained``) atomically as
         ``<output_dir>/<name>``: a disk filling up or a kill leaves the previous one, never half a model."""
         out = self.output_dir / name
-        with atomic_folder(out, overwrite=True) as folder:
+        with atomic_folder(out, overwrite=True, kind=_EXPORT_KINDS.get(name, name)) as folder:
             write(folder)
         return out
 
@@ -383,7 +394,7 @@ def _broken_checkpoint(path: Path, error: BaseException | str) -> DiffTumorInput
     )
 
 
-def verify_checkpoint(folder: Path, process_index: int = 0, states: set[str] = frozenset()) -> dict[str, Any]:
+def verify_checkpoint(folder: Path, process_index: int = 0) -> dict[str, Any]:
     """Check a checkpoint before anything in it is loaded; returns ``trainer_state.json``.
 
     Every file must be one difftumor writes and have the SHA-256 recorded at save time; pickled files (optimiser,
@@ -391,6 +402,7 @@ def verify_checkpoint(folder: Path, process_index: int = 0, states: set[str] = f
     be complete. Raises :class:`DiffTumorInputError` naming the first problem.
     """
     from accelerate.utils import load as accelerate_load
+    from safetensors.torch import load_file
 
     try:
         state = json.loads((folder / "trainer_state.json").read_text())
@@ -400,16 +412,28 @@ def verify_checkpoint(folder: Path, process_index: int = 0, states: set[str] = f
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise _broken_checkpoint(folder / "trainer_state.json", error) from None
     recorded = state.get("files")
+    match = _CHECKPOINT.match(folder.name)
+    if not isinstance(recorded, dict) or (match is not None and int(match.group(1)) != step):
+        raise _broken_checkpoint(folder / "trainer_state.json", "its record of the saved files or step is wrong")
     for path in sorted(folder.iterdir()):
         if not path.is_file() or not _CHECKPOINT_FILE.match(path.name):
             raise _broken_checkpoint(path, "difftumor never writes this file into a checkpoint")
         if path.name in ("trainer_state.json", "COMPLETE"):
             continue
-        if isinstance(recorded, dict) and recorded.get(path.name) != file_sha256(path):
+        if recorded.get(path.name) != file_sha256(path):
             raise _broken_checkpoint(path, "its content differs from what was saved")
+        try:  # reading them whole is what the load will do anyway; a damaged file fails here, before any write
+            if path.suffix == ".safetensors":
+                load_file(str(path))
+            elif path.name.startswith("state_"):
+                load_plain_state(folder, path.stem)
+        except Exception as error:  # noqa: BLE001 — safetensors and json raise their own error types
+            raise _broken_checkpoint(path, error) from None
         if path.suffix in (".bin", ".pkl", ".pt"):
             try:
-                content = accelerate_load(path, map_location="cpu")
+                with warnings.catch_warnings():  # torch warns about the pickle protocol: not the user's business
+                    warnings.simplefilter("ignore")
+                    content = accelerate_load(path, map_location="cpu")
             except pickle.UnpicklingError as error:  # the allow-list refused it: never fall back to full pickle
                 refused = re.search(r"Unsupported global: GLOBAL [\w.]+", str(error))
                 reason = refused.group(0) if refused else "an object outside the allow-list"
@@ -420,17 +444,12 @@ def verify_checkpoint(folder: Path, process_index: int = 0, states: set[str] = f
                 isinstance(content, dict) and all(key in content for key in _RNG_KEYS)
             ):
                 raise _broken_checkpoint(path, "it does not hold the random states")
-    if isinstance(recorded, dict):
-        missing = sorted(name for name in recorded if not (folder / name).is_file())
-        if missing:
-            raise _broken_checkpoint(folder / missing[0], "the file is missing")
+    missing = sorted(name for name in recorded if not (folder / name).is_file())
+    if missing:
+        raise _broken_checkpoint(folder / missing[0], "the file is missing")
     rng = folder / f"random_states_{process_index}.pkl"
     if not rng.is_file():
         raise _broken_checkpoint(rng, "the random states of this process are missing (resume with as many processes)")
-    for name in states:
-        for suffix in (".safetensors", ".json"):
-            if not (folder / f"state_{name}{suffix}").is_file():
-                raise _broken_checkpoint(folder / f"state_{name}{suffix}", "the file is missing")
     return state
 
 

@@ -200,7 +200,7 @@ def _validation_dice(model, cases, config: SegmentationConfig, device) -> float:
     return float(np.mean(scores)) if scores else math.nan
 
 
-def train_segmentation(config: SegmentationConfig, resume: bool = False) -> Path:
+def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs: tuple = ()) -> Path:
     """Run the training; returns the final model folder (``<output_dir>/model``; the best is ``best_model``)."""
     from monai.losses import DiceCELoss
     from monai.optimizers import WarmupCosineSchedule
@@ -212,7 +212,7 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False) -> Path
     validation = (
         read_cases(config.data.validation_datalist, require_label=True) if config.data.validation_datalist else []
     )
-    run = TrainingRun(config.run, config, "segmentation", resume=resume)
+    run = TrainingRun(config.run, config, "segmentation", resume=resume, inputs=inputs)
     accelerator = run.accelerator
     torch.manual_seed(config.run.seed)
     model = SegmentationModel(

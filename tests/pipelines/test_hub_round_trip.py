@@ -122,9 +122,7 @@ def test_segmentation_model_push_and_segment_by_repo_id(tmp_path):
         backbone="unet", backbone_kwargs={"channels": [4, 8], "strides": [2], "num_res_units": 0}, roi_size=(32, 32, 32)
     )
     model.save_pretrained(tmp_path / "seg")
-    nib.save(
-        nib.Nifti1Image(np.full((20, 20, 12), 80, np.int16), np.diag([2.0, 2.0, 3.0, 1.0])), str(tmp_path / "ct.nii.gz")
-    )
+    nib.save(nib.Nifti1Image(_body(), np.diag([2.0, 2.0, 3.0, 1.0])), str(tmp_path / "ct.nii.gz"))
     with FakeHub() as hub:
         env = _env(hub, tmp_path)
         pushed = subprocess.run(
@@ -154,3 +152,12 @@ def test_segmentation_model_push_and_segment_by_repo_id(tmp_path):
         )
     assert segmented.returncode == 0, segmented.stderr
     assert nib.load(str(tmp_path / "pred.nii.gz")).shape == (20, 20, 12)
+
+
+def _body():
+    """80 HU soft tissue in air (a CT in HU: -1000 around the body)."""
+    import numpy as np
+
+    ct = np.full((20, 20, 12), -1000, np.int16)
+    ct[2:18, 2:18, :] = 80
+    return ct

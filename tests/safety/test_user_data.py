@@ -120,6 +120,33 @@ def ws(tmp_path_factory) -> Path:
     config["roi_size"] = [1024, 1024, 1024]
     (root / "seg_model_big" / "config.json").write_text(json.dumps(config))
 
+    # Outputs difftumor wrote: a pipeline (as convert writes it), a synthesis result with a user's file added to it,
+    # a training run whose YAML config the user keeps inside it.
+    from difftumor.assets import BUNDLED_PIPELINE
+    from difftumor.atomic import write_marker
+
+    shutil.copytree(BUNDLED_PIPELINE, root / "pipe")
+    write_marker(root / "pipe", "pipeline", [p.name for p in (root / "pipe").iterdir()])
+    (root / "result").mkdir()
+    _save(ct, affine, root / "result" / "ct.nii.gz")
+    write_marker(root / "result", "synthesis", ["ct.nii.gz"])
+    (root / "result" / "my_notes.txt").write_text("added later by the user\n")
+    (root / "synth").mkdir()
+    _save(ct, affine, root / "synth" / "ct.nii.gz")
+    write_marker(root / "synth", "synthesis", ["ct.nii.gz"])
+    (root / "run_cfg").mkdir()
+    write_marker(root / "run_cfg", "training-run")
+    (root / "run_cfg" / "config.yaml").write_text(f"data:\n  datalist: {root / 'train.json'}\n")
+    for sub in ("images", "labels"):
+        (root / "dataset_dup" / sub).mkdir(parents=True)
+        for suffix in (".nii", ".nii.gz"):
+            _save(ct if sub == "images" else liver, affine, root / "dataset_dup" / sub / f"a{suffix}")
+    org255 = liver.copy()
+    org255[0, 0, 0] = 255
+    _save(org255, affine, root / "organs255.nii.gz")
+    _save(np.clip(ct, -175, 250).astype(np.float32) + 175, affine, root / "ct_shifted.nii.gz")
+    (root / "bad_train.json").write_text("[1, 2]")
+
     lists = root / "lists"
     lists.mkdir()
     c1 = {"image": "../d/c1/ct.nii.gz", "organ_mask": "../d/c1/liver.nii.gz"}
@@ -132,6 +159,8 @@ def ws(tmp_path_factory) -> Path:
         "case": [{**c1, "id": "c1"}, {**c2, "id": "C1"}],
         "missing": [{**c1, "id": "c1"}, {"image": "../d/c9/ct.nii.gz", "organ_mask": "../d/c9/liver.nii.gz"}],
         "bad_count": [{**c1, "id": "c1"}, {**c2, "id": "c2", "count": 0}],
+        "newline": [{**c1, "id": "x\ny"}],
+        "unreadable_second": [{**c1, "id": "c1"}, {**c2, "id": "c2", "organ_mask": "../train.json"}],
     }
     for name, content in datalists.items():
         (lists / f"{name}.json").write_text(json.dumps(content))
@@ -310,6 +339,76 @@ CASES = {
         [*TRAIN, "--set", "data.crop_size=[512,512,512]"],
         "DIFFTUMOR_MAX_PATCH_VOXELS",
     ),
+    # found by an adversarial run
+    "synthesize --out the pipeline it reads": (
+        "",
+        ["synthesize", *C1, "--organ-label", "1", "--pipeline", "{ws}/pipe", "--out", "{ws}/pipe", "--overwrite"],
+        "is the input",
+    ),
+    "train into the folder holding its YAML config": (
+        "",
+        ["train", "segmentation", "-c", "{ws}/run_cfg/config.yaml", "--set", "run.output_dir={ws}/run_cfg"],
+        "contains the input",
+    ),
+    "data prepare with a.nii beside a.nii.gz": (
+        "",
+        ["data", "prepare", "folders", "{ws}/dataset_dup", "--organ", "liver", "--out", "{ws}/dup.json"],
+        "both get the id a",
+    ),
+    "datalist whose second case is not an image": (
+        "",
+        ["synthesize", "--datalist", "{ws}/lists/unreadable_second.json", "--out", "{ws}/b", *SYN],
+        "not a readable NIfTI",
+    ),
+    "negative seed": ("", ["synthesize", *C1, *SYN, "--out", "{ws}/o", "--seed", "-1"], "seed must be an integer"),
+    "tumour label beyond int16": (
+        "",
+        ["synthesize", *C1, *SYN, "--out", "{ws}/o", "--tumor-label", "70000"],
+        "tumor_label must be an integer from 1 to 32767",
+    ),
+    "training datalist of numbers": (
+        "",
+        ["train", "segmentation", "--set", "data.datalist={ws}/bad_train.json", "--set", "run.output_dir={ws}/r"],
+        "is not an object",
+    ),
+    "CT shifted to non-negative values": (
+        "",
+        ["synthesize", "{ws}/ct_shifted.nii.gz", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/o"],
+        "no value below 0",
+    ),
+    "centre with NaN": ("", ["synthesize", *C1, *SYN, "--out", "{ws}/o", "--center", "nan,0,0"], "is not 'x,y,z'"),
+    "datalist id with a newline": (
+        "",
+        ["synthesize", "--datalist", "{ws}/lists/newline.json", "--out", "{ws}/b"],
+        "not a plain folder name",
+    ),
+    "evaluate --overwrite a datalist": (
+        "",
+        ["evaluate", "--pred", "{ws}/pred", "--truth", "{ws}/truth", "--out", "{ws}/train.json", "--overwrite"],
+        "holds a difftumor datalist, not a metrics",
+    ),
+    "data prepare --labels-dir over a synthesis result": (
+        "",
+        [
+            "data",
+            "prepare",
+            "folders",
+            "{ws}/dataset",
+            "--organ",
+            "liver",
+            "--out",
+            "{ws}/x.json",
+            "--labels-dir",
+            "{ws}/synth",
+            "--overwrite",
+        ],
+        "holds a difftumor synthesis, not a labels",
+    ),
+    "synthesize --overwrite a result the user added a file to": (
+        "",
+        ["synthesize", *C1, *SYN, "--out", "{ws}/result", "--overwrite"],
+        "my_notes.txt, which difftumor did not write",
+    ),
     # configuration values
     "keep_checkpoints=-1": ("", [*TRAIN, "--set", "run.keep_checkpoints=-1"], "run.keep_checkpoints must be >= 1"),
     "log_every=0": ("", [*TRAIN, "--set", "run.log_every=0"], "run.log_every must be >= 1"),
@@ -410,3 +509,11 @@ def test_overwrite_replaces_only_difftumor_results_and_batch_never_forces_it(ws,
     assert cli(["synthesize", "--datalist", str(datalist), "--out", str(batch), *SYN, "--seed", "3"]) == 0
     assert snapshot(batch) == done  # finished cases are kept, not overwritten
     capsys.readouterr()
+
+
+def test_a_label_map_using_255_gets_a_wider_tumour_label(ws, tmp_path):
+    out = tmp_path / "out"
+    arguments = ["synthesize", f"{ws}/d/c1/ct.nii.gz", "--organ-mask", f"{ws}/organs255.nii.gz", "--organ-label", "1"]
+    assert cli([*arguments, *SYN, "--out", str(out)]) == 0
+    labels = np.asanyarray(nib.load(str(out / "label.nii.gz")).dataobj)
+    assert labels.max() == 256 and (labels == 255).sum() == 1

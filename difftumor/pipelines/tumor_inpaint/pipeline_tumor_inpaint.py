@@ -151,7 +151,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
 
         inputs = [value.path if isinstance(value, Volume) else value for value in (ct, organ_mask)]
         if out is not None:  # before the (slow) synthesis
-            check_output_folder(out, overwrite, inputs)
+            check_output_folder(out, overwrite, inputs, kind="synthesis")
         ct_volume = ct if isinstance(ct, Volume) else load_volume(ct, "CT")
         mask_volume = organ_mask if isinstance(organ_mask, Volume) else load_volume(organ_mask, "organ mask")
         synthesizer = DiffusionSynthesizer(pipeline=self, device=str(self.device))
