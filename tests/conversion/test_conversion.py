@@ -121,7 +121,12 @@ def test_convert_command_writes_a_pipeline_that_reproduces_the_original(small_re
     hu = (crop + 1) / 2 * 425 - 175
     with replay_ddpm_noise(recorded["noises"]):
         out_ = pipe(hu, recorded["tumor_mask"], latents=recorded["x_T"], blur_sigma=recorded["blur_sigma"])
-    torch.testing.assert_close(out_.latents, recorded["latent"], atol=1e-4, rtol=1e-4)
+    # The 4-step loop amplifies any float32 rounding of the UNet's ε̂ by the first step's x̂0 gain √((1−ᾱ_3)/ᾱ_3) ≈ 263
+    # (the same conditioning the original has): 1e-6 of rounding, which differs between AVX2 and AVX-512 oneDNN
+    # kernels, can move a latent by 2.6e-4. Budget: 1e-4 plus that gain times 1e-6 (an AVX2 machine saw 1.75e-4).
+    alpha = pipe.scheduler.alphas_cumprod[3].item()
+    gain = ((1 - alpha) / alpha) ** 0.5
+    torch.testing.assert_close(out_.latents, recorded["latent"], atol=1e-4 + gain * 1e-6, rtol=1e-4)
     torch.testing.assert_close((out_.images + 175) / 425, recorded["final_liver_kidney"], atol=1e-5, rtol=1e-4)
 
 
