@@ -87,11 +87,18 @@ def evaluate(
     organ_label: Annotated[int | None, typer.Option(help="Override the truth's organ label id.")] = None,
     tumor_label: Annotated[int | None, typer.Option(help="Override the truth's tumour label id.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a metrics file difftumor wrote earlier.")] = False,
+    iou_threshold: Annotated[
+        float, typer.Option(help="IoU a predicted lesion needs with a true one to detect it (one-to-one).")
+    ] = 0.5,
+    connectivity: Annotated[int, typer.Option(help="Lesion connectivity: 26, or 6 (the original's rule).")] = 26,
 ) -> None:
-    """Per-case organ/tumour DSC, tumour NSD at 2 mm, lesion detection by size, patient sensitivity/specificity."""
+    """Organ/tumour DSC (mean and global), tumour NSD at 2 mm, lesion detection by one-to-one IoU matching per size
+    bin, false positives, patient sensitivity/specificity — with 95 % intervals."""
 
     from ..evaluation import evaluate_folders, markdown_table
 
-    data = evaluate_folders(pred, truth, out, truth_labels, organ_label, tumor_label, organ, overwrite)
+    data = evaluate_folders(
+        pred, truth, out, truth_labels, organ_label, tumor_label, organ, overwrite, iou_threshold, connectivity
+    )
     console.print(markdown_table(data["summary"]))
     console.print(f"\n{data['summary']['cases']} case(s); wrote {out}")

@@ -16,7 +16,14 @@ from ..atomic import atomic_file, check_output
 from ..data.volumes import load_volume
 from ..errors import DiffTumorInputError
 from ..synthesis.working_space import sample
-from .metrics import evaluate_case, markdown_table, summarize
+from .metrics import (
+    CONNECTIVITIES,
+    DEFAULT_IOU_THRESHOLD,
+    DEFINITIONS,
+    evaluate_case,
+    markdown_table,
+    summarize,
+)
 
 #: Ground-truth label ids (organ, tumour) of common datasets; KiTS cysts (3) count as kidney.
 TRUTH_LABELS = {
@@ -54,13 +61,20 @@ def evaluate_folders(
     tumor_label: int | None = None,
     organ: str | None = None,
     overwrite: bool = False,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    connectivity: int = 26,
 ) -> dict[str, Any]:
     """Evaluate every prediction that has a same-named truth file; write ``metrics.json`` (``cases`` + ``summary``).
 
     Predictions use the internal scheme (1 organ, 2 tumour). Truth ids follow ``truth_labels`` (``internal``,
     ``lits``, ``msd``, ``kits``) unless ``organ_label`` / ``tumor_label`` are given. A prediction on another grid
-    than its truth is resampled onto it by affine (nearest neighbour).
+    than its truth is resampled onto it by affine (nearest neighbour). Lesions are matched one to one at IoU ≥
+    ``iou_threshold`` as ``connectivity``-connected components (the definitions are written into the file).
     """
+    if not 0.0 < iou_threshold <= 1.0:
+        raise DiffTumorInputError(f"--iou-threshold {iou_threshold} is not in (0, 1]", "e.g. 0.5 (the default)")
+    if connectivity not in CONNECTIVITIES:
+        raise DiffTumorInputError(f"--connectivity {connectivity}", "use 26 (default) or 6 (the original's rule)")
     prediction_dir, truth_dir = Path(prediction_dir), Path(truth_dir)
     for folder, what in ((prediction_dir, "prediction"), (truth_dir, "truth")):
         if not folder.is_dir():
@@ -92,13 +106,25 @@ def evaluate_folders(
         internal = np.zeros(truth.shape, np.uint8)
         internal[np.isin(truth.array, scheme["organ"])] = 1
         internal[np.isin(truth.array, scheme["tumor"])] = 2
-        result = evaluate_case(np.asarray(predicted).astype(np.int32), internal, truth.spacing)
+        result = evaluate_case(
+            np.asarray(predicted).astype(np.int32),
+            internal,
+            truth.spacing,
+            iou_threshold=iou_threshold,
+            connectivity=connectivity,
+        )
         cases.append({"case": name, **result})
     data = {
         "difftumor_output": "metrics",
         "difftumor_version": __version__,
         "organ": organ,
         "truth_labels": truth_labels,
+        "iou_threshold": iou_threshold,
+        "connectivity": connectivity,
+        "definitions": {
+            key: text.format(iou_threshold=iou_threshold, connectivity=connectivity)
+            for key, text in DEFINITIONS.items()
+        },
         "summary": summarize(cases),
         "cases": cases,
         "unpaired_predictions": sorted(set(predictions) - set(truths)),

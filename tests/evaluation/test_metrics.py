@@ -35,22 +35,19 @@ def test_dice_and_surface_dice_known_values():
     assert surface_dice(np.zeros_like(a), a, ONE_MM, 2.0) == 0.0
 
 
-def test_lesion_matching_rule_and_sizes():
+def test_lesion_sizes_and_connectivity():
     truth = np.zeros((60, 60, 60), bool)
     truth = _cube(truth.shape, (5, 5, 5), 4, out=truth)  # 64 mm³ at 1 mm: 4.96 mm
     truth = _cube(truth.shape, (20, 20, 20), 12, out=truth)  # 1728 mm³: 14.9 mm
     truth = _cube(truth.shape, (40, 40, 40), 18, out=truth)  # 5832 mm³: 22.3 mm
-    prediction = np.zeros_like(truth)
-    prediction[25, 25, 25] = True  # one voxel inside the 14.9 mm lesion: detected
-    prediction = _cube(prediction.shape, (38, 38, 38), 4, out=prediction)  # grazes the 22.3 mm lesion: detected
-    prediction = _cube(prediction.shape, (5, 40, 5), 3, out=prediction)  # touches nothing: false positive
-    match = match_lesions(prediction, truth, ONE_MM)
-    assert match.detected == [False, True, True] and match.false_positives == 1 and match.predicted_lesions == 3
+    match = match_lesions(truth, truth, ONE_MM)
+    assert match.detected == [True, True, True] and match.false_positives == 0
     assert [round(d, 1) for d in match.true_diameters_mm] == [5.0, 14.9, 22.3]
-    # 26-connectivity: diagonal neighbours are one lesion
+    # 26-connectivity (default): diagonal neighbours are one lesion; 6-connectivity (the original's rule): two
     diagonal = np.zeros((10, 10, 10), bool)
     diagonal[2, 2, 2] = diagonal[3, 3, 3] = True
     assert len(match_lesions(np.zeros_like(diagonal), diagonal, ONE_MM).detected) == 1
+    assert len(match_lesions(np.zeros_like(diagonal), diagonal, ONE_MM, connectivity=6).detected) == 2
 
 
 def test_summary_patient_sensitivity_specificity_and_bins():
@@ -123,7 +120,7 @@ def test_evaluate_command_pairs_files_maps_labels_and_writes_valid_json(tmp_path
         == 0
     )
     printed = capsys.readouterr().out
-    assert "| tumour DSC (%) | 100.0 |" in printed and "lesion sensitivity 10-20mm" in printed
+    assert "| tumour DSC (%), mean over positive cases | 100.0 |" in printed and "lesion sensitivity 10-20mm" in printed
     data = json.loads(out.read_text())  # strict JSON: NaN would fail to parse in other tools
     assert [c["case"] for c in data["cases"]] == ["case_1", "case_2"] and data["unpaired_predictions"] == ["orphan"]
     for case in data["cases"]:
