@@ -51,41 +51,99 @@ def resolve_pipeline_folder(
         raise DiffTumorInputError(f"downloading {name} from the Hub failed ({error})", "try again later") from None
 
 
+#: Terms of the authors' released weights, named in the card of every converted pipeline.
+ORIGINAL_LICENSE = {
+    "license": "other",
+    "license_name": "difftumor-original-weights",
+    "license_link": "https://github.com/MrGiovanni/DiffTumor",
+}
+_COMMON_TAGS = ["medical-imaging", "computed-tomography", "difftumor"]
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _card(data, body: str) -> str:
+    """Render card data and a Markdown body through ``huggingface_hub.ModelCard`` (which validates the YAML)."""
+    from huggingface_hub import ModelCard
+
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def _eval_results(folder: Path, model_name: str, task: str):
+    """``EvalResult``s from ``metrics.json`` (``difftumor evaluate``) and ``realism.json`` beside the model."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    metrics = _read_json(folder / "metrics.json").get("summary", {})
+    dataset = _read_json(folder / "metrics.json").get("dataset") or "held-out CT"
+    for key, name in (
+        ("tumor_dsc_mean", "tumour DSC (mean over positive cases)"),
+        ("tumor_dsc_global", "tumour DSC (global)"),
+        ("tumor_nsd_mean", "tumour NSD @ 2 mm"),
+        ("early_lesion_sensitivity", "lesion sensitivity < 20 mm"),
+    ):
+        if metrics.get(key) is not None:
+            results.append(
+                EvalResult(
+                    task_type=task,
+                    dataset_type="ct",
+                    dataset_name=dataset,
+                    metric_type=key,
+                    metric_name=name,
+                    metric_value=round(float(metrics[key]), 4),
+                )
+            )
+    realism = _read_json(folder / "realism.json").get("summary", {})
+    for key, value in realism.items():
+        if isinstance(value, (int, float)):
+            results.append(
+                EvalResult(
+                    task_type=task,
+                    dataset_type="ct",
+                    dataset_name="real lesions",
+                    metric_type=f"realism/{key}",
+                    metric_value=float(value),
+                )
+            )
+    return results or None
+
+
 def model_card(folder: str | os.PathLike, repo_id: str) -> str:
     """A model card for a pipeline folder: what it is, what it was trained on, T, intended use and licence.
 
     Reads ``model_index.json`` and the scheduler config, plus ``training.json`` (written by the trainers) or
-    ``CONVERSION.md`` (written by ``difftumor convert``) when present.
+    ``CONVERSION.md`` (written by ``difftumor convert``), and ``metrics.json`` / ``realism.json`` when present.
     """
-    import json
+    from huggingface_hub import ModelCardData
 
     folder = Path(folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    vq = json.loads((folder / "vqmodel" / "config.json").read_text())
-    unet = json.loads((folder / "unet" / "config.json").read_text())
-    training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+    index = _read_json(folder / "model_index.json")
+    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+    vq = _read_json(folder / "vqmodel" / "config.json")
+    unet = _read_json(folder / "unet" / "config.json")
+    training = _read_json(folder / "training.json")
     conversion = (folder / "CONVERSION.md").read_text() if (folder / "CONVERSION.md").exists() else ""
-    license_id = training.get("license") or ("other" if conversion else "apache-2.0")
+    licence = ORIGINAL_LICENSE if conversion else {"license": training.get("license") or "apache-2.0"}
     organ = index.get("organ") or training.get("organ") or "unspecified organ"
     stage = index.get("tumor_stage") or "unspecified"
     trained_on = training.get("data_description") or (
-        "converted from the authors' released DiffTumor checkpoint (see CONVERSION.md)"
-        if conversion
-        else "not recorded"
+        "converted from the authors' released DiffTumor checkpoint (see Provenance)" if conversion else "not recorded"
+    )
+    data = ModelCardData(
+        library_name="difftumor",
+        pipeline_tag="image-to-image",
+        tags=[*_COMMON_TAGS, "tumor-synthesis", "diffusers", f"{organ}-tumor"],
+        datasets=training.get("datasets") or None,
+        base_model=training.get("base_model") or None,
+        model_name=repo_id,
+        eval_results=_eval_results(folder, repo_id, "image-to-image"),
+        **licence,
     )
     lines = [
-        "---",
-        f"license: {license_id}",
-        "library_name: difftumor",
-        "tags:",
-        "- medical-imaging",
-        "- computed-tomography",
-        "- tumor-synthesis",
-        "- diffusers",
-        "- difftumor",
-        "---",
-        "",
         f"# {repo_id}",
         "",
         f"A DiffTumor tumour-inpainting pipeline (`TumorInpaintPipeline`) for **{stage}** {organ} tumours in CT.",
@@ -122,39 +180,48 @@ def model_card(folder: str | os.PathLike, repo_id: str) -> str:
         "",
         "or `difftumor synthesize CT --organ-mask MASK --organ liver --pipeline " + repo_id + " --out DIR`.",
         "",
+        "## Licence",
+        "",
     ]
     if conversion:
-        lines += ["## Provenance", "", conversion.replace("# Converted DiffTumor checkpoint", "").strip(), ""]
-    return "\n".join(lines)
+        lines += [
+            "These weights are the DiffTumor authors' (Chen et al., CVPR 2024), converted to this format; the "
+            f"authors' terms apply: {ORIGINAL_LICENSE['license_link']} (their code is CC BY-NC-ND 4.0).",
+            "",
+            "## Provenance",
+            "",
+            conversion.replace("# Converted DiffTumor checkpoint", "").strip(),
+            "",
+        ]
+    else:
+        lines += [f"{licence['license']}.", ""]
+    return _card(data, "\n".join(lines))
 
 
 def _is_segmentation_model(folder: Path) -> bool:
-    import json
-
-    config = folder / "config.json"
-    return config.exists() and json.loads(config.read_text()).get("_class_name") == "SegmentationModel"
+    return _read_json(folder / "config.json").get("_class_name") == "SegmentationModel"
 
 
 def segmentation_model_card(folder: str | os.PathLike, repo_id: str) -> str:
     """A model card for a :class:`SegmentationModel` folder (backbone, data handling, training provenance)."""
-    import json
+    from huggingface_hub import ModelCardData
 
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+    config = _read_json(folder / "config.json")
+    training = _read_json(folder / "training.json")
     synthesizer = training.get("synthesizer")
     synthesis = f"{synthesizer} synthetic tumours" if synthesizer not in (None, "none") else "real tumours only"
+    data = ModelCardData(
+        library_name="difftumor",
+        pipeline_tag="image-segmentation",
+        license=training.get("license", "apache-2.0"),
+        tags=[*_COMMON_TAGS, "segmentation", f"{config.get('organ', 'organ')}-tumor"],
+        datasets=training.get("datasets") or None,
+        base_model=training.get("pipeline") if "/" in str(training.get("pipeline", "")) else None,
+        model_name=repo_id,
+        eval_results=_eval_results(folder, repo_id, "image-segmentation"),
+    )
     lines = [
-        "---",
-        f"license: {training.get('license', 'apache-2.0')}",
-        "library_name: difftumor",
-        "tags:",
-        "- medical-imaging",
-        "- computed-tomography",
-        "- segmentation",
-        "- difftumor",
-        "---",
-        "",
         f"# {repo_id}",
         "",
         f"{config.get('organ', 'organ').capitalize()} and tumour segmentation ({config.get('backbone')} backbone), "
@@ -176,7 +243,7 @@ def segmentation_model_card(folder: str | os.PathLike, repo_id: str) -> str:
         f"`difftumor segment ct.nii.gz --model {repo_id} --out prediction.nii.gz`",
         "",
     ]
-    return "\n".join(lines)
+    return _card(data, "\n".join(lines))
 
 
 def push_pipeline_folder(
@@ -185,16 +252,16 @@ def push_pipeline_folder(
     token: str | None = None,
     private: bool = False,
     commit_message: str = "Upload TumorInpaintPipeline",
+    create_pr: bool = False,
+    revision: str | None = None,
 ) -> str:
     """Upload a pipeline or segmentation-model folder to the Hub with a generated model card (``README.md`` unless
-    the folder has one).
+    the folder has one), in **one** commit — on ``revision`` (a branch, created if missing) or as a pull request.
 
     Returns:
-        The URL of the commit.
+        The URL of the commit (or of the pull request).
     """
-    import tempfile
-
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     folder = Path(folder)
     if (folder / "model_index.json").exists():
@@ -208,20 +275,20 @@ def push_pipeline_folder(
         )
     if repo_id.count("/") != 1:
         raise DiffTumorInputError(f"repo id {repo_id!r} is not 'owner/name'", "e.g. my-lab/difftumor-liver-early")
+    operations = [
+        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)  # markers, temporaries
+    ]
+    if not (folder / "README.md").exists():
+        card = make_card(folder, repo_id).encode()
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
     api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as card_dir:
-        readme = folder / "README.md"
-        if not readme.exists():
-            readme = Path(card_dir) / "README.md"
-            readme.write_text(make_card(folder, repo_id))
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_file(
-            path_or_fileobj=str(readme), path_in_repo="README.md", repo_id=repo_id, commit_message="Add model card"
-        )
-        commit = api.upload_folder(
-            folder_path=str(folder),
-            repo_id=repo_id,
-            commit_message=commit_message,
-            ignore_patterns=["*.partial*", ".*"],
-        )
-    return str(getattr(commit, "commit_url", commit))
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision is not None and not create_pr:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    commit = api.create_commit(
+        repo_id, operations, commit_message=commit_message, revision=revision, create_pr=create_pr
+    )
+    return str(commit.pr_url if create_pr and commit.pr_url else commit.commit_url)

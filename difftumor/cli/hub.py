@@ -18,11 +18,13 @@ def push(
     repo_id: Annotated[str, typer.Argument(help="Hub repository, owner/name (created if missing).")],
     private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
     token: Annotated[str | None, typer.Option(help="Hub token (default: HF_TOKEN or the cached login).")] = None,
+    create_pr: Annotated[bool, typer.Option(help="Open a pull request instead of committing to the branch.")] = False,
+    revision: Annotated[str | None, typer.Option(help="Branch to commit to (created if missing).")] = None,
 ) -> None:
     """Upload a pipeline or segmentation model folder to the Hub with a generated model card."""
     from ..hub import push_pipeline_folder
 
-    url = push_pipeline_folder(folder, repo_id, token=token, private=private)
+    url = push_pipeline_folder(folder, repo_id, token=token, private=private, create_pr=create_pr, revision=revision)
     console.print(
         f"pushed {folder} to {repo_id} ({url}); load it with TumorInpaintPipeline.from_pretrained('{repo_id}')"
     )

@@ -9,6 +9,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from .autoencoder_blocks_3d import Decoder3D, Encoder3D, SamePadConv3d
 from .ema_codebook import EMACodebook
@@ -132,6 +133,7 @@ class VQModel3D(AlignedLoadingMixin, ModelMixin, ConfigMixin):
 
     # -- public API ------------------------------------------------------------------------------------------
 
+    @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> VQEncoderOutput3D | tuple[torch.Tensor]:
         """Encode ``x`` ``(B, in_channels, D, H, W)`` in [-1, 1] to continuous latents ``(B, C_latent, d, h, w)``."""
         latents = self.quant_conv(self._run(self.encoder, x))
@@ -149,6 +151,7 @@ class VQModel3D(AlignedLoadingMixin, ModelMixin, ConfigMixin):
             latents=quantized, indices=indices, commitment_loss=commitment_loss, perplexity=perplexity
         )
 
+    @apply_forward_hook
     def decode(
         self, latents: torch.Tensor, force_not_quantize: bool = False, return_dict: bool = True
     ) -> VQDecoderOutput3D | tuple[torch.Tensor]:
@@ -161,6 +164,7 @@ class VQModel3D(AlignedLoadingMixin, ModelMixin, ConfigMixin):
             latents = self.quantizer.lookup(self.quantizer.nearest(latents))
         return self._decode(latents, return_dict)
 
+    @apply_forward_hook
     def decode_indices(self, indices: torch.LongTensor, return_dict: bool = True) -> VQDecoderOutput3D | tuple:
         """Decode integer code indices ``(B, d, h, w)`` to a volume ``(B, in_channels, D, H, W)``."""
         return self._decode(self.quantizer.lookup(indices), return_dict)

@@ -179,6 +179,15 @@ class TumorSynthesisOnBatch:
 
 
 def _like(reference: Any, array: np.ndarray) -> Any:
+    """``array`` in the type of ``reference``: a MONAI ``MetaTensor`` keeps its affine, metadata and applied
+    operations (a painted crop is the same crop, so downstream inverses and savers still know where it lies)."""
     if isinstance(reference, torch.Tensor):
-        return torch.as_tensor(array, dtype=reference.dtype)
+        tensor = torch.as_tensor(array, dtype=reference.dtype, device=reference.device)
+        from monai.data import MetaTensor
+
+        if isinstance(reference, MetaTensor):
+            result = reference.clone()
+            result.set_array(tensor)
+            return result
+        return tensor
     return array.astype(np.asarray(reference).dtype)

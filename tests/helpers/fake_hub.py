@@ -14,7 +14,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 
 class FakeHub:
@@ -23,6 +23,7 @@ class FakeHub:
     def __init__(self):
         self.repos: dict[str, dict] = {}
         self.requests: list[str] = []
+        self.commits: list[dict] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -100,11 +101,17 @@ class FakeHub:
                         200,
                         {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
                     )
+                match = re.match(r"^/api/models/([^/]+/[^/]+)/branch/([^/]+)$", path)
+                if match:
+                    return self._json(200, {}) if match.group(1) in hub.repos else self._not_found()
                 match = re.match(r"^/api/models/([^/]+/[^/]+)/commit/([^/]+)$", path)
                 if match:
                     repo_id = match.group(1)
                     if repo_id not in hub.repos:
                         return self._not_found()
+                    query = parse_qs(urlparse(self.path).query)
+                    create_pr = query.get("create_pr", ["0"])[0] in ("1", "true", "True")
+                    revision = unquote(match.group(2))
                     files, deletions = {}, []
                     for line in body.decode().splitlines():
                         if not line.strip():
@@ -114,14 +121,22 @@ class FakeHub:
                             files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
                         elif item["key"] == "deletedFile":
                             deletions.append(item["value"]["path"])
-                    sha = hub._commit(repo_id, files, deletions)
+                    hub.commits.append(
+                        {"repo": repo_id, "revision": revision, "create_pr": create_pr, "files": sorted(files)}
+                    )
+                    if create_pr or revision != "main":  # kept aside: main is what downloads see
+                        hub.repos[repo_id].setdefault("refs", {}).setdefault(revision, {}).update(files)
+                        sha = hashlib.sha1(repr(sorted(files)).encode()).hexdigest()
+                    else:
+                        sha = hub._commit(repo_id, files, deletions)
+                    number = len(hub.commits)
                     return self._json(
                         200,
                         {
                             "commitOid": sha,
                             "commitUrl": f"{hub.url}/{repo_id}/commit/{sha}",
                             "success": True,
-                            "pullRequestUrl": None,
+                            "pullRequestUrl": f"{hub.url}/{repo_id}/discussions/{number}" if create_pr else None,
                         },
                     )
                 if path == "/api/validate-yaml":

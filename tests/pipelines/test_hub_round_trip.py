@@ -161,3 +161,49 @@ def _body():
     ct = np.full((20, 20, 12), -1000, np.int16)
     ct[2:18, 2:18, :] = 80
     return ct
+
+
+def test_push_is_one_commit_and_honours_create_pr_and_revision(tmp_path):
+    with FakeHub() as hub:
+        env = _env(hub, tmp_path)
+        script = (
+            "import sys; from tests.helpers.pipelines import tiny_pipeline; pipe = tiny_pipeline(seed=1)\n"
+            "print(pipe.push_to_hub('lab/one'))\n"
+            "print(pipe.push_to_hub('lab/one', create_pr=True))\n"
+            "print(pipe.push_to_hub('lab/one', revision='v2'))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=os.getcwd())
+        assert done.returncode == 0, done.stderr
+        commits = [c for c in hub.commits if c["repo"] == "lab/one"]
+        assert len(commits) == 3  # model files and card together, every time
+        for commit in commits:
+            assert {"README.md", "model_index.json", "unet/diffusion_pytorch_model.safetensors"} <= set(commit["files"])
+            assert not any(name.startswith(".") or "/." in name for name in commit["files"])
+        assert [(c["revision"], c["create_pr"]) for c in commits] == [("main", False), ("main", True), ("v2", False)]
+        assert "/discussions/" in done.stdout.splitlines()[1]
+
+
+def test_model_cards_round_trip_through_model_card_load(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from difftumor.hub import model_card
+
+    pipe = tiny_pipeline(seed=2)
+    pipe.save_pretrained(tmp_path / "trained")
+    (tmp_path / "trained" / "metrics.json").write_text(
+        '{"summary": {"tumor_dsc_mean": 0.41, "early_lesion_sensitivity": 0.5}}'
+    )
+    pipe.save_pretrained(tmp_path / "converted")
+    (tmp_path / "converted" / "CONVERSION.md").write_text("# Converted DiffTumor checkpoint\n\n- diffusion: x.pt\n")
+    for name in ("trained", "converted"):
+        (tmp_path / f"{name}.md").write_text(model_card(tmp_path / name, f"lab/{name}"))
+        card = ModelCard.load(tmp_path / f"{name}.md")
+        assert card.data.library_name == "difftumor" and card.data.pipeline_tag == "image-to-image"
+        assert "tumor-synthesis" in card.data.tags
+    converted = ModelCard.load(tmp_path / "converted.md").data
+    assert converted.license == "other" and converted.license_name and "DiffTumor" in converted.license_link
+    trained = ModelCard.load(tmp_path / "trained.md").data
+    assert {r.metric_type: r.metric_value for r in trained.eval_results} == {
+        "tumor_dsc_mean": 0.41,
+        "early_lesion_sensitivity": 0.5,
+    }

@@ -99,3 +99,25 @@ def test_probability_and_size_mix_are_respected(liver_crops):
     assert 10 <= counts <= 30
     with pytest.raises(Exception, match="invalid size mix"):
         TumorSynthesisOnBatch(size_mix={"early": -1.0})
+
+
+def test_monai_transform_keeps_meta_tensors_whether_or_not_it_paints(liver_crops):
+    from monai.data import MetaTensor
+
+    image, label = liver_crops[0]
+    affine = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    affine[:3, 3] = torch.tensor([-12.0, 30.0, 410.0])
+    data = {
+        "image": MetaTensor(image, affine=affine, meta={"filename_or_obj": "ct.nii.gz"}),
+        "label": MetaTensor(label, affine=affine, meta={"filename_or_obj": "label.nii.gz"}),
+    }
+    for prob in (1.0, 0.0):
+        transform = RandTumorSynthesisd(
+            keys=("image", "label"), synthesizer="handcrafted", organ="liver", prob=prob, size_mix={"small": 1.0}
+        )
+        transform.set_random_state(seed=3)
+        out = transform(data)
+        for key, name in (("image", "ct.nii.gz"), ("label", "label.nii.gz")):
+            assert isinstance(out[key], MetaTensor), (prob, key)
+            assert torch.equal(out[key].affine, affine) and out[key].meta["filename_or_obj"] == name
+        assert (prob == 1.0) == bool((out["label"] == 2).any())

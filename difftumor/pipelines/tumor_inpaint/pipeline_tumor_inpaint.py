@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,19 @@ from ...models.vq_model_3d import VQModel3D
 from ...schedulers import precise as _precise_schedulers  # noqa: F401
 from ...schedulers.registry import refusal
 from ...windowing import from_window, to_window
+
+
+def _as_batch(value: Any, name: str) -> torch.Tensor:
+    """A crop batch ``(B, 1, X, Y, Z)`` as a tensor, from a tensor or NumPy array (a single ``(X, Y, Z)`` crop
+    gets its batch and channel axes)."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise DiffTumorInputError(
+            f"{name} is a {type(value).__name__}", "pass a torch.Tensor or numpy.ndarray of shape (B, 1, X, Y, Z)"
+        )
+    return value[None, None] if value.dim() == 3 else value
+
 
 # MONAI volumes are (B, C, X, Y, Z); the models want the axial axis first: (B, C, Z, X, Y).
 _TO_MODEL_AXES = (0, 1, 4, 2, 3)
@@ -70,6 +84,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "vqmodel->unet->vqmodel"
+    _callback_tensor_inputs = ["latents", "condition", "noise_pred"]
 
     @register_to_config
     def __init__(
@@ -107,17 +122,37 @@ class TumorInpaintPipeline(DiffusionPipeline):
         return super().from_pretrained(local, **kwargs)
 
     def push_to_hub(
-        self, repo_id: str, token: str | None = None, private: bool = False, commit_message: str | None = None, **_
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool = False,
+        token: str | None = None,
+        create_pr: bool = False,
+        revision: str | None = None,
+        safe_serialization: bool = True,
+        variant: str | None = None,
     ) -> str:
-        """Save the pipeline and upload it to ``repo_id`` with a generated model card; returns the commit URL."""
+        """Save the pipeline and upload it to ``repo_id`` with a generated model card in one commit (on ``revision``
+        or as a pull request with ``create_pr``); returns the commit or pull-request URL."""
         import tempfile
 
         from ...hub import push_pipeline_folder
 
+        if not safe_serialization or variant is not None:
+            raise DiffTumorInputError(
+                "difftumor pipelines are shared as safetensors without variants",
+                "drop safe_serialization=False / variant",
+            )
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder)
             return push_pipeline_folder(
-                folder, repo_id, token=token, private=private, commit_message=commit_message or "Upload pipeline"
+                folder,
+                repo_id,
+                token=token,
+                private=private,
+                commit_message=commit_message or "Upload pipeline",
+                create_pr=create_pr,
+                revision=revision,
             )
 
     def synthesize_ct(
@@ -232,31 +267,48 @@ class TumorInpaintPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        image: torch.Tensor,
-        tumor_mask: torch.Tensor,
+        image: torch.Tensor | np.ndarray,
+        tumor_mask: torch.Tensor | np.ndarray,
         num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         blur_sigma: float | list[float] | None = None,
+        output_type: str = "pt",
         return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> TumorInpaintPipelineOutput | tuple:
         r"""Synthesise a tumour in each crop.
 
         Args:
-            image (`torch.Tensor` of shape `(B, 1, X, Y, Z)`): CT crops in HU, in MONAI's RAS working space
-                (1 mm voxels, 96³ for the released models).
-            tumor_mask (`torch.Tensor` of shape `(B, 1, X, Y, Z)`): where to put the tumour (bool or {0, 1}).
+            image (`torch.Tensor` or `np.ndarray` of shape `(B, 1, X, Y, Z)`, or `(X, Y, Z)` for one crop): CT crops
+                in HU, in MONAI's RAS working space (1 mm voxels, 96³ for the released models).
+            tumor_mask (same type and shape as `image`): where to put the tumour (bool or {0, 1}).
             num_inference_steps (`int`, *optional*): sampler steps; defaults to the pipeline's
                 ``default_num_inference_steps`` (T = 4 for early-tumour models).
             generator (`torch.Generator`, *optional*): controls every random draw (noise, blur radius).
             latents (`torch.Tensor`, *optional*): initial noise ``(B, C, Z/f, X/f, Y/f)`` (model axis order).
             blur_sigma (`float` or list, *optional*): σ in voxels of the blending blur per crop; drawn from U(0, 4)
                 (the original's range) when omitted.
+            output_type (`str`): ``"pt"`` (torch tensors, default) or ``"np"`` (NumPy arrays) for every output.
             return_dict (`bool`): return a :class:`TumorInpaintPipelineOutput` instead of a tuple.
+            callback_on_step_end (`Callable`, *optional*): diffusers' step callback,
+                ``callback(pipe, step_index, timestep, callback_kwargs) -> dict``; it receives the tensors named in
+                ``callback_on_step_end_tensor_inputs`` (``"latents"`` by default) and may return replacements.
 
         Returns:
             :class:`TumorInpaintPipelineOutput` (HU crops, decoded crops, blend weights, final latents).
         """
+        if output_type not in ("pt", "np"):
+            raise DiffTumorInputError(f"output_type {output_type!r} is not supported", "use 'pt' or 'np'")
+        image, tumor_mask = _as_batch(image, "image"), _as_batch(tumor_mask, "tumor_mask")
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise DiffTumorInputError(
+                f"callback_on_step_end_tensor_inputs {unknown} are not available",
+                f"choose from {self._callback_tensor_inputs}",
+            )
         num_inference_steps = num_inference_steps or self.config.default_num_inference_steps
         self.check_inputs(image, tumor_mask, num_inference_steps)
         device, dtype = self._execution_device, self.unet.dtype
@@ -283,10 +335,15 @@ class TumorInpaintPipeline(DiffusionPipeline):
             )
         extra = step_kwargs(self.scheduler, generator)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for timestep in timesteps:
+            for index, timestep in enumerate(timesteps):
                 model_input = self.scheduler.scale_model_input(latents, timestep)
                 noise_pred = self.unet(model_input, timestep, condition).sample
                 latents = self.scheduler.step(noise_pred, timestep, latents, **extra).prev_sample
+                if callback_on_step_end is not None:
+                    available = {"latents": latents, "condition": condition, "noise_pred": noise_pred}
+                    returned = callback_on_step_end(self, index, timestep, {k: available[k] for k in tensor_inputs})
+                    latents = (returned or {}).get("latents", latents)
+                    condition = (returned or {}).get("condition", condition)
                 progress_bar.update()
 
         decoded = self.vqmodel.decode(self.vqmodel.denormalize_latents(latents)).sample
@@ -300,6 +357,10 @@ class TumorInpaintPipeline(DiffusionPipeline):
         output = TumorInpaintPipelineOutput(
             images=images, decoded=decoded, blend_weights=torch.from_numpy(weights).float(), latents=latents
         )
+        if output_type == "np":
+            output = TumorInpaintPipelineOutput(
+                **{name: value.detach().float().cpu().numpy() for name, value in output.items()}
+            )
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
 
