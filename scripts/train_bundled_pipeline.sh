@@ -24,12 +24,12 @@ json.dump(lits, open(f"{folder}/autoencoder.json", "w"), indent=1)
 PY
 
 # 2. Autoencoder on patient A + the LiTS upper half.
-difftumor train autoencoder --config "$repo/configs/autoencoder_tiny_cpu.yaml" \
+difftumor train autoencoder --config tiny_cpu \
     --set run.output_dir="$work/autoencoder" --set data.datalist="$work/data/autoencoder.json" \
     --set run.max_steps=1200 --set loss.discriminator_start_step=700 --set run.checkpoint_every=200
 
 # 3. Early-tumour diffusion model on the real tumours of the LiTS upper half (one annotated CT).
-difftumor train diffusion --config "$repo/configs/diffusion_tiny_cpu.yaml" \
+difftumor train diffusion --config tiny_cpu \
     --set run.output_dir="$work/diffusion" --set data.datalist="$work/data/lits_early.json" \
     --set vqmodel="$work/autoencoder/vqmodel" --set run.max_steps=4500 --set run.checkpoint_every=500
 

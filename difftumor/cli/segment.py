@@ -13,10 +13,10 @@ from .app import app, console
 
 @app.command()
 def segment(
-    ct: Annotated[Path, typer.Argument(help="CT: NIfTI file or DICOM series folder (any orientation/spacing).")],
+    ct: Annotated[Path, typer.Argument(help="CT (NIfTI file or DICOM series folder), or a folder of NIfTI CTs.")],
     model: Annotated[str, typer.Option(help="Segmentation model folder or Hub repo id.")],
-    out: Annotated[Path, typer.Option(help="Prediction file to write (.nii.gz): 0 background, 1 organ, 2 tumour.")],
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    out: Annotated[Path, typer.Option(help="Prediction .nii.gz (one CT), or a folder (one <case>.nii.gz per CT).")],
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
     postprocess: Annotated[
         bool, typer.Option(help="Drop tiny tumour components and tumours not touching the organ.")
@@ -25,56 +25,43 @@ def segment(
     restrict_to_organ: Annotated[
         bool, typer.Option(help="Remove tumour components that do not touch the organ.")
     ] = True,
-    overwrite: Annotated[bool, typer.Option(help="Replace a prediction difftumor wrote earlier.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace predictions difftumor wrote earlier.")] = False,
+    continue_: Annotated[
+        bool, typer.Option("--continue", help="Skip cases whose prediction is already written (folders).")
+    ] = False,
     series: Annotated[
         str | None, typer.Option(help="DICOM SeriesInstanceUID, when the CT folder holds several series.")
     ] = None,
 ) -> None:
-    """Segment organ and tumours with sliding-window inference; the prediction is written on the input grid."""
-    from ..atomic import atomic_file, check_output
-    from ..data.volumes import check_hounsfield, load_volume, save_volume
-    from ..hub import resolve_pipeline_folder
-    from ..segmentation import SegmentationModel, segment_volume
+    """Segment organ and tumours with sliding-window inference; predictions are written on each input's grid, with
+    label names for 3D Slicer and ITK-SNAP beside them (.labels.json, .ctbl, .itksnap.txt)."""
+    from ..segmentation.run import segment_cases
+    from .synthesize import _LazyProgress
 
-    if not out.name.endswith((".nii", ".nii.gz")):
-        raise DiffTumorInputError(f"output {out} is not a .nii/.nii.gz name", "e.g. --out prediction.nii.gz")
-    inputs = (ct, model if Path(model).exists() else None)
-    check_output(out, "file", inputs, overwrite, kind="segmentation")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DiffTumorInputError("CUDA is not available on this machine", "use --device cpu")
-    volume = load_volume(ct, "CT", series=series)
-    check_hounsfield(volume)
-    folder = Path(model) if Path(model).is_dir() else Path(resolve_pipeline_folder(model))
-    if not (folder / "config.json").exists():
-        raise DiffTumorInputError(
-            f"{model} is not a segmentation model folder (no config.json)",
-            "pass a folder written by `difftumor train segmentation`",
+    if not 0.0 <= overlap < 1.0:
+        raise DiffTumorInputError(f"--overlap {overlap} is not in [0, 1)", "e.g. 0.5")
+    with _LazyProgress("segment") as progress:
+        summaries = segment_cases(
+            ct,
+            out,
+            model,
+            device=device,
+            overwrite=overwrite,
+            resume=continue_,
+            series=series,
+            progress=lambda done, total, name: progress.update(done, total, "segment"),
+            overlap=overlap,
+            postprocessing=postprocess,
+            min_tumor_radius_mm=min_tumor_radius_mm,
+            restrict_to_organ=restrict_to_organ,
         )
-    try:
-        network = SegmentationModel.from_pretrained(folder)
-    except Exception as error:  # noqa: BLE001 — diffusers raises many types for broken folders
-        raise DiffTumorInputError(
-            f"cannot load the segmentation model {model} ({str(error).splitlines()[0][:150]})",
-            "the folder may be incomplete; re-download or retrain it",
-        ) from None
-    labels = segment_volume(
-        network,
-        volume,
-        overlap=overlap,
-        device=device,
-        postprocessing=postprocess,
-        min_tumor_radius_mm=min_tumor_radius_mm,
-        restrict_to_organ=restrict_to_organ,
-    )
-    with atomic_file(out, overwrite, inputs, kind="segmentation") as temporary:
-        save_volume(labels, volume, temporary, description="difftumor segmentation")
-    console.print(
-        f"wrote {out}: {int((labels == 1).sum())} organ and {int((labels == 2).sum())} tumour voxels "
-        f"on the input grid {volume.shape}"
-    )
+    for summary in summaries:
+        console.print(
+            f"wrote {summary['out']}: {summary['organ_voxels']} organ and {summary['tumour_voxels']} tumour voxels "
+            f"on the input grid {tuple(summary['shape'])}"
+        )
+    if not summaries:
+        console.print(f"nothing to do: every prediction in {out} is already written")
 
 
 @app.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,7 +13,9 @@ train_app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see configs/).")]
+ConfigOption = Annotated[
+    str | None, typer.Option("--config", "-c", help="YAML config file, or a packaged one: released, tiny_cpu.")
+]
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key: --set optim.lr=1e-4 (repeatable).")
 ]

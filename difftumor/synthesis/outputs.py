@@ -14,10 +14,19 @@ from scipy import ndimage
 from .. import __version__
 from ..atomic import atomic_folder
 from ..data.volumes import Volume, save_volume
+from ..label_descriptions import write_label_descriptions
 from ..windowing import DEFAULT_WINDOW
 from .engine import SynthesisResult, SynthesizedTumor
 
-OUTPUT_FILES = ("ct.nii.gz", "label.nii.gz", "tumors.json", "preview.png")
+OUTPUT_FILES = (
+    "ct.nii.gz",
+    "label.nii.gz",
+    "label.labels.json",
+    "label.ctbl",
+    "label.itksnap.txt",
+    "tumors.json",
+    "preview.png",
+)
 _PANEL = 160  # pixels per preview panel
 
 
@@ -71,6 +80,23 @@ def manifest(
     }
 
 
+def label_names(labels: np.ndarray, tumor_label: int, manifest_data: dict[str, Any]) -> dict[int, str]:
+    """Names of the labels in a synthesis label map: the organ, its tumour, and the other structures by number."""
+    organ = manifest_data.get("input", {}).get("organ", "organ")
+    organ_label = manifest_data.get("input", {}).get("organ_label") or 1
+    names = {0: "background"}
+    for value in np.unique(labels):
+        value = int(value)
+        if value == tumor_label:
+            names[value] = f"{organ} tumour"
+        elif value == organ_label:
+            names[value] = organ
+        elif value:
+            names[value] = f"label {value}"
+    names.setdefault(tumor_label, f"{organ} tumour")
+    return names
+
+
 def write_outputs(
     out: str | os.PathLike,
     result: SynthesisResult,
@@ -89,6 +115,7 @@ def write_outputs(
         elif labels.dtype.kind == "f":
             labels = labels.astype(np.int16)
         save_volume(labels, ct, folder / "label.nii.gz")
+        write_label_descriptions(folder / "label.nii.gz", label_names(labels, result.tumor_label, manifest_data))
         preview_image(result.tumors).save(folder / "preview.png")
         (folder / "tumors.json").write_text(json.dumps(manifest_data, indent=2) + "\n")
     return Path(out)

@@ -58,7 +58,7 @@ class AutoencoderOptim:
 
 @dataclass
 class AutoencoderConfig:
-    """``difftumor train autoencoder`` configuration (see ``configs/autoencoder_*.yaml``)."""
+    """``difftumor train autoencoder`` configuration (examples: ``--config released|tiny_cpu``)."""
 
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -309,4 +309,4 @@ def train_autoencoder(
 
 
 def load_autoencoder_config(path, overrides) -> AutoencoderConfig:
-    return load_config(AutoencoderConfig, path, overrides)
+    return load_config(AutoencoderConfig, path, overrides, trainer="autoencoder")

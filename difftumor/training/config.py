@@ -151,13 +151,37 @@ def build(schema: type[T], raw: dict[str, Any], prefix: str = "") -> T:
     return instance
 
 
-def load_config(schema: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None) -> T:
-    """Read a YAML config (optional), apply overrides, build ``schema``."""
+#: Example configurations shipped inside the package: ``<trainer>_<name>.yaml``.
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def packaged_config_names(trainer: str) -> list[str]:
+    """Names usable as ``--config NAME`` for ``trainer`` (e.g. ``released``, ``tiny_cpu``)."""
+    return sorted(path.stem[len(trainer) + 1 :] for path in PACKAGED_CONFIGS.glob(f"{trainer}_*.yaml"))
+
+
+def resolve_config(path: str | os.PathLike, trainer: str | None = None) -> Path:
+    """A config file path: the path itself when it exists, else a packaged config named ``path`` for ``trainer``."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    name = str(path)
+    if trainer is not None and "/" not in name and not name.endswith((".yaml", ".yml")):
+        packaged = PACKAGED_CONFIGS / f"{trainer}_{name}.yaml"
+        if packaged.is_file():
+            return packaged
+    names = ", ".join(packaged_config_names(trainer)) if trainer else "released, tiny_cpu"
+    raise DiffTumorInputError(f"config {path} does not exist", f"pass a YAML file or a packaged config name ({names})")
+
+
+def load_config(
+    schema: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None, trainer: str | None = None
+) -> T:
+    """Read a YAML config (a file, or the name of a packaged one for ``trainer``), apply overrides, build
+    ``schema``."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise DiffTumorInputError(f"config {path} does not exist", "see configs/ for examples")
+        path = resolve_config(path, trainer)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:

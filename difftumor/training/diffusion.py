@@ -61,7 +61,7 @@ class EMASection:
 
 @dataclass
 class DiffusionConfig:
-    """``difftumor train diffusion`` configuration (see ``configs/diffusion_*.yaml``)."""
+    """``difftumor train diffusion`` configuration (examples: ``--config released|tiny_cpu``)."""
 
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -286,4 +286,4 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple
 
 
 def load_diffusion_config(path, overrides) -> DiffusionConfig:
-    return load_config(DiffusionConfig, path, overrides)
+    return load_config(DiffusionConfig, path, overrides, trainer="diffusion")

@@ -249,7 +249,13 @@ class TrainingRun:
         if self.run.logger == "csv":
             self.tracker = CSVTracker(self.output_dir)
         elif self.run.logger == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise DiffTumorInputError(
+                    "run.logger=tensorboard needs the tensorboard package",
+                    "pip install 'difftumor[tensorboard]', or use run.logger=csv",
+                ) from None
 
             self.tracker = SummaryWriter(str(self.output_dir / "tensorboard"))
 

@@ -73,7 +73,7 @@ class ValidationSection:
 
 @dataclass
 class SegmentationConfig:
-    """``difftumor train segmentation`` configuration (see ``configs/segmentation_*.yaml``)."""
+    """``difftumor train segmentation`` configuration (examples: ``--config released|tiny_cpu``)."""
 
     run: RunConfig = field(default_factory=RunConfig)
     data: SegmentationData = field(default_factory=SegmentationData)
@@ -307,4 +307,4 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
 
 
 def load_segmentation_config(path, overrides) -> SegmentationConfig:
-    return load_config(SegmentationConfig, path, overrides)
+    return load_config(SegmentationConfig, path, overrides, trainer="segmentation")

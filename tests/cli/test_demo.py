@@ -9,6 +9,7 @@ import numpy as np
 
 from difftumor.assets import BUNDLED_PIPELINE, DEMO_CASE, bundled_pipeline_path
 from difftumor.cli.main import main as cli
+from difftumor.synthesis.outputs import OUTPUT_FILES
 
 
 def test_demo_writes_the_synthesize_outputs_with_the_bundled_pipeline(tmp_path, capsys):
@@ -16,13 +17,11 @@ def test_demo_writes_the_synthesize_outputs_with_the_bundled_pipeline(tmp_path, 
     assert cli(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert "bundled demo pipeline" in printed.err and "wrote" in printed.out
-    assert sorted(p.name for p in out.iterdir()) == [
-        ".difftumor",
-        "ct.nii.gz",
-        "label.nii.gz",
-        "preview.png",
-        "tumors.json",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted([".difftumor", *OUTPUT_FILES])
+    assert json.loads((out / "label.labels.json").read_text())["5"] == "liver"
+    assert (
+        "liver tumour" in (out / "label.itksnap.txt").read_text() and "liver_tumour" in (out / "label.ctbl").read_text()
+    )
     manifest = json.loads((out / "tumors.json").read_text())
     assert manifest["synthesizer"] == "diffusion" and manifest["model_id"] == str(BUNDLED_PIPELINE)
     assert len(manifest["tumors"]) == 3 and all(t["size_class"] == "small" for t in manifest["tumors"])

@@ -97,3 +97,32 @@ def test_segment_errors(tiny_model, tmp_path, capsys):
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_folder_in_folder_out_with_continue_device_auto_and_label_names(tiny_model, tmp_path, capsys):
+    import json
+
+    from difftumor.assets import DEMO_CASE
+
+    source = nib.load(str(DEMO_CASE / "ct.nii.gz"))
+    cts = tmp_path / "cts"
+    cts.mkdir()
+    for name, start in (("a", 0), ("b", 40)):
+        array = np.asanyarray(source.dataobj)[40:72, 30:62, start : start + 24].astype(np.int16)
+        nib.save(nib.Nifti1Image(array, source.affine), str(cts / f"{name}.nii.gz"))
+    out = tmp_path / "predictions"
+    arguments = ["segment", str(cts), "--model", str(tiny_model), "--out", str(out)]
+    assert cli(arguments) == 0  # --device auto: the CPU here
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(
+        [".difftumor"] + [f"{c}{s}" for c in "ab" for s in (".nii.gz", ".labels.json", ".ctbl", ".itksnap.txt")]
+    )
+    assert json.loads((out / "a.labels.json").read_text()) == {"0": "background", "1": "liver", "2": "liver tumour"}
+    first = (out / "a.nii.gz").stat().st_mtime_ns
+    (out / "b.nii.gz").unlink()
+    assert cli([*arguments, "--continue"]) == 0  # only b again
+    assert (out / "a.nii.gz").stat().st_mtime_ns == first and (out / "b.nii.gz").exists()
+    assert cli(arguments) == 2  # without --continue or --overwrite an existing prediction is kept
+    assert "already exists" in capsys.readouterr().err
+    assert cli([*arguments[:-1], str(tmp_path / "one.nii.gz")]) == 2  # a folder of CTs into one file
+    assert "pass a folder for --out" in capsys.readouterr().err

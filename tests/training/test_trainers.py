@@ -331,7 +331,10 @@ def test_every_example_config_is_valid():
         "diffusion": load_diffusion_config,
         "segmentation": load_segmentation_config,
     }
-    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    configs = sorted((Path(__file__).resolve().parents[2] / "difftumor" / "configs").glob("*.yaml"))
     assert len(configs) == 6
     for path in configs:
         loaders[path.name.split("_")[0]](path, [])
+    for loader in loaders.values():  # packaged configs by name, as `--config released` takes them
+        for name in ("released", "tiny_cpu"):
+            loader(name, [])
