@@ -58,6 +58,7 @@ class SynthesizedTumor:
     crop: np.ndarray | None = field(default=None, repr=False)
     crop_mask: np.ndarray | None = field(default=None, repr=False)
     crop_center: tuple[int, int, int] | None = None
+    crop_before: np.ndarray | None = field(default=None, repr=False)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -349,6 +350,7 @@ def _paint(
                 crop=painted[position],
                 crop_mask=tumor_masks[position],
                 crop_center=tuple(int(round(v)) for v in center_working - np.asarray(box.start)),
+                crop_before=batch.images[position, 0].numpy(),
             )
         )
     return records

@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
-from scipy import ndimage
 
 from .. import __version__
 from ..atomic import atomic_folder
 from ..data.volumes import Volume, save_volume
 from ..label_descriptions import write_label_descriptions
-from ..windowing import DEFAULT_WINDOW
-from .engine import SynthesisResult, SynthesizedTumor
+from .engine import SynthesisResult
+from .preview import preview_image
 
 OUTPUT_FILES = (
     "ct.nii.gz",
@@ -27,43 +25,6 @@ OUTPUT_FILES = (
     "tumors.json",
     "preview.png",
 )
-_PANEL = 160  # pixels per preview panel
-
-
-def _to_grey(plane: np.ndarray, window: tuple[float, float] = DEFAULT_WINDOW) -> np.ndarray:
-    low, high = window
-    return (np.clip((plane - low) / (high - low), 0, 1) * 255).astype(np.uint8)
-
-
-def _panel(plane: np.ndarray, mask: np.ndarray) -> Image.Image:
-    """One preview panel: a plane (first array axis = image x) with the tumour contour in red, radiological up."""
-    grey = _to_grey(plane).T[::-1]  # rows = second axis, superior/anterior at the top
-    contour = (mask & ~ndimage.binary_erosion(mask)).T[::-1]
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    rgb[contour] = (255, 40, 40)
-    return Image.fromarray(rgb).resize((_PANEL, _PANEL), Image.NEAREST)
-
-
-def preview_image(tumors: list[SynthesizedTumor]) -> Image.Image:
-    """Axial, coronal and sagittal planes through each tumour's centre (1 mm RAS working crop), contour in red."""
-    labels = ("axial", "coronal", "sagittal")
-    header = 18
-    sheet = Image.new("RGB", (3 * _PANEL, max(1, len(tumors)) * (_PANEL + header)), (0, 0, 0))
-    draw = ImageDraw.Draw(sheet)
-    for row, tumor in enumerate(tumors):
-        x, y, z = tumor.crop_center
-        crop, mask = tumor.crop, tumor.crop_mask
-        planes = ((crop[:, :, z], mask[:, :, z]), (crop[:, y, :], mask[:, y, :]), (crop[x, :, :], mask[x, :, :]))
-        top = row * (_PANEL + header)
-        draw.text(
-            (4, top + 3),
-            f"tumour {tumor.index}: {tumor.size_class}, {tumor.diameter_mm:.1f} mm, {tumor.synthesizer}",
-            fill=(255, 255, 255),
-        )
-        for column, ((plane, plane_mask), name) in enumerate(zip(planes, labels)):
-            sheet.paste(_panel(plane, plane_mask), (column * _PANEL, top + header))
-            draw.text((column * _PANEL + 4, top + header + 3), name, fill=(255, 220, 0))
-    return sheet
 
 
 def manifest(
@@ -116,6 +77,6 @@ def write_outputs(
             labels = labels.astype(np.int16)
         save_volume(labels, ct, folder / "label.nii.gz")
         write_label_descriptions(folder / "label.nii.gz", label_names(labels, result.tumor_label, manifest_data))
-        preview_image(result.tumors).save(folder / "preview.png")
+        preview_image(result.tumors, result.ct, ct.affine).save(folder / "preview.png")
         (folder / "tumors.json").write_text(json.dumps(manifest_data, indent=2) + "\n")
     return Path(out)

@@ -60,3 +60,19 @@ def test_bundled_pipeline_is_small_and_documented():
     card = (BUNDLED_PIPELINE / "README.md").read_text()
     assert "demo quality" in card.lower() and "scripts/train_bundled_pipeline.sh" in card
     assert not list(BUNDLED_PIPELINE.rglob("*.bin")) and list(BUNDLED_PIPELINE.rglob("*.safetensors"))
+
+
+def test_preview_is_radiological_with_letters_and_before_after():
+    from difftumor.synthesis.preview import PANEL, _panel
+
+    plane = np.full((40, 30), -1000.0)  # (x, y) of a RAS+ volume: x grows towards the patient's right
+    plane[35:, 12:18] = 200.0  # something bright on the patient's right
+    mask = np.zeros_like(plane, dtype=bool)
+    mask[18:22, 13:17] = True
+    panel = np.asarray(_panel(plane, mask, "axial", (1.0, 1.0)))
+    assert panel.shape == (PANEL, PANEL, 3)
+    bright = np.argwhere(panel[..., 0] > 200)
+    bright = bright[(panel[bright[:, 0], bright[:, 1], 1] > 200)]  # white, not the red outline or letters
+    assert bright[:, 1].mean() < PANEL / 3  # patient right on the image left
+    red = (panel[..., 0] > 200) & (panel[..., 1] < 100)
+    assert red.any()

@@ -23,4 +23,4 @@ def test_shortened_experiment_runs_end_to_end(tmp_path, data_dir):
         assert metrics["summary"]["positive_cases"] == 1 and metrics["summary"]["lesion_counts"]["all"]["total"] > 5
         info = json.loads((tmp_path / f"model_{model}" / "model" / "training.json").read_text())
         assert info["steps"] == 2
-    assert "| tumour DSC (%) |" in result.stdout
+    assert "| tumour DSC (%), global |" in result.stdout
