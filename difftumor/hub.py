@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import DiffTumorInputError
+
+
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` has the form of a Hub repo id (``owner/name``) rather than a path."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name) is not None and ".." not in name
 
 
 def resolve_pipeline_folder(
@@ -26,9 +32,9 @@ def resolve_pipeline_folder(
     if path.exists():
         raise DiffTumorInputError(f"pipeline path {path} is a file", "pass the pipeline folder (with model_index.json)")
     name = str(name_or_path)
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+    if not is_repo_id(name):
         raise DiffTumorInputError(
-            f"pipeline {name} is neither a folder nor a Hub repo id (owner/name)",
+            f"folder {name} does not exist (and it is not a Hub repo id owner/name)",
             "check the path, or pass a repo id such as 'owner/difftumor-liver-early'",
         )
     from huggingface_hub import snapshot_download

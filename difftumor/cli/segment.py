@@ -66,8 +66,10 @@ def segment(
 
 @app.command()
 def evaluate(
-    pred: Annotated[Path, typer.Option(help="Folder of predictions (0 background, 1 organ, 2 tumour).")],
-    truth: Annotated[Path, typer.Option(help="Folder of ground-truth label maps (same file names).")],
+    pred: Annotated[
+        Path, typer.Option(help="Folder of predictions (0 background, 1 organ, 2 tumour), or one prediction file.")
+    ],
+    truth: Annotated[Path, typer.Option(help="Folder of ground-truth label maps (same file names), or one file.")],
     out: Annotated[Path, typer.Option(help="metrics.json to write.")],
     truth_labels: Annotated[str, typer.Option(help="Truth label ids: internal, lits, msd or kits.")] = "internal",
     organ: Annotated[str | None, typer.Option(help="Organ name (recorded in metrics.json).")] = None,

@@ -119,11 +119,15 @@ def synthesize(
     validate_request(request)
     engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device)
     with _LazyProgress(f"{synthesizer} tumours") as progress:
-        data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update)
+        data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update, warn=_warn)
     sizes = ", ".join(f"{t['size_class']} {t['diameter_mm']:.1f} mm" for t in data["tumors"])
     console.print(
         f"wrote {out}: {len(data['tumors'])} tumour(s) ({sizes}); ct.nii.gz, label.nii.gz, tumors.json, preview.png"
     )
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"warning: {message}", markup=False)
 
 
 class _LazyProgress:

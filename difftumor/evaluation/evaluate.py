@@ -77,8 +77,13 @@ def evaluate_folders(
         raise DiffTumorInputError(f"--connectivity {connectivity}", "use 26 (default) or 6 (the original's rule)")
     prediction_dir, truth_dir = Path(prediction_dir), Path(truth_dir)
     for folder, what in ((prediction_dir, "prediction"), (truth_dir, "truth")):
-        if not folder.is_dir():
-            raise DiffTumorInputError(f"{what} folder {folder} does not exist", "check the path")
+        if not folder.exists():
+            raise DiffTumorInputError(f"{what} {folder} does not exist", "check the path")
+    if prediction_dir.is_file() != truth_dir.is_file():
+        raise DiffTumorInputError(
+            "--pred and --truth must both be folders (paired by file name) or both be files",
+            "pass two folders, or one prediction file and its truth file",
+        )
     check_output(out, "file", (prediction_dir, truth_dir), overwrite, kind="metrics")
     if truth_labels not in TRUTH_LABELS:
         raise DiffTumorInputError(
@@ -89,7 +94,11 @@ def evaluate_folders(
         scheme["organ"] = (organ_label,)
     if tumor_label is not None:
         scheme["tumor"] = (tumor_label,)
-    predictions, truths = _nifti(prediction_dir), _nifti(truth_dir)
+    if prediction_dir.is_file():
+        name = _case_name(truth_dir)
+        predictions, truths = {name: prediction_dir}, {name: truth_dir}
+    else:
+        predictions, truths = _nifti(prediction_dir), _nifti(truth_dir)
     names = sorted(set(predictions) & set(truths))
     if not names:
         raise DiffTumorInputError(
@@ -103,6 +112,14 @@ def evaluate_folders(
         predicted = prediction.array
         if predicted.shape != truth.shape or not np.allclose(prediction.affine, truth.affine, atol=1e-3):
             predicted = sample(predicted, prediction.affine, truth.affine, truth.shape, order=0)
+        unknown = sorted({int(v) for v in np.unique(truth.array)} - {0, *scheme["organ"], *scheme["tumor"]})
+        if unknown:
+            raise DiffTumorInputError(
+                f"truth {truths[name].name} holds label(s) {unknown} that the {truth_labels!r} scheme does not map "
+                f"(organ {list(scheme['organ'])}, tumour {list(scheme['tumor'])})",
+                "labels from `difftumor data prepare` (3 = mid/late tumour) need --truth-labels internal; "
+                "or say which ids are what with --organ-label / --tumor-label",
+            )
         internal = np.zeros(truth.shape, np.uint8)
         internal[np.isin(truth.array, scheme["organ"])] = 1
         internal[np.isin(truth.array, scheme["tumor"])] = 2

@@ -43,6 +43,7 @@ def synthesize_case(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     inputs: Sequence[str | os.PathLike] = (),
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Load, synthesise and write one case; returns its manifest. Nothing is written if anything fails; the
     output may not touch the case's files or any of ``inputs`` (e.g. the other cases of a batch)."""
@@ -63,6 +64,7 @@ def synthesize_case(
         centers_mm=request.centers_mm,
         tumor_label=request.tumor_label,
         progress=progress,
+        warn=warn,
     )
     settings = {
         "seed": request.seed,

@@ -21,6 +21,7 @@ from scipy import ndimage
 from ..data.volumes import Volume, check_hounsfield
 from ..errors import DiffTumorInputError
 from .geometry import (
+    EARLY,
     ORGANS,
     PlacedTumor,
     TumorSpec,
@@ -83,6 +84,8 @@ class SynthesisResult:
     tumor_label: int
     tumors: list[SynthesizedTumor]
     changed_voxels: int
+    #: plausibility warnings about the inputs (also logged), e.g. an organ whose HU or volume does not fit its name
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -137,9 +140,60 @@ def organ_mask_on_ct_grid(mask: Volume, ct: Volume, organ_label: int | None) -> 
     elif organ_label not in present:
         raise DiffTumorInputError(
             f"organ mask {mask.path} has no voxels with label {organ_label}",
-            f"labels present: {', '.join(map(str, present[:12]))}",
+            f"labels present ({len(present)}): {', '.join(map(str, present[:12]))}{', …' if len(present) > 12 else ''}",
         )
     return labels, labels == organ_label, organ_label
+
+
+#: What each organ looks like in an adult abdominal CT, loosely (non-contrast to portal-venous phase, whole organs):
+#: median HU inside the mask and volume in mL (both kidneys together at most). Outside these, the mask very likely
+#: marks another structure or belongs to another scan; only a warning, because a partial field of view is legitimate.
+PLAUSIBLE_ORGANS = {
+    "liver": {"hu": (20.0, 220.0), "ml": (500.0, 4000.0)},
+    "pancreas": {"hu": (-20.0, 220.0), "ml": (20.0, 250.0)},
+    "kidney": {"hu": (0.0, 300.0), "ml": (50.0, 700.0)},
+}
+
+
+def organ_plausibility(organ: str, values: np.ndarray, organ_ml: float) -> list[str]:
+    """Warnings when the masked voxels do not look like ``organ``: median HU or volume outside
+    :data:`PLAUSIBLE_ORGANS` (e.g. the spleen's label given as the liver, a mask of another scan)."""
+    ranges = PLAUSIBLE_ORGANS.get(organ)
+    if ranges is None or values.size == 0:
+        return []
+    median = float(np.median(values))
+    messages = []
+    low, high = ranges["hu"]
+    if not low <= median <= high:
+        messages.append(
+            f"the masked {organ} has a median of {median:.0f} HU, outside {low:.0f}…{high:.0f} HU for a {organ}: "
+            "check --organ-label and that the mask belongs to this CT"
+        )
+    low, high = ranges["ml"]
+    if not low <= organ_ml <= high:
+        messages.append(
+            f"the masked {organ} is {organ_ml:.0f} mL, outside {low:.0f}…{high:.0f} mL for a whole {organ}: "
+            "check --organ-label (or ignore this for a partial field of view)"
+        )
+    return messages
+
+
+def _check_capacity(organ: str, organ_ml: float, spec_class: str, parsed: str | float, count: int) -> None:
+    """Refuse at once what cannot fit: ``count`` of the smallest tumours of the class filling over half the organ
+    (placement would otherwise try for minutes before giving up)."""
+    from .geometry import SIZE_CLASSES
+
+    if isinstance(parsed, str):
+        smallest = min(SIZE_CLASSES[name]["radius"][0] for name in (EARLY if parsed == "early" else (spec_class,)))
+    else:
+        smallest = 0.85 * parsed / 2
+    needed_ml = count * 4 / 3 * math.pi * smallest**3 / 1000.0
+    if needed_ml > 0.5 * organ_ml:
+        raise DiffTumorInputError(
+            f"{count} {parsed if isinstance(parsed, str) else f'{parsed:g} mm'} tumour(s) need at least "
+            f"{needed_ml:.0f} mL, more than half of the {organ} ({organ_ml:.0f} mL)",
+            "ask for fewer or smaller tumours",
+        )
 
 
 def _crop_size(tumor: PlacedTumor) -> int:
@@ -191,6 +245,7 @@ def synthesize_tumors(
     centers_mm: Sequence[Sequence[float]] | None = None,
     tumor_label: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> SynthesisResult:
     """Paint ``count`` tumours into ``ct`` inside the organ of ``organ_mask``.
 
@@ -206,6 +261,7 @@ def synthesize_tumors(
         centers_mm: optional world (RAS, mm) centres, one per tumour.
         tumor_label: label id given to tumour voxels (default 2 for a binary mask, else max label + 1).
         progress: called with ``(done, total)`` tumours.
+        warn: called with each plausibility warning before anything is painted (default: the module logger).
 
     Returns:
         :class:`SynthesisResult` on the CT's grid.
@@ -215,7 +271,10 @@ def synthesize_tumors(
     if count < 1:
         raise DiffTumorInputError(f"tumour count must be at least 1, got {count}", "pass --count 1 or more")
     if centers_mm is not None and len(centers_mm) != count:
-        raise DiffTumorInputError(f"{len(centers_mm)} centres given for {count} tumours", "give one centre per tumour")
+        raise DiffTumorInputError(
+            f"{len(centers_mm)} tumour centre(s) given for {count} tumour(s)",
+            f"pass --count {len(centers_mm)} (one centre per tumour)",
+        )
     parsed = parse_size(size) if isinstance(size, str) else float(size)
     spec_class = parsed if isinstance(parsed, str) else size_class_of_diameter(parsed)
 
@@ -228,6 +287,12 @@ def synthesize_tumors(
             f"the {organ} in {organ_mask.path} is smaller than 1 cm³",
             "check the mask; tumours need an organ to hold them",
         )
+
+    organ_ml = float(organ_on_ct.sum() * abs(np.linalg.det(ct.affine[:3, :3]))) / 1000.0
+    _check_capacity(organ, organ_ml, spec_class, parsed, count)
+    warnings = organ_plausibility(organ, ct.array[organ_on_ct], organ_ml)
+    for message in warnings:
+        (warn or logger.warning)(message)
 
     grid = WorkingGrid(ct.affine, ct.shape)
     organ_points = voxel_world_points(ct.affine, np.argwhere(organ_on_ct).astype(np.float64))
@@ -284,7 +349,7 @@ def synthesize_tumors(
                     progress(done, count)
     new_ct, new_labels = canvas.new_ct, canvas.new_labels
     changed = int((new_ct != ct.array).sum())
-    return SynthesisResult(new_ct, new_labels, tumor_label, [r for r in records if r is not None], changed)
+    return SynthesisResult(new_ct, new_labels, tumor_label, [r for r in records if r is not None], changed, warnings)
 
 
 def _paint(

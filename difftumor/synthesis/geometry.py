@@ -227,8 +227,9 @@ def place_tumor(
         return PlacedTumor(mask, tuple(int(c) for c in center), size_class, radii, exophytic)
     what = f"{spec.diameter_mm:g} mm" if spec.diameter_mm is not None else size_class
     where = f" at the requested centre {spec.center}" if spec.center is not None else ""
+    article = "another" if occupied is not None and occupied.any() else "a"
     raise DiffTumorInputError(
-        f"the {organ_name} cannot hold another {what} tumour{where} "
+        f"the {organ_name} cannot hold {article} {what} tumour{where} "
         f"(the best placement kept {best_fraction:.0%} inside it)",
         "ask for a smaller size or fewer tumours, or check the organ mask",
     )

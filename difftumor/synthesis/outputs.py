@@ -36,6 +36,7 @@ def manifest(
         "coordinates": "world RAS+ millimetres (NIfTI scanner space), tumour centres of mass",
         "tumor_label": result.tumor_label,
         "changed_voxels": result.changed_voxels,
+        "warnings": result.warnings,
         **settings,
         "tumors": [tumor.manifest() for tumor in result.tumors],
     }

@@ -57,6 +57,16 @@ class SynthesisSection:
     prob: Fraction = 0.5
     size_mix: dict = field(default_factory=lambda: {"early": 0.8, "medium": 0.1, "large": 0.1})
 
+    def validate(self) -> None:
+        from ..hub import is_repo_id
+
+        # Checked with the config, not minutes later when the first healthy crop needs a tumour.
+        if self.pipeline and not Path(self.pipeline).is_dir() and not is_repo_id(self.pipeline):
+            raise DiffTumorInputError(
+                f"synthesis.pipeline folder {self.pipeline} does not exist (and it is not a Hub repo id owner/name)",
+                "check the path, or pass a repo id such as 'owner/difftumor-liver-early'",
+            )
+
 
 @dataclass
 class SegmentationOptim:
@@ -254,11 +264,15 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
     )
     run.start_progress(config.run.max_steps)
     step = start
+    # Running totals (this process, since start or resume): one step's count is mostly 0 at batch size 2.
+    synthesised_total = crops_total = 0
     for batch in loader:
         images, labels = batch["image"], batch["label"]
         synthesised = 0
         if synthesis is not None:
             images, labels, synthesised = synthesis(images, labels, batch["seed"].tolist(), batch["healthy"].tolist())
+        synthesised_total += synthesised
+        crops_total += images.shape[0]
         images, labels = images.to(run.device), labels.to(run.device)
         with accelerator.accumulate(model):
             with accelerator.autocast():
@@ -268,7 +282,12 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
             schedule.step()
             optimizer.zero_grad()
         step = run.advance()
-        metrics = {"loss": loss.item(), "synthetic_tumours": float(synthesised), "lr": schedule.get_last_lr()[0]}
+        metrics = {
+            "loss": loss.item(),
+            "synthetic_tumours_total": float(synthesised_total),
+            "synthetic_fraction": synthesised_total / max(crops_total, 1),
+            "lr": schedule.get_last_lr()[0],
+        }
         if (
             validation
             and config.validation.every

@@ -69,8 +69,9 @@ def test_training_with_synthesis_and_validation(data, tmp_path):
         == 0
     )
     rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()[1:]]
-    synthetic = sum(float(v) for _, name, v in rows if name == "synthetic_tumours")
-    assert synthetic >= 1  # healthy crops received tumours
+    totals = [float(v) for _, name, v in rows if name == "synthetic_tumours_total"]
+    assert totals == sorted(totals) and totals[-1] >= 1  # running total: healthy crops received tumours
+    assert all(0 <= float(v) <= 1 for _, name, v in rows if name == "synthetic_fraction")
     assert len([1 for _, name, _ in rows if name == "val_tumor_dice"]) == 2
     best = json.loads((out / "best_model" / "validation.json").read_text())
     assert 0.0 <= best["tumor_dice"] <= 1.0 and best["step"] in (3, 6)
