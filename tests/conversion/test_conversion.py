@@ -107,6 +107,7 @@ def test_convert_command_writes_a_pipeline_that_reproduces_the_original(small_re
         ".difftumor",
         "CONVERSION.md",
         "model_index.json",
+        "pipeline.py",
         "scheduler",
         "unet",
         "vqmodel",

@@ -77,3 +77,45 @@ def test_offload_hooks_fire_on_encode_and_decode(pipe):
         assert counter.calls == 2  # one masked encode, one quantised decode
     finally:
         remove_hook_from_module(pipe.vqmodel)
+
+
+PLAIN_DIFFUSERS = """
+import sys, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+hu = torch.full((1, 1, 32, 32, 32), 60.0)
+mask = torch.zeros_like(hu, dtype=torch.bool)
+mask[..., 12:20, 12:20, 12:20] = True
+out = pipe(hu, mask, generator=torch.Generator().manual_seed(0))
+print(type(pipe).__name__, type(pipe.scheduler).__name__, float(out.images[mask].mean()))
+"""
+
+
+def test_plain_diffusers_loads_a_saved_folder(pipe, tmp_path):
+    """A diffusers user's first line works on a folder difftumor saved (diffusers' custom-pipeline mechanism, behind
+    its own trust_remote_code gate), and gives what difftumor's loader gives."""
+    import subprocess
+    import sys
+
+    pipe.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "pipeline.py").exists()
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_DIFFUSERS, str(tmp_path / "saved")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, scheduler, tumour = done.stdout.split()
+    assert name == "TumorInpaintPipeline" and scheduler == "PreciseDDPMScheduler"
+    ours = TumorInpaintPipeline.from_pretrained(tmp_path / "saved")
+    hu = torch.full((1, 1, 32, 32, 32), 60.0)
+    mask = torch.zeros_like(hu, dtype=torch.bool)
+    mask[..., 12:20, 12:20, 12:20] = True
+    expected = ours(hu, mask, generator=torch.Generator().manual_seed(0)).images[mask].mean()
+    assert float(tumour) == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_our_loader_never_runs_the_folder_code(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "saved")
+    marker = tmp_path / "ran"
+    (tmp_path / "saved" / "pipeline.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    TumorInpaintPipeline.from_pretrained(tmp_path / "saved")
+    assert not marker.exists()

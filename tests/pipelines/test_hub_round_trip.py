@@ -108,7 +108,7 @@ def test_from_pretrained_rejects_non_repo_names(tmp_path):
 
     from difftumor.errors import DiffTumorInputError
 
-    with pytest.raises(DiffTumorInputError, match="neither a folder nor a Hub repo id"):
+    with pytest.raises(DiffTumorInputError, match="does not exist \\(and it is not a Hub repo id"):
         TumorInpaintPipeline.from_pretrained(str(tmp_path / "nothing" / "here"))
 
 

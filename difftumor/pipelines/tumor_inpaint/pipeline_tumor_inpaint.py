@@ -6,6 +6,7 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,33 @@ from ...models.vq_model_3d import VQModel3D
 from ...schedulers import precise as _precise_schedulers  # noqa: F401
 from ...schedulers.registry import refusal
 from ...windowing import from_window, to_window
+
+_DIFFUSERS_SHIM = '''"""Lets plain diffusers load this folder:
+
+    DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+
+It only imports the installed difftumor package (pip install difftumor); difftumor's own
+TumorInpaintPipeline.from_pretrained never runs this file.
+"""
+
+from difftumor.pipelines.tumor_inpaint.pipeline_tumor_inpaint import TumorInpaintPipeline  # noqa: F401
+'''
+
+
+def _scheduler_class(entry: Any, folder: Path) -> type:
+    """The scheduler class a ``model_index.json`` names: one of difftumor's precise schedulers or a diffusers one."""
+    import diffusers
+
+    from ...schedulers import precise
+
+    name = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
+    found = getattr(precise, str(name), None) or getattr(diffusers, str(name), None)
+    if not (isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin)):
+        raise DiffTumorInputError(
+            f"{folder}/model_index.json names scheduler {entry!r}, which is not a diffusers or difftumor scheduler",
+            "re-save the pipeline with a scheduler from difftumor.schedulers.make_scheduler",
+        )
+    return found
 
 
 def _as_batch(value: Any, name: str) -> torch.Tensor:
@@ -104,22 +132,62 @@ class TumorInpaintPipeline(DiffusionPipeline):
     # -- loading ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> TumorInpaintPipeline:
-        """Load from a local folder or a Hub repo id.
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        torch_dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+    ) -> TumorInpaintPipeline:
+        """Load from a local folder or a Hub repo id (downloaded first with ``huggingface_hub.snapshot_download``).
 
-        A repo id is downloaded first (``huggingface_hub.snapshot_download``) and then loaded from the local copy:
-        diffusers alone refuses third-party component classes when resolving a repo id online.
+        The three components are read with their own ``from_pretrained`` (safetensors) and the scheduler class must
+        be one difftumor or diffusers defines: nothing in the folder is executed. (The ``pipeline.py`` a saved
+        folder carries is only for plain diffusers users:
+        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``.)
         """
+        import json
+
         from ...hub import resolve_pipeline_folder
 
-        local = resolve_pipeline_folder(
-            pretrained_model_name_or_path,
-            revision=kwargs.pop("revision", None),
-            token=kwargs.pop("token", None),
-            cache_dir=kwargs.get("cache_dir"),
-            local_files_only=kwargs.get("local_files_only", False),
+        folder = Path(
+            resolve_pipeline_folder(
+                pretrained_model_name_or_path,
+                revision=revision,
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+            )
         )
-        return super().from_pretrained(local, **kwargs)
+        try:
+            index = json.loads((folder / "model_index.json").read_text())
+        except (OSError, ValueError) as error:
+            raise DiffTumorInputError(
+                f"{pretrained_model_name_or_path} has no readable model_index.json ({error})",
+                "pass a folder written by save_pretrained or `difftumor convert`",
+            ) from None
+        dtype = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        components = {
+            "vqmodel": VQModel3D.from_pretrained(folder / "vqmodel", **dtype),
+            "unet": UNet3DInpaintModel.from_pretrained(folder / "unet", **dtype),
+            "scheduler": _scheduler_class(index.get("scheduler"), folder).from_pretrained(folder / "scheduler"),
+        }
+        settings = {key: value for key, value in index.items() if not key.startswith("_") and key not in components}
+        return cls(**components, **settings)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained``, plus what lets plain diffusers load the folder: a ``pipeline.py`` that
+        imports this class, named in ``model_index.json`` (diffusers' custom-pipeline mechanism)."""
+        import json
+
+        super().save_pretrained(save_directory, **kwargs)
+        folder = Path(save_directory)
+        (folder / "pipeline.py").write_text(_DIFFUSERS_SHIM)
+        index = json.loads((folder / "model_index.json").read_text())
+        index["_class_name"] = ["pipeline", type(self).__name__]
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     def push_to_hub(
         self,
