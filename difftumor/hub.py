@@ -204,6 +204,11 @@ def model_card(folder: str | os.PathLike, repo_id: str) -> str:
     return _card(data, "\n".join(lines))
 
 
+def _hub_id(name: object) -> str | None:
+    """``name`` when it is a Hub repo id (not a local folder), for ``base_model``."""
+    return str(name) if name and is_repo_id(str(name)) and not Path(str(name)).exists() else None
+
+
 def _is_segmentation_model(folder: Path) -> bool:
     return _read_json(folder / "config.json").get("_class_name") == "SegmentationModel"
 
@@ -223,7 +228,7 @@ def segmentation_model_card(folder: str | os.PathLike, repo_id: str) -> str:
         license=training.get("license", "apache-2.0"),
         tags=[*_COMMON_TAGS, "segmentation", f"{config.get('organ', 'organ')}-tumor"],
         datasets=training.get("datasets") or None,
-        base_model=training.get("pipeline") if "/" in str(training.get("pipeline", "")) else None,
+        base_model=_hub_id(training.get("pipeline")),
         model_name=repo_id,
         eval_results=_eval_results(folder, repo_id, "image-segmentation"),
     )

@@ -75,6 +75,8 @@ class DiffusionConfig:
     ema: EMASection = field(default_factory=EMASection)
     license: str = "apache-2.0"
     data_description: str = ""
+    #: Hub dataset ids of the training data, for the model card (e.g. ["my-lab/lits-early"])
+    datasets: list[str] = field(default_factory=list)
     quality: str = ""
 
     def validate(self) -> None:
@@ -278,6 +280,7 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple
                 license=config.license,
                 data_description=config.data_description,
                 quality=config.quality,
+                datasets=config.datasets,
             )
 
         run.export("pipeline", write)

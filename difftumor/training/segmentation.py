@@ -57,10 +57,11 @@ class SynthesisSection:
     prob: Fraction = 0.5
     size_mix: dict = field(default_factory=lambda: {"early": 0.8, "medium": 0.1, "large": 0.1})
 
-    def validate(self) -> None:
+    def check_pipeline(self) -> None:
+        """Checked when training starts, not minutes later when the first healthy crop needs a tumour (and not at
+        config load: the packaged example configs name a placeholder folder)."""
         from ..hub import is_repo_id
 
-        # Checked with the config, not minutes later when the first healthy crop needs a tumour.
         if self.pipeline and not Path(self.pipeline).is_dir() and not is_repo_id(self.pipeline):
             raise DiffTumorInputError(
                 f"synthesis.pipeline folder {self.pipeline} does not exist (and it is not a Hub repo id owner/name)",
@@ -92,6 +93,8 @@ class SegmentationConfig:
     optim: SegmentationOptim = field(default_factory=SegmentationOptim)
     validation: ValidationSection = field(default_factory=ValidationSection)
     organ: str = "liver"
+    #: Hub dataset ids of the training data, for the model card
+    datasets: list[str] = field(default_factory=list)
 
 
 def _augment(config: SegmentationConfig):
@@ -218,6 +221,7 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
     from ..segmentation.model import SegmentationModel
     from ..synthesis.transforms import TumorSynthesisOnBatch
 
+    config.synthesis.check_pipeline()
     cases, weights = _cases(config)
     validation = (
         read_cases(config.data.validation_datalist, require_label=True) if config.data.validation_datalist else []
@@ -318,6 +322,8 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
                 seconds=round(seconds, 1),
                 parameters_sha256=digest,
                 synthesizer=config.synthesis.synthesizer,
+                pipeline=config.synthesis.pipeline,
+                datasets=config.datasets,
             )
 
         run.export("model", write)

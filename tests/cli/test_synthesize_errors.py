@@ -111,7 +111,7 @@ CASES = {
             "--pipeline",
             "/nonexistent/pipe",
         ],
-        "neither a folder nor a Hub repo id",
+        "does not exist (and it is not a Hub repo id",
     ),
     "corrupt pipeline": (
         [

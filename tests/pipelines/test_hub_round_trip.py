@@ -207,3 +207,22 @@ def test_model_cards_round_trip_through_model_card_load(tmp_path):
         "tumor_dsc_mean": 0.41,
         "early_lesion_sensitivity": 0.5,
     }
+
+
+def test_segmentation_card_names_its_synthesis_pipeline_and_datasets(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from difftumor.hub import segmentation_model_card
+    from difftumor.segmentation import SegmentationModel
+
+    model = SegmentationModel(
+        backbone="unet", backbone_kwargs={"channels": [4, 8], "strides": [2], "num_res_units": 0}, roi_size=(32, 32, 32)
+    )
+    model.save_pretrained(tmp_path / "seg")
+    (tmp_path / "seg" / "training.json").write_text(
+        '{"synthesizer": "diffusion", "pipeline": "lab/difftumor-liver-early", "datasets": ["lab/healthy-ct"]}'
+    )
+    (tmp_path / "card.md").write_text(segmentation_model_card(tmp_path / "seg", "lab/seg"))
+    data = ModelCard.load(tmp_path / "card.md").data
+    assert data.base_model == "lab/difftumor-liver-early" and data.datasets == ["lab/healthy-ct"]
+    assert data.pipeline_tag == "image-segmentation"

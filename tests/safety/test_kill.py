@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from difftumor.atomic import MARKER
+from difftumor.synthesis.outputs import OUTPUT_FILES
 from tests.safety.test_user_data import _liver_crop, _save, snapshot
 
 TRIALS = 10
@@ -57,7 +58,7 @@ def test_kill_during_overwrite_leaves_old_or_new_never_a_mix(tmp_path):
     new = snapshot(tmp_path / "new")
     duration = _run(_command(case, tmp_path / "old", seed=0))
     old = snapshot(tmp_path / "old")
-    assert old != new and set(old) == set(new) == {MARKER, "ct.nii.gz", "label.nii.gz", "preview.png", "tumors.json"}
+    assert old != new and set(old) == set(new) == {MARKER, *OUTPUT_FILES}
 
     rng = random.Random(0)
     outcomes = []

@@ -94,7 +94,7 @@ def test_kidney_can_be_exophytic_and_pancreas_large_is_centred():
 
 def test_organ_too_small_is_a_clear_error_and_tumours_do_not_overlap():
     tiny_organ = _ball_organ(radius=4)
-    with pytest.raises(DiffTumorInputError, match="cannot hold another large tumour"):
+    with pytest.raises(DiffTumorInputError, match="cannot hold a large tumour"):
         place_tumor(tiny_organ, "liver", TumorSpec("large"), np.random.default_rng(0), max_attempts=5)
     organ = _ball_organ()
     first = place_tumor(organ, "liver", TumorSpec("small"), np.random.default_rng(0))

@@ -132,14 +132,16 @@ def test_same_seed_same_bytes_and_other_seed_differs(handcrafted_liver, tmp_path
     assert (tmp_path / "other" / "ct.nii.gz").read_bytes() != (handcrafted_liver / "ct.nii.gz").read_bytes()
 
 
-def test_preview_shows_three_planes_per_tumour(handcrafted_liver):
+def test_preview_shows_locator_and_three_planes_before_and_after_per_tumour(handcrafted_liver):
     from PIL import Image
 
+    from difftumor.synthesis.preview import PANEL
+
     preview = Image.open(handcrafted_liver / "preview.png")
-    assert preview.size[0] == 3 * 160 and preview.size[1] == 3 * (160 + 18)
+    assert preview.size == (7 * PANEL, 3 * (PANEL + 40))  # three tumours: locator + 3 planes × (before, after)
     pixels = np.asarray(preview.convert("RGB"))
-    red = (pixels[..., 0] == 255) & (pixels[..., 1] == 40)
-    assert red.sum() > 100  # the contours are drawn
+    red = (pixels[..., 0] == 255) & (pixels[..., 1] == 60)
+    assert red.sum() > 100  # the outlines are drawn
 
 
 def test_non_ras_anisotropic_scan_round_trip_with_a_mask_on_another_grid(tmp_path, data_dir):
