@@ -3,7 +3,7 @@
 The layer arithmetic reproduces the DiffTumor autoencoder (itself derived from TATS): convolutions pad explicitly
 with replicate padding so that every stride-2 layer halves the size exactly, the normalisation is GroupNorm with
 eps 1e-6, the activation is SiLU and the decoder applies its normalisation first and never returns to the encoder's
-first width (see ``docs/original-difftumor.md`` §1.2).
+first width, exactly as the released autoencoder (its state-dict keys: ``tests/data/original-state-dict-keys.md``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 All convolutions act in-plane (kernels ``1 × k × k``); depth is mixed only by the softmax attention along ``D``
 (rotary embedding + T5 relative position bias) and by the bottleneck's attention over each slice. See
-``docs/original-difftumor.md`` §2.2 for the arithmetic this reproduces.
+``tests/data/original_difftumor`` for the recorded outputs this reproduces.
 
 Inside the UNet, activations are kept as **tokens** ``(B, D, H, W, C)`` (channels last). In that layout every
 1×1 projection is a plain matrix product, the channel LayerNorm reduces a contiguous axis, the in-plane convolutions are

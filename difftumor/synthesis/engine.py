@@ -1,6 +1,6 @@
 """Synthesise tumours into a whole CT: choose tumours in the organ, paint them crop by crop, map the change back.
 
-Data flow (``docs/DESIGN.md``): the organ is resampled onto a 1 mm RAS working grid (only its bounding box), the
+Data flow (``docs/ARCHITECTURE.md``): the organ is resampled onto a 1 mm RAS working grid (only its bounding box), the
 tumours are placed there, each tumour gets a crop of the working grid sampled from the input CT, the synthesizer
 paints the crops in batches, and the difference each crop received is sampled back onto the input grid. Voxels
 whose difference is zero keep their stored values bit for bit; the output has the input's grid, affine and dtype.

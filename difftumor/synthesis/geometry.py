@@ -1,7 +1,7 @@
 """Tumour shapes and placement: elastically deformed ellipsoids, sized in millimetres, placed inside an organ.
 
 Everything here works on the 1 mm working grid, so voxels are millimetres. The rules follow the original DiffTumor
-code (``docs/original-difftumor.md`` §3.3): per-axis radii drawn in the size class's range, three elastic
+code: per-axis radii drawn in the size class's range, three elastic
 deformations on a 3×3 control grid over the axis pairs (0, 1), (1, 2), (0, 2), a centre on an axial slice drawn
 from the middle band of the organ's z extent (eroded for the liver), the tumour clipped to the organ — except
 exophytic kidney tumours — and large pancreas tumours centred on the organ's bounding box.
