@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .data.dicom import looks_like_dicom
 from .errors import DiffTumorInputError
 
 #: Name of the file that marks a folder as written by difftumor (``--overwrite`` replaces only such folders).
@@ -56,18 +57,9 @@ def input_paths(paths: Iterable[str | os.PathLike | None]) -> list[Path]:
         if not path.exists():  # e.g. a Hub repo id given where a folder could be
             continue
         resolved.append(path)
-        if path.is_file() and _is_dicom(path):
+        if path.is_file() and looks_like_dicom(path):
             resolved.append(path.parent)
     return resolved
-
-
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _relation(output: Path, source: Path) -> str | None:

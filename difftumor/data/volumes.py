@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import DiffTumorInputError
 from ..limits import check_volume_size
-from .dicom import series_files
+from .dicom import looks_like_dicom, series_files
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -52,16 +52,18 @@ class Volume:
         return tuple(self.array.shape)  # type: ignore[return-value]
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
+def _dicom_source(path: Path, series: str | None) -> tuple[Path, str | None] | None:
+    """``(series folder, series UID)`` when ``path`` is a DICOM input — a folder, or one file of a series (which
+    then selects its own series) — else ``None`` (a NIfTI file)."""
+    if path.is_dir():
+        return path, series
+    if not path.name.lower().endswith(NIFTI_SUFFIXES) and looks_like_dicom(path):
+        return path.parent, series or _series_of(path)
+    return None
 
 
-def _read_nifti(path: Path, what: str) -> Volume:
+def _open_nifti(path: Path, what: str) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The NIfTI image object (header only, nothing read yet), refused above the memory limit."""
     try:
         image = nib.load(str(path))
     except Exception as error:  # noqa: BLE001 — nibabel raises several types for non-images
@@ -72,6 +74,11 @@ def _read_nifti(path: Path, what: str) -> Volume:
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DiffTumorInputError(f"{what} {path} is not a NIfTI image", "convert it to NIfTI or pass a DICOM folder")
     check_volume_size(image.header.get_data_shape(), what, path)
+    return image
+
+
+def _read_nifti(path: Path, what: str) -> Volume:
+    image = _open_nifti(path, what)
     try:
         array = np.asanyarray(image.dataobj)
     except (EOFError, OSError, zlib.error, ValueError) as error:
@@ -82,7 +89,7 @@ def _read_nifti(path: Path, what: str) -> Volume:
     return Volume(np.asarray(array), image.affine.astype(np.float64), path, image.header.copy(), "nifti")
 
 
-def _read_dicom_series(path: Path, what: str, series: str | None) -> Volume:
+def _read_dicom_series(path: Path, series: str | None, what: str) -> Volume:
     import re
 
     from monai.data import PydicomReader
@@ -113,21 +120,14 @@ def probe_volume(path: str | os.PathLike, what: str = "image", series: str | Non
     path = Path(path)
     if not path.exists():
         raise DiffTumorInputError(f"{what} {path} does not exist", "check the path")
-    if path.is_dir() or (not path.name.lower().endswith(NIFTI_SUFFIXES) and _looks_like_dicom(path)):
-        folder = path if path.is_dir() else path.parent
-        series_files(folder, what, series or (None if path.is_dir() else _series_of(path)))
+    dicom = _dicom_source(path, series)
+    if dicom is not None:
+        folder, uid = dicom
+        series_files(folder, what, uid)
         return
-    try:
-        image = nib.load(str(path))
-    except Exception as error:  # noqa: BLE001 — nibabel raises several types for non-images
-        raise DiffTumorInputError(
-            f"{what} {path} is not a readable NIfTI image ({_short(error)})",
-            "pass a .nii/.nii.gz file or a DICOM series folder",
-        ) from None
-    shape = tuple(image.header.get_data_shape())
-    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)) or not 3 <= len(shape) <= 4:
+    shape = tuple(_open_nifti(path, what).header.get_data_shape())
+    if not 3 <= len(shape) <= 4:
         raise DiffTumorInputError(f"{what} {path} is not a 3-D NIfTI volume", "pass a 3-D CT volume")
-    check_volume_size(shape[:3], what, path)
 
 
 def _series_of(path: Path) -> str | None:
@@ -187,14 +187,8 @@ def load_volume(path: str | os.PathLike, what: str = "image", series: str | None
         raise DiffTumorInputError(f"{what} {path} does not exist", "check the path")
     if not os.access(path, os.R_OK):
         raise DiffTumorInputError(f"{what} {path} is not readable", "check its permissions")
-    if path.is_dir():
-        volume = _read_dicom_series(path, what, series)
-    elif path.name.lower().endswith(NIFTI_SUFFIXES):
-        volume = _read_nifti(path, what)
-    elif _looks_like_dicom(path):
-        volume = _read_dicom_series(path.parent, what, series or _series_of(path))
-    else:
-        volume = _read_nifti(path, what)
+    dicom = _dicom_source(path, series)
+    volume = _read_dicom_series(*dicom, what) if dicom is not None else _read_nifti(path, what)
 
     array = volume.array
     if array.ndim == 4 and array.shape[3] == 1:
