@@ -84,8 +84,9 @@ def _eval_results(folder: Path, model_name: str, task: str):
     from huggingface_hub import EvalResult
 
     results = []
-    metrics = _read_json(folder / "metrics.json").get("summary", {})
-    dataset = _read_json(folder / "metrics.json").get("dataset") or "held-out CT"
+    evaluation = _read_json(folder / "metrics.json")
+    metrics = evaluation.get("summary", {})
+    dataset = evaluation.get("dataset") or "held-out CT"
     for key, name in (
         ("tumor_dsc_mean", "tumour DSC (mean over positive cases)"),
         ("tumor_dsc_global", "tumour DSC (global)"),

@@ -238,7 +238,9 @@ def synthesize_datalist(
     for done, request in enumerate(todo):
         if progress is not None:
             progress(done, len(todo), label)
-        synthesize_case(request, engine, overwrite=overwrite, inputs=inputs)
+        # Every input was kept out of ``out`` above and each case folder lies inside it: no need to compare each
+        # case with the whole batch's inputs again (quadratic in the number of cases).
+        synthesize_case(request, engine, overwrite=overwrite)
     if progress is not None:
         progress(len(todo), len(todo), label)
     return {

@@ -359,21 +359,15 @@ def config_paths(config: Any) -> list[Path]:
 
 
 def _datalist_files(datalist: Path) -> list[Path]:
-    """The image and label files a datalist names (so a run folder can be kept away from them too)."""
+    """The image and label files a datalist names (so a run folder can be kept away from them too); a file that is
+    not a readable datalist names none (the trainer reports it when it reads its data)."""
+    from .data import read_cases
+
     try:
-        content = json.loads(datalist.read_text())
-    except (OSError, ValueError):
+        cases = read_cases(datalist)
+    except DiffTumorInputError:
         return []
-    entries = (
-        next((content[k] for k in ("data", "training") if k in content), []) if isinstance(content, dict) else content
-    )
-    files = []
-    for entry in entries if isinstance(entries, list) else []:
-        for key in ("image", "label", "organ_mask"):
-            value = entry.get(key) if isinstance(entry, dict) else None
-            if isinstance(value, str):
-                files.append((datalist.parent / value).resolve())
-    return files
+    return [Path(case[key]) for case in cases for key in ("image", "label") if case.get(key)]
 
 
 def file_sha256(path: Path) -> str:
