@@ -273,6 +273,19 @@ def _replace_folder(new: Path, target: Path) -> None:
     shutil.rmtree(aside)
 
 
+def replace_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file whole or not at all (a temporary sibling renamed onto it), with no ownership check:
+    for files that belong to an output already checked, such as the label descriptions beside a label map."""
+    path = Path(path)
+    temporary = path.with_name(_temporary_name(path.name, "partial"))
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def write_marker(folder: Path, kind: str, files: list[str] | None = None) -> None:
     """Mark ``folder`` as a difftumor output of ``kind``; ``files`` are the entries it holds when complete (an
     output that later holds anything else is not replaced), ``None`` for folders that grow (runs, batches)."""

@@ -8,8 +8,9 @@ Slicer colour table: load it with the volume and pick it as the segmentation's c
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from .atomic import replace_text
 
 #: RGB of the organs and of every tumour (3D Slicer's GenericAnatomyColors where they exist).
 _COLOURS = {
@@ -47,7 +48,7 @@ def write_label_descriptions(label_path: str | Path, names: dict[int, str], writ
     if write_to is not None:
         targets = {kind: Path(write_to) / path.name for kind, path in targets.items()}
     ordered = sorted((int(k), v) for k, v in names.items())
-    _write(targets["json"], json.dumps({str(k): v for k, v in ordered}, indent=2) + "\n")
+    replace_text(targets["json"], json.dumps({str(k): v for k, v in ordered}, indent=2) + "\n")
     slicer = [f"# Color table of {Path(label_path).name} (difftumor)", f"# {len(ordered)} values"]
     itksnap = ["################################################", "# ITK-SnAP Label Description File (difftumor)"]
     for index, name in ordered:
@@ -58,13 +59,6 @@ def write_label_descriptions(label_path: str | Path, names: dict[int, str], writ
         itksnap.append(
             f'{index:5d} {red:5d} {green:5d} {blue:5d} {alpha / 255:9.2f} {visible:2d} {visible:2d}    "{name}"'
         )
-    _write(targets["slicer"], "\n".join(slicer) + "\n")
-    _write(targets["itksnap"], "\n".join(itksnap) + "\n")
+    replace_text(targets["slicer"], "\n".join(slicer) + "\n")
+    replace_text(targets["itksnap"], "\n".join(itksnap) + "\n")
     return list(targets.values())
-
-
-def _write(path: Path, text: str) -> None:
-    """Whole or not at all: a temporary sibling renamed into place."""
-    temporary = path.with_name(f".{path.name}.difftumor-{os.getpid()}-0.partial")
-    temporary.write_text(text)
-    os.replace(temporary, path)

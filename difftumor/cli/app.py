@@ -43,3 +43,45 @@ def _root(
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: "nvImageCodec" not in record.getMessage())
+
+
+def warn(message: str) -> None:
+    """A plausibility warning on stderr (the work goes on)."""
+    err_console.print(f"warning: {message}", markup=False)
+
+
+class LazyProgress:
+    """A progress bar (on stderr) that appears on the first update, i.e. only once the inputs have passed every
+    check, so that an error stays one line."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self._progress = None
+        self._task = None
+
+    def update(self, done: int, total: int, description: str | None = None) -> None:
+        if self._progress is None:
+            self._progress = _progress()
+            self._progress.start()
+            self._task = self._progress.add_task(description or self.description, total=total)
+        self._progress.update(self._task, completed=done)
+
+    def __enter__(self) -> LazyProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )

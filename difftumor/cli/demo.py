@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .app import app, console, err_console
+from .app import LazyProgress, app, console, err_console, warn
 
 #: TotalSegmentator v2 label of the liver in the bundled organ map.
 DEMO_LIVER_LABEL = 5
@@ -25,7 +25,7 @@ def demo(
     """Synthesise liver tumours into the bundled CT (patient A) with the bundled demo pipeline."""
     from ..assets import DEMO_CASE, bundled_pipeline_path
     from ..synthesis.cases import CaseRequest, synthesize_case
-    from .synthesize import _LazyProgress, make_synthesizer
+    from .synthesize import make_synthesizer
 
     pipeline = str(bundled_pipeline_path()) if synthesizer == "diffusion" else None
     request = CaseRequest(
@@ -43,8 +43,10 @@ def demo(
         f"{synthesizer} synthesizer{' (bundled demo pipeline, demo quality)' if pipeline else ''}"
     )
     engine = make_synthesizer(synthesizer, pipeline=pipeline)
-    with _LazyProgress(f"{synthesizer} tumours") as progress:
-        data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update, inputs=(pipeline,))
+    with LazyProgress(f"{synthesizer} tumours") as progress:
+        data = synthesize_case(
+            request, engine, overwrite=overwrite, progress=progress.update, inputs=(pipeline,), warn=warn
+        )
     for tumour in data["tumors"]:
         centre = ", ".join(f"{v:.0f}" for v in tumour["center_mm"])
         console.print(

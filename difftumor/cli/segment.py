@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import DiffTumorInputError
-from .app import app, console
+from .app import LazyProgress, app, console
 
 
 @app.command()
@@ -36,11 +36,10 @@ def segment(
     """Segment organ and tumours with sliding-window inference; predictions are written on each input's grid, with
     label names for 3D Slicer and ITK-SNAP beside them (.labels.json, .ctbl, .itksnap.txt)."""
     from ..segmentation.run import segment_cases
-    from .synthesize import _LazyProgress
 
     if not 0.0 <= overlap < 1.0:
         raise DiffTumorInputError(f"--overlap {overlap} is not in [0, 1)", "e.g. 0.5")
-    with _LazyProgress("segment") as progress:
+    with LazyProgress("segment") as progress:
         summaries = segment_cases(
             ct,
             out,

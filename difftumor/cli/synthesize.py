@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ..errors import DiffTumorInputError
-from .app import app, console, err_console
+from .app import LazyProgress, app, console, err_console, warn
 
 
 def _parse_center(text: str) -> list[float]:
@@ -118,58 +118,18 @@ def synthesize(
     check_output_folder(out, overwrite, inputs=(ct, organ_mask, pipeline, midlate_pipeline), kind="synthesis")
     validate_request(request)
     engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device)
-    with _LazyProgress(f"{synthesizer} tumours") as progress:
-        data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update, warn=_warn)
+    with LazyProgress(f"{synthesizer} tumours") as progress:
+        data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update, warn=warn)
     sizes = ", ".join(f"{t['size_class']} {t['diameter_mm']:.1f} mm" for t in data["tumors"])
     console.print(
         f"wrote {out}: {len(data['tumors'])} tumour(s) ({sizes}); ct.nii.gz, label.nii.gz, tumors.json, preview.png"
     )
 
 
-def _warn(message: str) -> None:
-    err_console.print(f"warning: {message}", markup=False)
-
-
-class _LazyProgress:
-    """A progress bar that appears on the first update, i.e. only once the inputs have passed every check."""
-
-    def __init__(self, description: str):
-        self.description = description
-        self._progress = None
-        self._task = None
-
-    def update(self, done: int, total: int, description: str | None = None) -> None:
-        if self._progress is None:
-            self._progress = _progress()
-            self._progress.start()
-            self._task = self._progress.add_task(description or self.description, total=total)
-        self._progress.update(self._task, completed=done)
-
-    def __enter__(self) -> _LazyProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    )
-
-
 def _run_datalist(datalist: Path, out: Path, template, build_synthesizer, device: str, overwrite: bool) -> None:
     from ..synthesis.cases import synthesize_datalist
 
-    with _LazyProgress("cases") as progress:
+    with LazyProgress("cases") as progress:
         counts = synthesize_datalist(
             datalist,
             out,

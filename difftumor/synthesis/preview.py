@@ -38,14 +38,20 @@ def _outline_beside(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return ndimage.binary_dilation(big, iterations=2) & ~big
 
 
-def _panel(plane: np.ndarray, mask: np.ndarray | None, view: str, mm_per_voxel: tuple[float, float]) -> Image.Image:
+def _panel(
+    plane: np.ndarray,
+    mask: np.ndarray | None,
+    view: str,
+    mm_per_voxel: tuple[float, float],
+    colour: tuple[int, int, int] = _OUTLINE,
+) -> Image.Image:
     grey = _radiological(_grey(plane))
     height_mm, width_mm = grey.shape[0] * mm_per_voxel[1], grey.shape[1] * mm_per_voxel[0]
     scale = PANEL / max(height_mm, width_mm)
     size = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
     rgb = np.repeat(np.asarray(Image.fromarray(grey).resize(size, Image.BILINEAR))[..., None], 3, axis=2)
     if mask is not None and mask.any():
-        rgb[_outline_beside(_radiological(mask), size)] = _OUTLINE
+        rgb[_outline_beside(_radiological(mask), size)] = colour
     panel = Image.new("RGB", (PANEL, PANEL), (0, 0, 0))
     panel.paste(Image.fromarray(rgb), ((PANEL - size[0]) // 2, (PANEL - size[1]) // 2))
     draw = ImageDraw.Draw(panel)
@@ -74,19 +80,8 @@ def _locator(ct: np.ndarray, affine: np.ndarray, tumor: SynthesizedTumor) -> Ima
     half = np.maximum(np.ceil((tumor.diameter_mm / 2 + 6) / spacing[:2]).astype(int), 2)
     low, high = np.maximum(index[:2] - half, 0), np.minimum(index[:2] + half, np.asarray(ras.shape[:2]) - 1)
     box[low[0] : high[0] + 1, low[1] : high[1] + 1] = True
-    box[low[0] + 1 : high[0], low[1] + 1 : high[1]] = False
-    panel = _panel(ras[:, :, index[2]], None, "axial", (float(spacing[0]), float(spacing[1])))
-    # the box is drawn on top (not beside) as a frame: it marks a place, not an edge
-    grey = np.asarray(panel).copy()
-    frame = _radiological(box)
-    height_mm, width_mm = frame.shape[0] * spacing[1], frame.shape[1] * spacing[0]
-    scale = PANEL / max(height_mm, width_mm)
-    size = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
-    big = np.asarray(Image.fromarray(frame.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
-    big = ndimage.binary_dilation(big)
-    top, left = (PANEL - size[1]) // 2, (PANEL - size[0]) // 2
-    grey[top : top + size[1], left : left + size[0]][big] = (0, 200, 255)
-    return Image.fromarray(grey)
+    # The outline beside a filled box is a frame around the tumour's neighbourhood, in the locator's own colour.
+    return _panel(ras[:, :, index[2]], box, "axial", (float(spacing[0]), float(spacing[1])), colour=(0, 200, 255))
 
 
 def preview_image(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..errors import DiffTumorInputError
 from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
-from .run import RunConfig, TrainingRun, write_training_info
+from .run import RunConfig, TrainingRun
 
 
 @dataclass
@@ -290,20 +290,15 @@ def train_autoencoder(
     seconds = run.finish()
     out = Path(config.run.output_dir) / "vqmodel"
     if run.is_main:
-        final = accelerator.unwrap_model(model)
-
-        def write(folder: Path) -> None:
-            final.save_pretrained(folder)
-            write_training_info(
-                folder,
-                trainer="autoencoder",
-                steps=step,
-                seconds=round(seconds, 1),
-                parameters_sha256=digest,
-                data_description=config.data_description,
-            )
-
-        run.export("vqmodel", write)
+        run.export(
+            "vqmodel",
+            accelerator.unwrap_model(model).save_pretrained,
+            trainer="autoencoder",
+            steps=step,
+            seconds=round(seconds, 1),
+            parameters_sha256=digest,
+            data_description=config.data_description,
+        )
     accelerator.wait_for_everyone()
     return out
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..errors import DiffTumorInputError
 from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
-from .run import RunConfig, TrainingRun, write_training_info
+from .run import RunConfig, TrainingRun
 
 STAGE_LABELS = {"early": (2,), "midlate": (3,), "all": (2, 3)}
 
@@ -264,26 +264,23 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple
         pipeline.register_modules(unet=final_unet.eval().cpu())
         pipeline.vqmodel.cpu()
 
-        def write(folder: Path) -> None:
-            pipeline.save_pretrained(folder)
-            write_training_info(
-                folder,
-                trainer="diffusion",
-                organ=config.organ,
-                tumor_stage=config.tumor_stage,
-                steps=step,
-                seconds=round(seconds, 1),
-                parameters_sha256=digest,
-                num_train_timesteps=steps_t,
-                prediction_type=config.diffusion.prediction_type,
-                loss=config.diffusion.loss,
-                license=config.license,
-                data_description=config.data_description,
-                quality=config.quality,
-                datasets=config.datasets,
-            )
-
-        run.export("pipeline", write)
+        run.export(
+            "pipeline",
+            pipeline.save_pretrained,
+            trainer="diffusion",
+            organ=config.organ,
+            tumor_stage=config.tumor_stage,
+            steps=step,
+            seconds=round(seconds, 1),
+            parameters_sha256=digest,
+            num_train_timesteps=steps_t,
+            prediction_type=config.diffusion.prediction_type,
+            loss=config.diffusion.loss,
+            license=config.license,
+            data_description=config.data_description,
+            quality=config.quality,
+            datasets=config.datasets,
+        )
     accelerator.wait_for_everyone()
     return out
 

@@ -309,12 +309,15 @@ class TrainingRun:
                     logger.warning("model replicas differ across processes: %s", sorted(values))
         return value
 
-    def export(self, name: str, write: Any) -> Path:
+    def export(self, name: str, write: Any, **training_info: Any) -> Path:
         """Write a final artefact (``write(folder)``, e.g. ``model.save_pretrained``) atomically as
-        ``<output_dir>/<name>``: a disk filling up or a kill leaves the previous one, never half a model."""
+        ``<output_dir>/<name>``, with ``training.json`` from ``training_info`` when given: a disk filling up or a kill
+        leaves the previous one, never half a model."""
         out = self.output_dir / name
         with atomic_folder(out, overwrite=True, kind=_EXPORT_KINDS.get(name, name)) as folder:
             write(folder)
+            if training_info:
+                write_training_info(folder, **training_info)
         return out
 
     def finish(self) -> float:

@@ -20,7 +20,7 @@ import torch
 from ..errors import DiffTumorInputError
 from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, Range, load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
-from .run import RunConfig, TrainingRun, write_training_info
+from .run import RunConfig, TrainingRun
 
 
 @dataclass
@@ -312,21 +312,17 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
     seconds = run.finish()
     out = Path(config.run.output_dir) / "model"
     if run.is_main:
-
-        def write(folder: Path) -> None:
-            accelerator.unwrap_model(model).save_pretrained(folder)
-            write_training_info(
-                folder,
-                trainer="segmentation",
-                steps=step,
-                seconds=round(seconds, 1),
-                parameters_sha256=digest,
-                synthesizer=config.synthesis.synthesizer,
-                pipeline=config.synthesis.pipeline,
-                datasets=config.datasets,
-            )
-
-        run.export("model", write)
+        run.export(
+            "model",
+            accelerator.unwrap_model(model).save_pretrained,
+            trainer="segmentation",
+            steps=step,
+            seconds=round(seconds, 1),
+            parameters_sha256=digest,
+            synthesizer=config.synthesis.synthesizer,
+            pipeline=config.synthesis.pipeline,
+            datasets=config.datasets,
+        )
     accelerator.wait_for_everyone()
     return out
 
