@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_file, check_output, file_kind, prepare_output_root
+from ..atomic import atomic_file, check_output, file_kind, input_paths, prepare_output_root
 from ..errors import DiffTumorInputError
 from ..label_descriptions import sidecar_paths, write_label_descriptions
 from .model import SegmentationModel
@@ -120,6 +120,7 @@ def segment_cases(
     inputs = (source, model_name if Path(model_name).exists() else None)
     if into_folder:
         check_output(out, "folder", inputs, overwrite=True, kind="segmentation-batch")
+    input_files = set(input_paths(inputs))
     todo = []
     for case in cases:
         finished = case.out.exists() and file_kind(case.out) == "segmentation"
@@ -130,6 +131,8 @@ def segment_cases(
             continue
         check_output(case.out, "file", inputs, overwrite, kind="segmentation")
         for sidecar in sidecar_paths(case.out).values():
+            if sidecar.resolve() in input_files:
+                raise DiffTumorInputError(f"{sidecar} (beside {case.out}) is an input", "choose another --out name")
             if sidecar.exists() and not (overwrite or resume):
                 raise DiffTumorInputError(f"{sidecar} already exists", "choose a new name or pass --overwrite")
         todo.append(case)

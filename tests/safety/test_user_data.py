@@ -83,6 +83,8 @@ def ws(tmp_path_factory) -> Path:
     (root / "ckpt" / "liver_early.pt").write_bytes(b"checkpoint bytes")
     _save((ct.astype(np.float32) + 1024) / 4096, affine, root / "ct01.nii.gz")  # a "normalised" CT in [0, 1]
     _save(np.ascontiguousarray(liver.transpose(2, 1, 0)), affine, root / "liver_T.nii.gz")
+    (root / "odd").mkdir()  # a NIfTI under a name that a label map's sidecar would take
+    shutil.copy(root / "d" / "c1" / "ct.nii.gz", root / "odd" / "scan.labels.json")
     _header_only_nifti(root / "huge.nii", (1024, 1024, 1024))
     _header_only_nifti(root / "giant.nii", (2000, 2000, 2000))
     _save(liver, affine, root / "foreign_pred.nii.gz")
@@ -221,6 +223,11 @@ CASES = {
         "",
         ["segment", "{ws}/d/c1/ct.nii.gz", "--model", "{ws}/seg_model_big", "--out", "{ws}/foreign_pred.nii.gz"],
         "not written by difftumor",
+    ),
+    "segment --out whose label names would land on the CT": (
+        "",
+        ["segment", "{ws}/odd/scan.labels.json", "--model", "{ws}/seg_model_big", "--out", "{ws}/odd/scan.nii.gz"],
+        "is an input",
     ),
     "evaluate --out a truth file": (
         "",
