@@ -7,12 +7,17 @@ data="$repo/tests/data"
 demo="$repo/difftumor/assets/demo_case"
 work="${1:-$repo/runs/bundled}"
 mkdir -p "$work/src/lits/images" "$work/src/lits/labels" "$work/src/patient_a/a" "$work/data"
-ln -sfn "$data/lits117_upper/lits117_upper_ct.nii.gz" "$work/src/lits/images/lits117_upper.nii.gz"
-ln -sfn "$data/lits117_upper/lits117_upper_label.nii.gz" "$work/src/lits/labels/lits117_upper.nii.gz"
+
+# 0. Lesion-wise split of the LiTS upper half (10 mm margin, seed 0): only the training side is used below; the test
+#    side (and its margin) is replaced by synthetic parenchyma in train_ct, so no model here sees a test lesion.
+difftumor data split-lesions "$data/lits117_upper/lits117_upper_ct.nii.gz" "$data/lits117_upper/lits117_upper_label.nii.gz" \
+    --out "$work/split" --margin-mm 10 --seed 0 --overwrite
+ln -sfn "$work/split/train_ct.nii.gz" "$work/src/lits/images/lits117_upper_train.nii.gz"
+ln -sfn "$work/split/train_label.nii.gz" "$work/src/lits/labels/lits117_upper_train.nii.gz"
 ln -sfn "$demo/ct.nii.gz" "$work/src/patient_a/a/ct.nii.gz"
 ln -sfn "$demo/organs.nii.gz" "$work/src/patient_a/a/seg.nii.gz"
 
-# 1. Datalists: LiTS upper half with early (<= 20 mm) / mid-late tumours split, patient A's liver.
+# 1. Datalists: the training side of the LiTS upper half with early (<= 20 mm) / mid-late tumours split, patient A's liver.
 difftumor data prepare folders "$work/src/lits" --organ liver --early-max-diameter-mm 20 --out "$work/data/lits_early.json"
 difftumor data prepare totalsegmentator "$work/src/patient_a" --organ liver --out "$work/data/patient_a.json"
 python - "$work/data" <<'PY'
@@ -23,12 +28,13 @@ lits["data"] += patient["data"]
 json.dump(lits, open(f"{folder}/autoencoder.json", "w"), indent=1)
 PY
 
-# 2. Autoencoder on patient A + the LiTS upper half.
+# 2. Autoencoder on patient A + the training side of the LiTS upper half.
 difftumor train autoencoder --config tiny_cpu \
     --set run.output_dir="$work/autoencoder" --set data.datalist="$work/data/autoencoder.json" \
     --set run.max_steps=1200 --set loss.discriminator_start_step=700 --set run.checkpoint_every=200
 
-# 3. Early-tumour diffusion model on the real tumours of the LiTS upper half (one annotated CT).
+# 3. Early-tumour diffusion model on the training-side tumours of the LiTS upper half, with organ-relative
+#    intensity augmentation (diffusion_tiny_cpu.yaml).
 difftumor train diffusion --config tiny_cpu \
     --set run.output_dir="$work/diffusion" --set data.datalist="$work/data/lits_early.json" \
     --set vqmodel="$work/autoencoder/vqmodel" --set run.max_steps=4500 --set run.checkpoint_every=500

@@ -56,3 +56,37 @@ def prepare(
         f"wrote {out}: {len(cases)} {datalist['organ']} case(s), {with_tumors} with tumours, "
         f"{len(cases) - with_tumors} healthy"
     )
+
+
+@data_app.command("split-lesions")
+def split_lesions_command(
+    image: Annotated[Path, typer.Argument(help="The CT (NIfTI).")],
+    label: Annotated[Path, typer.Argument(help="Its label map (organ and tumour values).")],
+    out: Annotated[Path, typer.Option(help="Folder to write (train_ct, train_label, test_label, split.json).")],
+    margin_mm: Annotated[float, typer.Option(help="Lesions closer than this share a side; test zone margin.")] = 10.0,
+    test_fraction: Annotated[float, typer.Option(help="Fraction of lesions on the test side.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the side assignment and of the test-zone fill.")] = 0,
+    organ_value: Annotated[list[int] | None, typer.Option(help="Organ label value(s).")] = None,
+    tumor_value: Annotated[list[int] | None, typer.Option(help="Tumour label value(s).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a split folder difftumor wrote earlier.")] = False,
+) -> None:
+    """Split one CT's lesions (3-D components, clustered within --margin-mm) into training and test sides; the
+    training image has the test lesions and their margin replaced by synthetic parenchyma, so no model sees them."""
+    from ..data.lesion_split import split_lesions
+
+    summary = split_lesions(
+        image,
+        label,
+        out,
+        organ_values=tuple(organ_value or (1,)),
+        tumor_values=tuple(tumor_value or (2,)),
+        margin_mm=margin_mm,
+        test_fraction=test_fraction,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    lesions, early = summary["lesions"], summary["early_lesions_20mm"]
+    console.print(
+        f"wrote {out}: {lesions['train']} training lesion(s) ({early['train']} <= 20 mm), "
+        f"{lesions['test']} test lesion(s) ({early['test']} <= 20 mm), {lesions['dropped']} dropped within the margin"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import DiffTumorInputError
-from . import convert, data, demo, hub, segment, synthesize, train  # noqa: F401 — registers the commands
+from . import convert, data, demo, hub, realism, segment, synthesize, train  # noqa: F401 — registers the commands
 from .app import app, err_console
 
 

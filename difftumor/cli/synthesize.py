@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +26,20 @@ def _parse_center(text: str) -> list[float]:
     return values
 
 
+def parse_options(options: list[str] | None) -> dict[str, object]:
+    """``--option KEY=VALUE`` pairs -> keyword arguments (VALUE read as JSON when it is JSON, else as text)."""
+    parsed: dict[str, object] = {}
+    for text in options or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise DiffTumorInputError(f"--option {text!r} is not KEY=VALUE", "e.g. --option recipe=hu2023")
+        try:
+            parsed[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = value
+    return parsed
+
+
 def make_synthesizer(
     name: str,
     pipeline: str | None = None,
@@ -32,9 +47,13 @@ def make_synthesizer(
     scheduler: str | None = None,
     steps: int | None = None,
     device: str = "cpu",
+    options: dict[str, object] | None = None,
 ):
-    """Build the synthesizer the CLI options describe (shared by ``synthesize`` and ``demo``)."""
+    """Build the synthesizer the CLI options describe (shared by ``synthesize`` and ``demo``); ``options`` are
+    passed to its constructor as they are."""
     from ..synthesis import get_synthesizer
+
+    options = dict(options or {})
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise DiffTumorInputError(f"unknown device {device!r}", "use --device cpu or --device cuda")
@@ -60,10 +79,11 @@ def make_synthesizer(
             scheduler=scheduler,
             num_inference_steps=steps,
             device=device,
+            **options,
         )
     if pipeline or midlate_pipeline or scheduler or steps:
         err_console.print(f"note: --pipeline/--scheduler/--steps do not apply to the {name} synthesizer")
-    return get_synthesizer(name)
+    return get_synthesizer(name, **options)
 
 
 @app.command()
@@ -97,6 +117,10 @@ def synthesize(
     ] = None,
     datalist: Annotated[Path | None, typer.Option(help="JSON list of cases for batch mode.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(help="Synthesizer setting KEY=VALUE (repeatable), e.g. recipe=hu2023, intensity=native."),
+    ] = None,
 ) -> None:
     """Synthesise tumours into a healthy CT; writes ct.nii.gz, label.nii.gz, tumors.json and preview.png."""
     from ..atomic import check_output_folder
@@ -109,7 +133,9 @@ def synthesize(
         if ct is not None:
             raise DiffTumorInputError("give either a CT or --datalist, not both", "drop one of them")
         template = CaseRequest(Path(), Path(), organ, out, organ_label, size, count, seed, None, tumor_label)
-        engine = functools.partial(make_synthesizer, synthesizer, pipeline, midlate_pipeline, scheduler, steps)
+        engine = functools.partial(
+            make_synthesizer, synthesizer, pipeline, midlate_pipeline, scheduler, steps, options=parse_options(option)
+        )
         _run_datalist(datalist, out, template, engine, device, overwrite)
         return
     if ct is None or organ_mask is None:
@@ -117,7 +143,7 @@ def synthesize(
     request = CaseRequest(ct, organ_mask, organ, out, organ_label, size, count, seed, centers, tumor_label, series)
     check_output_folder(out, overwrite, inputs=(ct, organ_mask, pipeline, midlate_pipeline), kind="synthesis")
     validate_request(request)
-    engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device)
+    engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device, parse_options(option))
     with LazyProgress(f"{synthesizer} tumours") as progress:
         data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update, warn=warn)
     sizes = ", ".join(f"{t['size_class']} {t['diameter_mm']:.1f} mm" for t in data["tumors"])

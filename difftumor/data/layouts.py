@@ -29,7 +29,7 @@ from scipy import ndimage
 from .. import __version__
 from ..atomic import atomic_file, atomic_folder, check_output
 from ..errors import DiffTumorInputError
-from ..synthesis.geometry import equivalent_diameter_mm
+from ..spatial import equivalent_diameter_mm
 from .volumes import load_volume
 
 BACKGROUND, ORGAN, TUMOR, MIDLATE_TUMOR = 0, 1, 2, 3

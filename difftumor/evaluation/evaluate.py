@@ -15,9 +15,9 @@ from .. import __version__
 from ..atomic import atomic_file, check_output
 from ..data.volumes import load_volume
 from ..errors import DiffTumorInputError
-from ..synthesis.working_space import sample
+from ..spatial import CONNECTIVITIES
+from ..spatial.grid import sample
 from .metrics import (
-    CONNECTIVITIES,
     DEFAULT_IOU_THRESHOLD,
     DEFINITIONS,
     evaluate_case,

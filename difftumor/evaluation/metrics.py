@@ -28,16 +28,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from ..synthesis.geometry import equivalent_diameter_mm
+from ..spatial import equivalent_diameter_mm, lesion_components
 
 #: Diameter bins of the lesion sensitivity (mm): name -> [low, high).
 SIZE_BINS = {"<10mm": (0.0, 10.0), "10-20mm": (10.0, 20.0), "20-50mm": (20.0, 50.0), ">=50mm": (50.0, math.inf)}
 NSD_TOLERANCE_MM = 2.0
 #: Lesion matching criterion (see the module docstring for the reference).
 DEFAULT_IOU_THRESHOLD = 0.5
-CONNECTIVITIES = {26: np.ones((3, 3, 3), dtype=bool), 6: ndimage.generate_binary_structure(3, 1)}
 BOOTSTRAP_RESAMPLES = 2000
 
 DEFINITIONS = {
@@ -100,13 +98,6 @@ class LesionMatch:
     matched_iou: list[float | None] = field(default_factory=list)
     false_positives: int = 0
     predicted_lesions: int = 0
-
-
-def lesion_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
-    """Connected components of a boolean mask with 26 (default) or 6 connectivity."""
-    if connectivity not in CONNECTIVITIES:
-        raise ValueError(f"connectivity must be 26 or 6, got {connectivity}")
-    return ndimage.label(mask, structure=CONNECTIVITIES[connectivity])
 
 
 def match_lesions(

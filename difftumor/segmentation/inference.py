@@ -7,8 +7,8 @@ import torch
 from scipy import ndimage
 
 from ..data.volumes import Volume
-from ..synthesis.geometry import equivalent_diameter_mm
-from ..synthesis.working_space import WorkingGrid, sample
+from ..spatial import equivalent_diameter_mm
+from ..spatial.grid import WorkingGrid, sample
 from .model import SegmentationModel
 
 

@@ -20,18 +20,18 @@ from scipy import ndimage
 
 from ..data.volumes import Volume, check_hounsfield
 from ..errors import DiffTumorInputError
+from ..spatial import equivalent_diameter_mm
+from ..spatial.grid import Box, WorkingGrid, native_spacing_along_world, sample, sample_into_source, voxel_world_points
 from .geometry import (
     EARLY,
     ORGANS,
     PlacedTumor,
     TumorSpec,
-    equivalent_diameter_mm,
     parse_size,
     place_tumor,
     size_class_of_diameter,
 )
 from .synthesizers import CropBatch, TumorSynthesizer
-from .working_space import Box, WorkingGrid, native_spacing_along_world, sample, sample_into_source, voxel_world_points
 
 logger = logging.getLogger(__name__)
 
@@ -318,6 +318,12 @@ def synthesize_tumors(
         tumor = place_tumor(organ_work, organ, spec, rng, occupied=occupied)
         occupied |= tumor.mask
         placed.append(tumor)
+
+    for size_class in sorted({tumor.size_class for tumor in placed}):
+        message = synthesizer.size_warning(size_class)
+        if message:
+            warnings.append(message)
+            (warn or logger.warning)(message)
 
     canvas = _Canvas(
         ct,

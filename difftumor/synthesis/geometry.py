@@ -9,7 +9,6 @@ exophytic kidney tumours — and large pancreas tumours centred on the organ's b
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,11 +163,6 @@ def _touches(mask: np.ndarray, occupied: np.ndarray, gap: int) -> bool:
     high = points.max(0) + gap + 1
     box = tuple(slice(a, b) for a, b in zip(low, high))
     return bool((ndimage.binary_dilation(mask[box], iterations=gap) & occupied[box]).any())
-
-
-def equivalent_diameter_mm(voxels: int, voxel_volume_mm3: float = 1.0) -> float:
-    """Diameter of the sphere of the same volume: ``2 (3V / 4π)^(1/3)``."""
-    return 2.0 * (3.0 * voxels * voxel_volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
 
 
 @dataclass

@@ -24,6 +24,8 @@ import torch
 from scipy import ndimage
 
 from ..errors import DiffTumorInputError
+from ..spatial import intensity_statistics, organ_core
+from .intensity import CONTRAST_SPREAD, DEFAULT_REFERENCE_HU, expected_contrast_hu
 
 
 @dataclass
@@ -70,6 +72,10 @@ class TumorSynthesizer(ABC):
         """Model identity and settings recorded in ``tumors.json``."""
         return {"synthesizer": self.name}
 
+    def size_warning(self, size_class: str) -> str | None:
+        """A warning when this synthesizer is not made for tumours of ``size_class`` (shown and recorded)."""
+        return None
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Diffusion (DiffTumor)
@@ -96,6 +102,17 @@ class DiffusionSynthesizer(TumorSynthesizer):
         device: ``"cpu"``/``"cuda"``.
         max_batch_size: crops per pipeline call (default: 1 on CPU, where batching measured slower and doubles the
             memory — see BENCHMARKS.md — and 8 on GPU).
+        intensity: ``"relative"`` (default): the crop is mapped so that its organ core has the mean and standard
+            deviation of the model's training organ (``organ_intensity_hu`` of the pipeline; contrast-enhanced
+            parenchyma, :data:`DEFAULT_REFERENCE_HU`, for converted checkpoints), the model paints there, and the
+            change it made is brought back scaled by the ratio of the real-lesion contrast rule
+            (:func:`difftumor.synthesis.intensity.expected_contrast_hu`) of this organ to that of the reference.
+            A non-contrast liver then gets the lesion a non-contrast liver has. ``"native"``: the model sees the
+            crop as it is (the original).
+        blend_sigma_mm: range of the blending blur σ (the original draws U(0, 4); below 1 the edge becomes a voxel
+            staircase that real lesions do not have).
+        suppress_stride_pattern: remove the decoder's stride pattern where the tumour is blended
+            (:func:`difftumor.pipelines.tumor_inpaint.pipeline_tumor_inpaint.remove_stride_pattern`).
     """
 
     name = "diffusion"
@@ -108,7 +125,15 @@ class DiffusionSynthesizer(TumorSynthesizer):
         num_inference_steps: int | None = None,
         device: str = "cpu",
         max_batch_size: int | None = None,
+        intensity: str = "relative",
+        blend_sigma_mm: tuple[float, float] = (1.0, 3.0),
+        suppress_stride_pattern: bool = True,
     ):
+        if intensity not in ("relative", "native"):
+            raise DiffTumorInputError(f"unknown intensity mode {intensity!r}", "choose relative or native")
+        self.intensity = intensity
+        self.blend_sigma_mm = tuple(float(v) for v in blend_sigma_mm)
+        self.suppress_stride_pattern = bool(suppress_stride_pattern)
         if pipeline is None:
             from ..assets import bundled_pipeline_path
 
@@ -154,6 +179,16 @@ class DiffusionSynthesizer(TumorSynthesizer):
         pipeline.source = source or getattr(pipeline, "name_or_path", None) or "in-memory"
         return pipeline
 
+    def size_warning(self, size_class: str) -> str | None:
+        stage = self.pipeline.config.get("tumor_stage")
+        if size_class in ("medium", "large") and self.midlate_pipeline is None and stage == "early":
+            return (
+                f"the pipeline was trained on early (< 2 cm) tumours only; {size_class} tumours from it are outside "
+                "what it learned: pass --midlate-pipeline with a mid/late model (difftumor train diffusion "
+                "--config midlate_released)"
+            )
+        return None
+
     def _pipeline_for(self, size_class: str):
         if self.midlate_pipeline is not None and size_class in ("medium", "large"):
             return self.midlate_pipeline
@@ -168,6 +203,9 @@ class DiffusionSynthesizer(TumorSynthesizer):
     def describe(self) -> dict[str, Any]:
         info = {
             "synthesizer": self.name,
+            "variant": self.intensity,
+            "blend_sigma_mm": list(self.blend_sigma_mm),
+            "suppress_stride_pattern": self.suppress_stride_pattern,
             "model_id": str(self.pipeline.source),
             "model_hash": self._hash(self.pipeline),
             "scheduler": type(self.pipeline.scheduler).__name__,
@@ -178,6 +216,25 @@ class DiffusionSynthesizer(TumorSynthesizer):
             info["midlate_model_hash"] = self._hash(self.midlate_pipeline)
         return info
 
+    def _intensity_maps(self, batch: CropBatch, indices: list[int], pipeline) -> list[tuple[float, float, float]]:
+        """Per crop ``(a, b, k)``: the model sees ``a·HU + b``; the change it paints comes back multiplied by
+        ``k`` (see the class doc). ``(1, 0, 1)`` in ``native`` mode."""
+        if self.intensity == "native":
+            return [(1.0, 0.0, 1.0)] * len(indices)
+        reference_mean, reference_std = pipeline.config.get("organ_intensity_hu") or DEFAULT_REFERENCE_HU
+        reference_contrast = expected_contrast_hu(reference_mean, reference_std)
+        maps = []
+        for index in indices:
+            image, tumor = batch.images[index, 0].numpy(), batch.tumor_masks[index, 0].numpy().astype(bool)
+            organ = batch.organ_masks[index, 0].numpy().astype(bool)
+            mean, std = intensity_statistics(image, organ_core(organ & ~tumor, tumor))
+            if not (np.isfinite(mean) and np.isfinite(std)) or std <= 0:
+                maps.append((1.0, 0.0, 1.0))  # no measurable organ core in this crop: paint it as it is
+                continue
+            scale = reference_std / std
+            maps.append((scale, reference_mean - scale * mean, expected_contrast_hu(mean, std) / reference_contrast))
+        return maps
+
     def synthesize(self, batch: CropBatch) -> SynthesisOutput:
         images = batch.images.clone()
         parameters: list[dict[str, Any]] = [{} for _ in batch.seeds]
@@ -187,19 +244,30 @@ class DiffusionSynthesizer(TumorSynthesizer):
         for indices in groups.values():
             pipeline = self._pipeline_for(batch.size_classes[indices[0]])
             generators = [torch.Generator().manual_seed(batch.seeds[i]) for i in indices]
-            # σ of the blending blur, drawn per tumour from its own seed (the original: U(0, 4)).
-            sigmas = [float(np.random.default_rng([batch.seeds[i], 1]).uniform(0.0, 4.0)) for i in indices]
+            # σ of the blending blur, drawn per tumour from its own seed.
+            sigmas = [float(np.random.default_rng([batch.seeds[i], 1]).uniform(*self.blend_sigma_mm)) for i in indices]
+            maps = self._intensity_maps(batch, indices, pipeline)
+            scales = torch.tensor([m[0] for m in maps]).view(-1, 1, 1, 1, 1)
+            offsets = torch.tensor([m[1] for m in maps]).view(-1, 1, 1, 1, 1)
+            factors = torch.tensor([m[2] for m in maps]).view(-1, 1, 1, 1, 1)
+            model_images = batch.images[indices] * scales + offsets
             output = pipeline(
-                batch.images[indices],
+                model_images,
                 batch.tumor_masks[indices],
                 num_inference_steps=self.num_inference_steps,
                 generator=generators,
                 blur_sigma=sigmas,
+                suppress_stride_pattern=self.suppress_stride_pattern,
             )
-            images[indices] = output.images
+            change = (output.images.double() - model_images.double()) * factors
+            # Outside the blend the pipeline returns its input exactly: the change there is exactly 0.
+            images[indices] = torch.where(
+                change != 0, batch.images[indices].double() + change, batch.images[indices].double()
+            ).to(images.dtype)
             for position, index in enumerate(indices):
                 parameters[index] = {
                     "blend_sigma_mm": round(sigmas[position], 4),
+                    "intensity_map": [round(v, 4) for v in maps[position]],
                     "model_id": str(pipeline.source),
                     "model_hash": self._hash(pipeline),
                 }
@@ -232,15 +300,39 @@ def hu2023_texture(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np
     }
 
 
+#: Hu et al.'s training recipe (their released code): absolute drop, tumour type mix, counts per type, window.
+HU2023_RECIPE = {
+    "delta_hu": (65.0, 145.0),
+    "size_mix": {"tiny": 0.2, "small": 0.2, "medium": 0.2, "large": 0.2, "mix": 0.2},
+    "tumors_per_crop": {"tiny": (3, 10), "small": (3, 10), "medium": (2, 5), "large": (1, 3)},
+    "window": (-21.0, 189.0),
+}
+RECIPES = ("relative", "hu2023")
+#: How much of Hu et al.'s texture modulates the relative drop (0: uniform drop, 1: their full texture). Real early
+#: lesions are about as uniform inside as the organ (internal std ≈ 0.95 × the organ's); the texture keeps some
+#: heterogeneity without making the lesion noisier than that.
+TEXTURE_STRENGTH = 0.3
+
+
 class HandcraftedSynthesizer(TumorSynthesizer):
     """Training-free tumours (Hu et al., CVPR 2023, "Label-Free Liver Tumor Segmentation").
 
     Inside the organ, ``I' = I − T · g · Δ`` where ``T`` is a random texture, ``g`` the tumour mask blurred with
-    ``σ ~ U(1, 2)`` mm (soft edge) and ``Δ ~ U(65, 145)`` HU (hypo-attenuation). Optional extras of the paper that
-    the authors' training code leaves out: a brighter ``capsule`` rim.
+    ``σ ~ U(1, 2)`` mm (soft edge) and ``Δ`` the drop. Two recipes:
+
+    - ``"relative"`` (default): the drop follows the scan — the mean drop inside the tumour is the contrast of a
+      real early lesion in an organ with this crop's core mean and noise
+      (:func:`difftumor.synthesis.intensity.expected_contrast_hu`, × U(0.8, 1.2)), the texture modulating it by
+      :data:`TEXTURE_STRENGTH`;
+    - ``"hu2023"``: Hu et al.'s exact drop, ``Δ ~ U(65, 145)`` HU, full texture (calibrated on enhanced scans, too
+      strong for a non-contrast liver). Their type mix, counts and window (:data:`HU2023_RECIPE`) belong to
+      segmentation training (``synthesis.recipe: hu2023``).
+
+    Optional extra of the paper that the authors' training code leaves out: a brighter ``capsule`` rim.
 
     Args:
-        delta_hu: range of the attenuation drop ``Δ`` in HU.
+        recipe: ``"relative"`` or ``"hu2023"``.
+        delta_hu: the ``hu2023`` drop range in HU.
         edge_sigma_mm: range of the edge blur ``σ``.
         capsule: add a thin hyper-attenuating rim (+``capsule_hu``) around the tumour.
         capsule_hu: rim brightness in HU.
@@ -251,38 +343,66 @@ class HandcraftedSynthesizer(TumorSynthesizer):
 
     def __init__(
         self,
-        delta_hu: tuple[float, float] = (65.0, 145.0),
+        recipe: str = "relative",
+        delta_hu: tuple[float, float] = HU2023_RECIPE["delta_hu"],
         edge_sigma_mm: tuple[float, float] = (1.0, 2.0),
         capsule: bool = False,
         capsule_hu: float = 20.0,
     ):
+        if recipe not in RECIPES:
+            raise DiffTumorInputError(f"unknown handcrafted recipe {recipe!r}", f"choose one of {', '.join(RECIPES)}")
+        self.recipe = recipe
         self.delta_hu = tuple(float(v) for v in delta_hu)
         self.edge_sigma_mm = tuple(float(v) for v in edge_sigma_mm)
         self.capsule = capsule
         self.capsule_hu = float(capsule_hu)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        info = {
             "synthesizer": self.name,
-            "model_id": "handcrafted-hu2023",
-            "delta_hu": list(self.delta_hu),
+            "variant": self.recipe,
+            "model_id": f"handcrafted-{self.recipe}",
             "edge_sigma_mm": list(self.edge_sigma_mm),
             "capsule": self.capsule,
+        }
+        if self.recipe == "hu2023":
+            info["delta_hu"] = list(self.delta_hu)
+        return info
+
+    def _relative_drop(self, image, tumor, organ, texture, soft, rng, box) -> tuple[np.ndarray, dict[str, Any]]:
+        """The HU removed per voxel of ``box`` by the ``relative`` recipe, and what was drawn. The organ's core is
+        measured on the whole crop."""
+        mean, std = intensity_statistics(image, organ_core(organ & ~tumor, tumor))
+        contrast = expected_contrast_hu(mean, std) * float(rng.uniform(*CONTRAST_SPREAD))
+        inside = tumor[box]
+        relative_texture = texture / max(float(texture[inside].mean()), 1e-6)
+        modulation = np.clip(1.0 + TEXTURE_STRENGTH * (relative_texture - 1.0), 0.0, None)
+        shape = modulation * soft
+        # The soft edge lowers the drop near the border: scale so that the mean drop over the tumour is the contrast.
+        return shape * (contrast / max(float(shape[inside].mean()), 1e-6)), {
+            "contrast_hu": round(contrast, 3),
+            "organ_core_hu": [round(mean, 2), round(std, 2)],
         }
 
     def _one(self, image: np.ndarray, tumor: np.ndarray, organ: np.ndarray, seed: int):
         rng = np.random.default_rng([seed, 2])
         edge_sigma = float(rng.uniform(*self.edge_sigma_mm))
-        delta = float(rng.uniform(*self.delta_hu))
-        # Work in the tumour's neighbourhood only (truncate 4σ of the edge blur, plus texture context).
+        # Work in the tumour's neighbourhood only (truncate 4σ of the edge blur, plus texture context); the organ's
+        # intensity is measured on the whole crop.
         margin = int(4 * edge_sigma + 0.5) + 2
         box = tuple(
             slice(max(int(lo) - margin, 0), min(int(hi) + margin + 1, size))
             for lo, hi, size in zip(np.argwhere(tumor).min(0), np.argwhere(tumor).max(0), tumor.shape)
         )
-        texture, texture_parameters = hu2023_texture(tuple(s.stop - s.start for s in box), rng)
+        draw_rng = np.random.default_rng([seed, 2, 1]) if self.recipe == "relative" else rng
         soft = ndimage.gaussian_filter(tumor[box].astype(np.float32), edge_sigma)
-        change = texture * soft * delta
+        if self.recipe == "hu2023":
+            delta = float(rng.uniform(*self.delta_hu))  # drawn before the texture, as it always was
+            texture, texture_parameters = hu2023_texture(tuple(s.stop - s.start for s in box), rng)
+            change, drawn = texture * soft * delta, {"delta_hu": round(delta, 3)}
+        else:
+            texture, texture_parameters = hu2023_texture(tuple(s.stop - s.start for s in box), rng)
+            change, drawn = self._relative_drop(image, tumor, organ, texture, soft, draw_rng, box)
         if self.capsule:
             rim = tumor[box] & ~ndimage.binary_erosion(tumor[box], iterations=1)
             change = change - ndimage.gaussian_filter(rim.astype(np.float32), 0.7) * self.capsule_hu
@@ -290,8 +410,8 @@ class HandcraftedSynthesizer(TumorSynthesizer):
         out = image.copy()
         out[box] = np.where(change != 0, image[box] - change, image[box])
         return out, {
-            "model_id": "handcrafted-hu2023",
-            "delta_hu": round(delta, 3),
+            "model_id": f"handcrafted-{self.recipe}",
+            **drawn,
             "edge_sigma_mm": round(edge_sigma, 4),
             **texture_parameters,
         }
@@ -319,6 +439,21 @@ def _plugins() -> dict[str, Any]:
     return {entry.name: entry for entry in entry_points(group="difftumor.synthesizers")}
 
 
+def _construct(name: str, factory: Any, kwargs: dict[str, Any]) -> TumorSynthesizer:
+    """``factory(**kwargs)``, with an unknown setting reported as the user's mistake, naming the accepted ones."""
+    import inspect
+
+    accepted = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = sorted(set(kwargs) - set(accepted)) if not takes_any else []
+    if unknown:
+        raise DiffTumorInputError(
+            f"the {name} synthesizer has no setting {', '.join(unknown)}",
+            f"its settings: {', '.join(k for k in accepted if k != 'self')}",
+        )
+    return factory(**kwargs)
+
+
 def available_synthesizers() -> list[str]:
     """Names accepted by :func:`get_synthesizer`: the built-ins and every installed plugin."""
     return sorted(set(_BUILTIN) | set(_plugins()))
@@ -331,11 +466,11 @@ def get_synthesizer(name: str, **kwargs: Any) -> TumorSynthesizer:
         DiffTumorInputError: unknown name (the message lists the available ones).
     """
     if name in _BUILTIN:
-        return _BUILTIN[name](**kwargs)
+        return _construct(name, _BUILTIN[name], kwargs)
     plugins = _plugins()
     if name in plugins:
         factory = plugins[name].load()
-        synthesizer = factory(**kwargs)
+        synthesizer = _construct(name, factory, kwargs)
         if not isinstance(synthesizer, TumorSynthesizer):
             raise TypeError(f"entry point {name!r} did not produce a TumorSynthesizer")
         return synthesizer

@@ -1,9 +1,13 @@
 """On-the-fly tumour synthesis for segmentation training: a MONAI dictionary transform and a batched twin.
 
-For healthy crops only, with probability ``prob``, a tumour of a size class drawn from ``size_mix`` (the original:
-early 0.8, medium 0.1, large 0.1) is placed in the crop's organ and painted by any registered synthesizer; the
-label gets the tumour. The synthesizer (and its models) is created once per process and reused. The trainer uses
-:class:`TumorSynthesisOnBatch` after collation so that diffusion crops of a batch go through the model together.
+For healthy crops that contain the organ, with probability ``prob`` (the original: 0.5), 1–3 tumours (the
+original; ``tumors_per_crop``) of a size class drawn from ``size_mix`` (the original: early 0.8, medium 0.1,
+large 0.1) are placed in the crop's organ and painted by any registered synthesizer; the label gets the tumours.
+Crops without organ are not candidates, so ``prob`` is the rate among crops that could receive a tumour; the
+trainer logs that effective rate. Hu et al.'s recipe (``HU2023_RECIPE``) draws a type from tiny/small/medium/
+large/mix and a count per type instead. The synthesizer (and its models) is created once per process and
+reused. The trainer uses :class:`TumorSynthesisOnBatch` after collation so that diffusion crops of a batch go
+through the model together.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from .geometry import TumorSpec, place_tumor
 from .synthesizers import CropBatch, TumorSynthesizer, get_synthesizer
 
 DEFAULT_SIZE_MIX = {"early": 0.8, "medium": 0.1, "large": 0.1}
+DEFAULT_TUMORS_PER_CROP = (1, 3)
+#: A crop needs this many organ voxels to be a candidate.
+MIN_ORGAN_VOXELS = 100
+_SIZE_ORDER = ("tiny", "small", "early", "medium", "large")
 
 
 class TumorSynthesisCore:
@@ -34,6 +42,8 @@ class TumorSynthesisCore:
         intensity_range: what the window maps to in the crops (``(0, 1)`` for segmentation, as the original).
         organ_label, tumor_label: label ids in the crops.
         synthesizer_kwargs: arguments for a synthesizer given by name (e.g. ``pipeline=``).
+        tumors_per_crop: ``(low, high)`` tumours per selected crop (inclusive), or per size class a range (Hu et
+            al.'s counts); the ``"mix"`` class places tiny, small, medium and large tumours with their own ranges.
     """
 
     def __init__(
@@ -47,8 +57,10 @@ class TumorSynthesisCore:
         organ_label: int = 1,
         tumor_label: int = 2,
         synthesizer_kwargs: dict[str, Any] | None = None,
+        tumors_per_crop: Sequence[int] | Mapping[str, Sequence[int]] = DEFAULT_TUMORS_PER_CROP,
     ):
         mix = dict(size_mix or DEFAULT_SIZE_MIX)
+        self.tumors_per_crop = tumors_per_crop
         if not mix or any(p < 0 for p in mix.values()) or sum(mix.values()) <= 0:
             raise DiffTumorInputError(f"invalid size mix {mix}", "give non-negative probabilities, e.g. early: 0.8")
         self._synthesizer = synthesizer
@@ -74,19 +86,36 @@ class TumorSynthesisCore:
         (low, high), (a, b) = self.window, self.intensity_range
         return np.clip((hu - low) / (high - low), 0.0, 1.0) * (b - a) + a
 
+    def candidate(self, label: np.ndarray) -> bool:
+        """Whether a crop may receive tumours: healthy, with enough organ."""
+        return not (label == self.tumor_label).any() and int((label == self.organ_label).sum()) >= MIN_ORGAN_VOXELS
+
+    def _count(self, size: str, rng: np.random.Generator) -> int:
+        ranges = self.tumors_per_crop
+        low, high = ranges.get(size, DEFAULT_TUMORS_PER_CROP) if isinstance(ranges, Mapping) else ranges
+        return int(rng.integers(int(low), int(high) + 1))
+
     def plan(self, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str] | None:
-        """A tumour mask for a healthy crop ``label`` ``(X, Y, Z)``; ``None`` if not drawn, not healthy or no room."""
-        if rng.random() >= self.prob or (label == self.tumor_label).any():
+        """Tumour masks (one array, possibly several components) for a candidate crop ``label`` ``(X, Y, Z)`` and
+        the largest size class placed; ``None`` if not drawn, not a candidate, or no room."""
+        if not self.candidate(label) or rng.random() >= self.prob:
             return None
         organ = label == self.organ_label
-        if organ.sum() < 100:
-            return None
         size = self.sizes[int(rng.choice(len(self.sizes), p=self.size_probabilities))]
-        try:
-            tumor = place_tumor(organ, self.organ, TumorSpec(size), rng, max_attempts=8)
-        except DiffTumorInputError:
-            return None  # this crop's organ cannot hold the tumour: leave it healthy
-        return tumor.mask, tumor.size_class
+        parts = ("tiny", "small", "medium", "large") if size == "mix" else (size,)
+        classes = [part for part in parts for _ in range(self._count(part, rng))]
+        occupied = np.zeros_like(organ)
+        placed: list[str] = []
+        for size_class in classes:
+            try:
+                tumor = place_tumor(organ, self.organ, TumorSpec(size_class), rng, max_attempts=8, occupied=occupied)
+            except DiffTumorInputError:
+                continue  # no room left in this crop's organ for another one
+            occupied |= tumor.mask
+            placed.append(tumor.size_class)
+        if not placed:
+            return None
+        return occupied, max(placed, key=_SIZE_ORDER.index)
 
     def paint(
         self, images: list[np.ndarray], labels: list[np.ndarray], plans: list[tuple[np.ndarray, str]], seeds: list[int]
@@ -150,19 +179,29 @@ class TumorSynthesisOnBatch:
 
     def __init__(self, **core_kwargs: Any):
         self.core = TumorSynthesisCore(**core_kwargs)
+        #: running totals since construction: crops seen, candidates (healthy, with organ), crops synthesised
+        self.seen = self.candidates = self.synthesised = 0
+
+    @property
+    def effective_rate(self) -> float:
+        """Synthesised ÷ candidate crops so far (the original's 0.5 is this rate)."""
+        return self.synthesised / max(self.candidates, 1)
 
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int], healthy: Sequence[bool] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         image_array, label_array = images.cpu().numpy(), labels.cpu().numpy()
         chosen, plans = [], []
+        self.seen += len(seeds)
         for index, seed in enumerate(seeds):
             if healthy is not None and not healthy[index]:
                 continue
+            self.candidates += int(self.core.candidate(label_array[index, 0]))
             plan = self.core.plan(label_array[index, 0], np.random.default_rng([int(seed), 3]))
             if plan is not None:
                 chosen.append(index)
                 plans.append(plan)
+        self.synthesised += len(chosen)
         if not chosen:
             return images, labels, 0
         painted, relabelled = self.core.paint(

@@ -60,6 +60,19 @@ class EMASection:
 
 
 @dataclass
+class IntensityAugmentation:
+    """Organ-relative intensity augmentation per training crop, before the window is applied: the organ's mean HU
+    in the crop is moved to a value drawn from ``organ_hu`` and the HU around it scaled by a factor drawn from
+    ``scale`` (tumour contrast and parenchymal noise scale together). A model trained on one contrast phase then
+    paints tumours relative to the organ it sees instead of at the training scan's absolute HU.
+    ``prob: 0`` is the original's recipe."""
+
+    prob: Fraction = 0.8
+    organ_hu: tuple[float, float] = (40.0, 160.0)
+    scale: tuple[PositiveFloat, PositiveFloat] = (0.7, 1.3)
+
+
+@dataclass
 class DiffusionConfig:
     """``difftumor train diffusion`` configuration (examples: ``--config released|tiny_cpu``)."""
 
@@ -73,6 +86,7 @@ class DiffusionConfig:
     diffusion: DiffusionSection = field(default_factory=DiffusionSection)
     optim: DiffusionOptim = field(default_factory=DiffusionOptim)
     ema: EMASection = field(default_factory=EMASection)
+    intensity_augmentation: IntensityAugmentation = field(default_factory=IntensityAugmentation)
     license: str = "apache-2.0"
     data_description: str = ""
     #: Hub dataset ids of the training data, for the model card (e.g. ["my-lab/lits-early"])
@@ -128,13 +142,47 @@ def _crop_transform(config: DiffusionConfig):
         warn=False,
     )
     chain = Compose([crop, RandRotate90d(keys=["image", "label"], prob=0.1, spatial_axes=(0, 1))])
+    augmentation, window = config.intensity_augmentation, config.data.window
 
     def transform(data: dict, rng: np.random.Generator) -> dict:
         sample = seeded(chain, rng)(dict(data))
         sample = sample[0] if isinstance(sample, list) else sample
-        return {"image": sample["image"], "mask": (sample["label"] == 2).float()}
+        image = augment_intensity(sample["image"], sample["label"] == 1, window, augmentation, rng)
+        return {"image": image, "mask": (sample["label"] == 2).float()}
 
     return transform
+
+
+def augment_intensity(
+    image: torch.Tensor, organ: torch.Tensor, window: tuple[float, float], config: IntensityAugmentation, rng
+) -> torch.Tensor:
+    """:class:`IntensityAugmentation` on a window-scaled crop ([-1, 1]); the draws always happen, so the crops that
+    follow do not depend on whether this one was augmented."""
+    low, high = window
+    apply, target, scale = rng.random() < config.prob, rng.uniform(*config.organ_hu), rng.uniform(*config.scale)
+    if not apply or int(organ.sum()) < 100:
+        return image
+    hu = (image + 1) / 2 * (high - low) + low
+    mean = float(hu[organ].mean())
+    hu = target + scale * (hu - mean)
+    return ((hu - low) / (high - low) * 2 - 1).clamp(-1, 1)
+
+
+def organ_reference_hu(dataset: CropDataset, window: tuple[float, float]) -> list[float]:
+    """Mean and standard deviation (HU) of the organ cores of the training cases, unaugmented, on the working grid
+    (:func:`difftumor.spatial.organ_core`): the intensity the model's tumours are relative to, stored with the
+    pipeline for the diffusion synthesizer's organ-relative mode."""
+    from ..spatial import organ_core
+
+    low, high = window
+    values = []
+    for index in range(len(dataset.cases)):
+        case = dataset.case(index)
+        image, label = np.asarray(case["image"])[0], np.asarray(case["label"])[0]
+        core = organ_core(label == 1, label >= 2)
+        values.append((image[core] + 1) / 2 * (high - low) + low)
+    joined = np.concatenate(values) if values else np.zeros(1)
+    return [round(float(joined.mean()), 2), round(float(joined.std()), 2)]
 
 
 def _relabel(stage: str):
@@ -220,6 +268,7 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple
         ]
     )
     dataset = CropDataset(with_tumors, preprocess, _crop_transform(config), config.run.seed)
+    pipeline.register_to_config(organ_intensity_hu=organ_reference_hu(dataset, config.data.window))
     loader = run_loader(
         dataset, config.data.batch_size, config.data.num_workers, start, config.run.max_steps, accelerator
     )

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DiffTumorInputError
-from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, Range, load_config
+from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
 from .run import RunConfig, TrainingRun
 
@@ -54,8 +54,16 @@ class SynthesisSection:
     synthesizer: str = "handcrafted"
     #: diffusion: pipeline folder or repo id (default: the bundled demo pipeline)
     pipeline: str | None = None
+    #: probability that a candidate crop (healthy, with organ) receives tumours (the original: 0.5)
     prob: Fraction = 0.5
     size_mix: dict = field(default_factory=lambda: {"early": 0.8, "medium": 0.1, "large": 0.1})
+    #: tumours per selected crop, inclusive (the original: 1-3)
+    tumors_per_crop: tuple[PositiveInt, PositiveInt] = (1, 3)
+    #: "hu2023": Hu et al.'s training recipe for the handcrafted arm — absolute drop, their type mix and counts,
+    #: their window -21..189 (it replaces data.window, size_mix and tumors_per_crop)
+    recipe: str | None = None
+    #: more settings for the synthesizer's constructor, passed as they are (e.g. {intensity: native})
+    options: dict = field(default_factory=dict)
 
     def check_pipeline(self) -> None:
         """Checked when training starts, not minutes later when the first healthy crop needs a tumour (and not at
@@ -95,6 +103,19 @@ class SegmentationConfig:
     organ: str = "liver"
     #: Hub dataset ids of the training data, for the model card
     datasets: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        recipe = self.synthesis.recipe
+        if recipe not in (None, "hu2023"):
+            raise DiffTumorInputError(f"synthesis.recipe {recipe!r} is unknown", "leave it empty, or use hu2023")
+        if recipe == "hu2023":
+            from ..synthesis.synthesizers import HU2023_RECIPE
+
+            if self.synthesis.synthesizer != "handcrafted":
+                raise DiffTumorInputError(
+                    "synthesis.recipe hu2023 is the handcrafted synthesizer's", "set synthesis.synthesizer handcrafted"
+                )
+            self.data.window = HU2023_RECIPE["window"]
 
 
 def _augment(config: SegmentationConfig):
@@ -247,14 +268,23 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
         kwargs: dict[str, Any] = {}
         if config.synthesis.synthesizer == "diffusion":
             kwargs = {"pipeline": config.synthesis.pipeline, "device": str(run.device)}
+        placement: dict[str, Any] = {
+            "size_mix": config.synthesis.size_mix,
+            "tumors_per_crop": config.synthesis.tumors_per_crop,
+        }
+        if config.synthesis.recipe == "hu2023":
+            from ..synthesis.synthesizers import HU2023_RECIPE
+
+            kwargs["recipe"] = "hu2023"
+            placement = {"size_mix": HU2023_RECIPE["size_mix"], "tumors_per_crop": HU2023_RECIPE["tumors_per_crop"]}
         synthesis = TumorSynthesisOnBatch(
             synthesizer=config.synthesis.synthesizer,
             organ=config.organ,
             prob=config.synthesis.prob,
-            size_mix=config.synthesis.size_mix,
             window=config.data.window,
             intensity_range=(0.0, 1.0),
-            synthesizer_kwargs=kwargs,
+            synthesizer_kwargs={**kwargs, **config.synthesis.options},
+            **placement,
         )
     dataset = _MixedDataset(cases, _preprocess(config), _augment(config), config.run.seed, weights)
     loader = run_loader(
@@ -290,6 +320,7 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
             "loss": loss.item(),
             "synthetic_tumours_total": float(synthesised_total),
             "synthetic_fraction": synthesised_total / max(crops_total, 1),
+            "synthesis_effective_rate": synthesis.effective_rate if synthesis is not None else 0.0,
             "lr": schedule.get_last_lr()[0],
         }
         if (

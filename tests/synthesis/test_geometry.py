@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from difftumor.errors import DiffTumorInputError
+from difftumor.spatial import equivalent_diameter_mm
 from difftumor.synthesis.geometry import (
     SIZE_CLASSES,
     TumorSpec,
     choose_center,
     deformed_ellipsoid,
     ellipsoid,
-    equivalent_diameter_mm,
     parse_size,
     place_tumor,
 )

@@ -332,7 +332,7 @@ def test_every_example_config_is_valid():
         "segmentation": load_segmentation_config,
     }
     configs = sorted((Path(__file__).resolve().parents[2] / "difftumor" / "configs").glob("*.yaml"))
-    assert len(configs) == 6
+    assert len(configs) == 7
     for path in configs:
         loaders[path.name.split("_")[0]](path, [])
     for loader in loaders.values():  # packaged configs by name, as `--config released` takes them

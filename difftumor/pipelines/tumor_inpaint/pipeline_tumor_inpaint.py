@@ -109,6 +109,9 @@ class TumorInpaintPipeline(DiffusionPipeline):
         default_num_inference_steps (`int`, defaults to 4): steps used when the caller gives none.
         organ (`str`, optional): organ the tumours were trained on, for model cards and manifests.
         tumor_stage (`str`, optional): ``"early"`` or ``"mid-late"`` (which size class this model synthesises).
+        organ_intensity_hu (`list[float]`, optional): mean and standard deviation (HU) of the organ core in the
+            training crops, recorded by the trainer; the diffusion synthesizer paints relative to it. ``None`` for
+            converted checkpoints (the synthesizer then assumes contrast-enhanced parenchyma).
     """
 
     model_cpu_offload_seq = "vqmodel->unet->vqmodel"
@@ -125,6 +128,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
         default_num_inference_steps: int = 4,
         organ: str | None = None,
         tumor_stage: str | None = None,
+        organ_intensity_hu: list[float] | None = None,
     ):
         super().__init__()
         self.register_modules(vqmodel=vqmodel, unet=unet, scheduler=scheduler)
@@ -341,6 +345,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         blur_sigma: float | list[float] | None = None,
+        suppress_stride_pattern: bool = False,
         output_type: str = "pt",
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
@@ -358,6 +363,9 @@ class TumorInpaintPipeline(DiffusionPipeline):
             latents (`torch.Tensor`, *optional*): initial noise ``(B, C, Z/f, X/f, Y/f)`` (model axis order).
             blur_sigma (`float` or list, *optional*): σ in voxels of the blending blur per crop; drawn from U(0, 4)
                 (the original's range) when omitted.
+            suppress_stride_pattern (`bool`, defaults to `False`): remove from the decoded crop, where it is blended,
+                the pattern that repeats with the decoder's up-sampling stride (a regular dot grid that a briefly
+                trained autoencoder leaves; see :func:`remove_stride_pattern`). Off reproduces the original.
             output_type (`str`): ``"pt"`` (torch tensors, default) or ``"np"`` (NumPy arrays) for every output.
             return_dict (`bool`): return a :class:`TumorInpaintPipelineOutput` instead of a tuple.
             callback_on_step_end (`Callable`, *optional*): diffusers' step callback,
@@ -420,6 +428,16 @@ class TumorInpaintPipeline(DiffusionPipeline):
         sigmas = self._blur_sigmas(blur_sigma, batch, generator)
         masks = (tumor_mask > 0).cpu().numpy()
         weights = np.stack([self.blend_weights(masks[i, 0], sigmas[i])[None] for i in range(batch)])
+        if suppress_stride_pattern:
+            depth, height, width = self.latent_factor  # model (Z, X, Y) -> crop (X, Y, Z)
+            decoded = torch.from_numpy(
+                np.stack(
+                    [
+                        remove_stride_pattern(decoded[i, 0].numpy(), weights[i, 0] > 0, (height, width, depth))[None]
+                        for i in range(batch)
+                    ]
+                )
+            )
         images = blend_into_hu(image.float().cpu(), decoded, torch.from_numpy(weights), low, high)
 
         output = TumorInpaintPipelineOutput(
@@ -442,6 +460,36 @@ class TumorInpaintPipeline(DiffusionPipeline):
         if len(blur_sigma) != batch:
             raise DiffTumorInputError(f"blur_sigma has {len(blur_sigma)} values for {batch} crops")
         return [float(s) for s in blur_sigma]
+
+
+def remove_stride_pattern(decoded: np.ndarray, region: np.ndarray, period: tuple[int, int, int]) -> np.ndarray:
+    """Subtract, inside ``region``, the part of ``decoded``'s high-pass residual that repeats with ``period``.
+
+    A transposed-convolution decoder that up-samples by ``p`` along an axis leaves a pattern of period ``p`` (its
+    kernel overlaps unevenly). The residual after a ``p``-voxel box filter (which passes the lattice frequencies
+    k/p untouched) is averaged per phase ``(x mod p, y mod p, z mod p)`` over the region, and that mean pattern —
+    exactly the residual's energy at the stride's lattice frequencies — is removed. Everything else (the lesion,
+    its edges, noise at other frequencies) is kept.
+    """
+    if not region.any():
+        return decoded
+    points = np.argwhere(region)
+    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(points.min(0), points.max(0)))
+    local = decoded[box].astype(np.float64)
+    residual = local - ndimage.uniform_filter(local, size=period, mode="nearest")
+    phase = np.zeros(local.shape, dtype=np.int64)
+    for axis, (start, step) in enumerate(zip((s.start for s in box), period)):
+        shape = [1, 1, 1]
+        shape[axis] = local.shape[axis]
+        phase = phase * step + ((start + np.arange(local.shape[axis])) % step).reshape(shape)
+    inside = region[box]
+    size = int(np.prod(period))
+    counts = np.bincount(phase[inside], minlength=size)
+    means = np.bincount(phase[inside], weights=residual[inside], minlength=size) / np.maximum(counts, 1)
+    means[counts > 0] -= residual[inside].mean()
+    out = decoded.copy()
+    out[box] = np.where(inside, local - means[phase], local).astype(decoded.dtype)
+    return out
 
 
 def step_kwargs(scheduler: Any, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:

@@ -1,0 +1,405 @@
+"""Do synthetic lesions look like real ones? Measure both the same way and compare their distributions.
+
+Every lesion (a 26-connected tumour component of at least :data:`MIN_LESION_MM3`) is measured on a 1 mm grid
+resampled from its own CT (linear for HU, nearest for labels; axes as stored), so real lesions of a 1.5 mm scan
+and synthetic lesions of a 3 mm scan are measured alike:
+
+- ``diameter_mm``: equivalent-sphere diameter;
+- ``lesion_hu``: mean HU inside the lesion;
+- ``contrast_hu``: mean of the organ ring 2–5 mm outside the lesion (voxels within 2 mm of another lesion left
+  out) minus the lesion mean (positive: darker than the organ);
+- ``contrast_to_organ_mean`` and ``contrast_to_organ_std``: contrast ÷ the organ core's mean and ÷ its standard
+  deviation (core: > 3 mm inside the organ, > 10 mm from any lesion; :func:`difftumor.spatial.organ_core`);
+- ``internal_std_to_organ_std``: standard deviation inside the lesion ÷ the core's;
+- ``edge_to_contrast_per_mm``: mean gradient magnitude on the one-voxel boundary shell ÷ contrast;
+- ``stride_artifact``: the share of the lesion's high-pass energy that repeats with the 4 mm period of the
+  autoencoder's decoder (4× up-sampling on the 1 mm working grid): the residual after a 4-voxel box filter is
+  averaged per phase (x mod 4, y mod 4, z mod 4) over the lesion grown by 2 mm, and the phase means' variance in
+  excess of what noise alone gives (var / n per phase) is divided by the residual's variance. ≈ 0 for real
+  tissue; a regular dot grid pushes it towards 1. (This is the energy at the stride's lattice frequencies.)
+- ``sphericity`` (``π^⅓ (6V)^⅔ / A``, the area from the co-area formula on the mask smoothed by σ = 0.7 mm) and
+  ``elongation`` (√(λ_minor / λ_major) of the voxel coordinates' covariance, as pyradiomics defines it).
+
+pyradiomics is not used: it has no wheel for current Python versions and its source releases do not build in a
+clean environment (3.1.0's metadata is inconsistent, 3.0.1 needs NumPy before its own build requirements).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage, stats
+
+from .. import __version__
+from ..atomic import atomic_folder
+from ..data.volumes import Volume, load_volume
+from ..errors import DiffTumorInputError
+from ..spatial import equivalent_diameter_mm, intensity_statistics, lesion_components, organ_core
+from ..spatial.grid import sample
+
+#: Lesions smaller than this (mm³) are noise of a label map, not lesions.
+MIN_LESION_MM3 = 10.0
+RING_MM = (2.0, 5.0)
+OTHER_LESION_GAP_MM = 2.0
+STRIDE = 4
+FEATURES = (
+    "diameter_mm",
+    "lesion_hu",
+    "contrast_hu",
+    "contrast_to_organ_mean",
+    "contrast_to_organ_std",
+    "internal_std_to_organ_std",
+    "edge_to_contrast_per_mm",
+    "stride_artifact",
+    "sphericity",
+    "elongation",
+)
+#: Size bins by equivalent diameter (mm): name -> [low, high).
+SIZE_BINS = {
+    "<10mm": (0.0, 10.0),
+    "10-20mm": (10.0, 20.0),
+    "early <20mm": (0.0, 20.0),
+    "20-50mm": (20.0, 50.0),
+    ">=50mm": (50.0, math.inf),
+}
+#: What the acceptance of synthetic lesions looks at (README "Realism").
+KEY_FEATURES = ("contrast_to_organ_mean", "contrast_to_organ_std", "internal_std_to_organ_std", "stride_artifact")
+
+
+@dataclass
+class LabelledCase:
+    """A CT with its organ and lesion masks, as one group of the comparison sees it."""
+
+    name: str
+    ct: Volume
+    organ: np.ndarray  # bool, organ including its lesions, on the CT grid
+    lesions: np.ndarray  # bool, on the CT grid
+
+
+# -- measuring ------------------------------------------------------------------------------------------------
+
+
+def _one_mm_box(case: LabelledCase, margin_mm: float = 8.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The organ's bounding box resampled to 1 mm along the stored axes: ``(hu, organ, lesions, affine)``."""
+    spacing = case.ct.spacing
+    points = np.argwhere(case.organ)
+    low = np.maximum(points.min(0) - np.ceil(margin_mm / spacing), 0)
+    high = np.minimum(points.max(0) + np.ceil(margin_mm / spacing), np.asarray(case.ct.shape) - 1)
+    shape = tuple(int(v) for v in np.floor((high - low) * spacing) + 1)
+    affine = case.ct.affine.copy()
+    affine[:3, :3] = case.ct.affine[:3, :3] / spacing  # unit columns: 1 mm along each stored axis
+    affine[:3, 3] = (case.ct.affine @ np.append(low, 1.0))[:3]
+    hu = sample(case.ct.array.astype(np.float32), case.ct.affine, affine, shape, order=1)
+    organ = sample(case.organ.astype(np.uint8), case.ct.affine, affine, shape, order=0).astype(bool)
+    lesions = sample(case.lesions.astype(np.uint8), case.ct.affine, affine, shape, order=0).astype(bool)
+    return hu, organ | lesions, lesions, affine
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    points = np.argwhere(mask)
+    return tuple(
+        slice(max(int(lo) - margin, 0), min(int(hi) + margin + 1, n))
+        for lo, hi, n in zip(points.min(0), points.max(0), mask.shape)
+    )
+
+
+def stride_artifact(hu: np.ndarray, region: np.ndarray, period: int = STRIDE) -> float:
+    """Share of the high-pass energy in ``region`` that repeats with ``period`` voxels (see the module doc)."""
+    residual = hu - ndimage.uniform_filter(hu.astype(np.float64), period, mode="nearest")
+    values = residual[region]
+    variance = float(values.var())
+    if variance <= 0 or values.size < 8 * period**3:
+        return float("nan")
+    phase = np.zeros(hu.shape, dtype=np.int64)
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = hu.shape[axis]
+        phase = phase * period + (np.arange(hu.shape[axis]) % period).reshape(shape)
+    phases = phase[region]
+    counts = np.bincount(phases, minlength=period**3)
+    sums = np.bincount(phases, weights=values, minlength=period**3)
+    present = counts > 0
+    means = sums[present] / counts[present]
+    weights = counts[present] / counts[present].sum()
+    spread = float((weights * (means - values.mean()) ** 2).sum())
+    noise = variance * float((weights / counts[present]).sum())
+    return (spread - noise) / variance
+
+
+def sphericity(mask: np.ndarray) -> float:
+    """``π^⅓ (6V)^⅔ / A`` of a 1 mm mask, the area by the co-area formula on the mask smoothed by σ = 0.7 mm."""
+    padded = np.pad(mask.astype(np.float64), 3)
+    smooth = ndimage.gaussian_filter(padded, 0.7)
+    area = float(np.sqrt(sum(g**2 for g in np.gradient(smooth))).sum())
+    volume = float(mask.sum())
+    return float(math.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area) if area > 0 else float("nan")
+
+
+def elongation(mask: np.ndarray) -> float:
+    """√(λ_minor / λ_major) of the voxel coordinates' covariance (1 = round in its two largest directions)."""
+    points = np.argwhere(mask).astype(np.float64)
+    if len(points) < 4:
+        return float("nan")
+    eigen = np.sort(np.linalg.eigvalsh(np.cov(points.T)))
+    return float(math.sqrt(max(eigen[1], 0.0) / eigen[2])) if eigen[2] > 0 else float("nan")
+
+
+def measure_case(case: LabelledCase) -> list[dict[str, Any]]:
+    """Features of every lesion of ``case`` (see the module doc), one dict per lesion."""
+    if not case.lesions.any():
+        return []
+    hu, organ, lesions, affine = _one_mm_box(case)
+    components, count = lesion_components(lesions)
+    core = organ_core(organ & ~lesions, lesions)
+    core_mean, core_std = intensity_statistics(hu, core)
+    gradient = np.sqrt(sum(g**2 for g in np.gradient(hu.astype(np.float64))))
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    records = []
+    for index in range(1, count + 1):
+        if sizes[index] < MIN_LESION_MM3:
+            continue
+        box = _box(components == index, int(RING_MM[1] + OTHER_LESION_GAP_MM + 3))
+        lesion = components[box] == index
+        others = lesions[box] & ~lesion
+        outside = ndimage.distance_transform_edt(~lesion)
+        near_others = ndimage.distance_transform_edt(~others) <= OTHER_LESION_GAP_MM if others.any() else others
+        ring = (outside > RING_MM[0]) & (outside <= RING_MM[1]) & organ[box] & ~lesions[box] & ~near_others
+        local = hu[box]
+        lesion_mean, lesion_std = intensity_statistics(local, lesion)
+        ring_mean, _ = intensity_statistics(local, ring)
+        contrast = ring_mean - lesion_mean
+        shell = lesion & ~ndimage.binary_erosion(lesion, np.ones((3, 3, 3)))
+        edge = float(gradient[box][shell].mean())
+        grown = ndimage.distance_transform_edt(~lesion) <= 2.0
+        center = ndimage.center_of_mass(components == index)
+        records.append(
+            {
+                "case": case.name,
+                "center_mm": [round(float(v), 1) for v in (affine @ np.append(center, 1.0))[:3]],
+                "diameter_mm": equivalent_diameter_mm(int(sizes[index])),
+                "lesion_hu": lesion_mean,
+                "organ_core_hu": core_mean,
+                "organ_core_std_hu": core_std,
+                "contrast_hu": contrast,
+                "contrast_to_organ_mean": contrast / core_mean if core_mean else float("nan"),
+                "contrast_to_organ_std": contrast / core_std if core_std else float("nan"),
+                "internal_std_to_organ_std": lesion_std / core_std if core_std else float("nan"),
+                "edge_to_contrast_per_mm": edge / contrast if contrast > 0 else float("nan"),
+                "stride_artifact": stride_artifact(local, grown),
+                "sphericity": sphericity(lesion),
+                "elongation": elongation(lesion),
+                # for the picture: an axial patch through the centre, relative to the organ mean
+                "_patch": _axial_patch(hu, center, core_mean),
+            }
+        )
+    return records
+
+
+def _axial_patch(hu: np.ndarray, center: Sequence[float], organ_mean: float, size: int = 48) -> np.ndarray:
+    x, y, z = (int(round(v)) for v in center)
+    half = size // 2
+    plane = np.full((size, size), organ_mean - 150.0, dtype=np.float32)
+    xs, ys = slice(max(x - half, 0), min(x + half, hu.shape[0])), slice(max(y - half, 0), min(y + half, hu.shape[1]))
+    plane[xs.start - (x - half) : xs.stop - (x - half), ys.start - (y - half) : ys.stop - (y - half)] = hu[xs, ys, z]
+    return plane - organ_mean
+
+
+# -- reading the groups ---------------------------------------------------------------------------------------
+
+
+def _synthesis_cases(folder: Path) -> Iterable[tuple[str, LabelledCase]]:
+    """Cases of a ``difftumor synthesize`` output folder, or of a folder holding several (a batch)."""
+    manifests = [folder / "tumors.json"] if (folder / "tumors.json").is_file() else sorted(folder.glob("*/tumors.json"))
+    if not manifests:
+        raise DiffTumorInputError(
+            f"{folder} holds no tumors.json", "pass a folder written by `difftumor synthesize` (or a batch of them)"
+        )
+    for manifest_path in manifests:
+        manifest = json.loads(manifest_path.read_text())
+        ct = load_volume(manifest_path.parent / "ct.nii.gz", "CT")
+        labels = np.rint(load_volume(manifest_path.parent / "label.nii.gz", "label map").array).astype(np.int64)
+        tumor_label = int(manifest["tumor_label"])
+        organ_label = manifest.get("input", {}).get("organ_label") or 1
+        group = str(manifest.get("synthesizer", "synthetic"))
+        if manifest.get("variant"):
+            group += f" ({manifest['variant']})"
+        organ = (labels == organ_label) | (labels == tumor_label)
+        yield group, LabelledCase(manifest_path.parent.name, ct, organ, labels == tumor_label)
+
+
+def _real_cases(source: Path, organ_values: Sequence[int], tumor_values: Sequence[int]) -> Iterable[LabelledCase]:
+    """Labelled CTs: a datalist (``image``/``label``) or a folder with ``images/`` and ``labels/`` (by name)."""
+    if source.is_file():
+        from ..training.data import read_cases
+
+        pairs = [(Path(c["image"]), Path(c["label"])) for c in read_cases(source, require_label=True)]
+    elif (source / "images").is_dir() and (source / "labels").is_dir():
+        from .evaluate import _nifti
+
+        images, labels = _nifti(source / "images"), _nifti(source / "labels")
+        pairs = [(images[name], labels[name]) for name in sorted(images) if name in labels]
+    else:
+        raise DiffTumorInputError(
+            f"{source} is neither a datalist nor a folder with images/ and labels/",
+            "pass labelled CTs as a datalist JSON or as images/ + labels/ folders",
+        )
+    if not pairs:
+        raise DiffTumorInputError(f"{source} has no labelled CT", "pair images and labels by file name")
+    for image, label in pairs:
+        ct = load_volume(image, "CT")
+        values = np.rint(load_volume(label, "label map").array).astype(np.int64)
+        if values.shape != ct.shape:
+            raise DiffTumorInputError(f"label {label} is not on the grid of {image}", "pass each CT's own label map")
+        tumor = np.isin(values, tumor_values)
+        name = image.name.removesuffix(".gz").removesuffix(".nii")
+        yield LabelledCase(name, ct, np.isin(values, organ_values) | tumor, tumor)
+
+
+# -- comparing ------------------------------------------------------------------------------------------------
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    if finite.size == 0:
+        return {"n": 0}
+    q1, median, q3 = np.percentile(finite, [25, 50, 75])
+    return {
+        "n": int(finite.size),
+        "median": float(median),
+        "iqr": [float(q1), float(q3)],
+        "range": [float(finite.min()), float(finite.max())],
+    }
+
+
+def compare(groups: dict[str, list[dict[str, Any]]], reference: str) -> dict[str, Any]:
+    """Per size bin and feature: median [IQR] per group, and for every other group the ratio of medians to
+    ``reference``'s, the Wasserstein distance and the two-sample Kolmogorov–Smirnov statistic and p-value."""
+    table: dict[str, Any] = {}
+    for bin_name, (low, high) in SIZE_BINS.items():
+        in_bin = {g: [r for r in records if low <= r["diameter_mm"] < high] for g, records in groups.items()}
+        if not any(in_bin.values()):
+            continue
+        rows: dict[str, Any] = {}
+        for feature in FEATURES:
+            row: dict[str, Any] = {g: _summary([r[feature] for r in in_bin[g]]) for g in groups}
+            real = np.asarray([r[feature] for r in in_bin.get(reference, []) if np.isfinite(r[feature])])
+            for group in groups:
+                if group == reference:
+                    continue
+                other = np.asarray([r[feature] for r in in_bin[group] if np.isfinite(r[feature])])
+                if real.size and other.size:
+                    test = stats.ks_2samp(other, real)
+                    ratio = float(np.median(other) / np.median(real)) if np.median(real) else float("nan")
+                    row[group].update(
+                        ratio_to_real=ratio,
+                        wasserstein=float(stats.wasserstein_distance(other, real)),
+                        ks=float(test.statistic),
+                        ks_p=float(test.pvalue),
+                    )
+            rows[feature] = row
+        table[bin_name] = rows
+    return table
+
+
+def markdown(table: dict[str, Any], groups: Sequence[str], reference: str) -> str:
+    """The comparison as Markdown: one table per size bin, median [IQR] and (for synthetic groups) the ratio of
+    medians to the real lesions' and the KS statistic."""
+
+    def show(cell: dict[str, Any], digits: int) -> str:
+        if not cell.get("n"):
+            return "–"
+        low, high = cell["iqr"]
+        text = f"{cell['median']:.{digits}f} [{low:.{digits}f}–{high:.{digits}f}]"
+        if "ratio_to_real" in cell:
+            text += f" ×{cell['ratio_to_real']:.2f}, KS {cell['ks']:.2f}"
+        return text
+
+    lines = []
+    for bin_name, rows in table.items():
+        counts = ", ".join(f"{g} n={rows['diameter_mm'][g].get('n', 0)}" for g in groups)
+        lines += [
+            f"**{bin_name}** ({counts})",
+            "",
+            "| feature | " + " | ".join(groups) + " |",
+            "|---|" + "---|" * len(groups),
+        ]
+        for feature, row in rows.items():
+            digits = {"stride_artifact": 3, "diameter_mm": 1, "lesion_hu": 1, "contrast_hu": 1}.get(feature, 2)
+            lines.append(f"| {feature} | " + " | ".join(show(row[g], digits) for g in groups) + " |")
+        lines.append("")
+    lines.append(f"Ratios (×) and KS are against the {reference!r} group: the median of the group ÷ the real median.")
+    return "\n".join(lines)
+
+
+@dataclass
+class RealismReport:
+    groups: dict[str, list[dict[str, Any]]]
+    table: dict[str, Any]
+    markdown: str
+    reference: str
+
+
+def realism(
+    synthetic: Sequence[str | os.PathLike],
+    real: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    truth_labels: str = "internal",
+    overwrite: bool = False,
+) -> RealismReport:
+    """Measure the lesions of ``real`` (labelled CTs) and ``synthetic`` (``difftumor synthesize`` outputs), compare
+    them, and (with ``out``) write ``realism.json`` and ``realism.png`` into the folder ``out``."""
+    from .evaluate import TRUTH_LABELS
+
+    if truth_labels not in TRUTH_LABELS:
+        raise DiffTumorInputError(
+            f"unknown truth label scheme {truth_labels!r}", f"choose one of {', '.join(TRUTH_LABELS)}"
+        )
+    if not real:
+        raise DiffTumorInputError(
+            "no real lesions given", "pass --real with labelled CTs (datalist or images/+labels/)"
+        )
+    scheme = TRUTH_LABELS[truth_labels]
+    groups: dict[str, list[dict[str, Any]]] = {"real": []}
+    for source in real:
+        for case in _real_cases(Path(source), scheme["organ"], scheme["tumor"]):
+            groups["real"] += measure_case(case)
+    for source in synthetic:
+        for group, case in _synthesis_cases(Path(source)):
+            groups.setdefault(group, []).extend(measure_case(case))
+    if not groups["real"]:
+        raise DiffTumorInputError("the real CTs hold no lesion", "check --truth-labels and the label maps")
+    table = compare(groups, "real")
+    text = markdown(table, list(groups), "real")
+    report = RealismReport(groups, table, text, "real")
+    if out is not None:
+        write_report(report, out, inputs=[*synthetic, *real], overwrite=overwrite)
+    return report
+
+
+def write_report(report: RealismReport, out: str | os.PathLike, inputs: Sequence[Any], overwrite: bool) -> Path:
+    from .realism_sheet import realism_sheet
+
+    lesions = {
+        group: [{k: v for k, v in record.items() if not k.startswith("_")} for record in records]
+        for group, records in report.groups.items()
+    }
+    content = {
+        "difftumor_version": __version__,
+        "reference_group": report.reference,
+        "definitions": __doc__.split("\n\n", 2)[1:2] + [f"features: {', '.join(FEATURES)}"],
+        "size_bins_mm": {k: [v[0], None if math.isinf(v[1]) else v[1]] for k, v in SIZE_BINS.items()},
+        "comparison": report.table,
+        "lesions": lesions,
+    }
+    with atomic_folder(out, overwrite=overwrite, inputs=inputs, kind="realism") as folder:
+        (folder / "realism.json").write_text(json.dumps(content, indent=1, allow_nan=True) + "\n")
+        (folder / "realism.md").write_text(report.markdown + "\n")
+        realism_sheet(report.groups).save(folder / "realism.png")
+    return Path(out)
