@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..windowing import scale_window
+
 PATCH = 96  # pixels per 48 mm patch
 PER_ROW = 8
 RELATIVE_WINDOW = (-125.0, 75.0)
@@ -21,8 +23,7 @@ _LABEL_WIDTH = 150
 
 
 def _patch_image(patch: np.ndarray) -> Image.Image:
-    low, high = RELATIVE_WINDOW
-    grey = (np.clip((patch - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+    grey = scale_window(patch, RELATIVE_WINDOW, (0.0, 255.0)).astype(np.uint8)
     # Radiological display of an axial plane: patient right on the image left, anterior at the top.
     return Image.fromarray(grey.T[::-1, ::-1]).resize((PATCH, PATCH), Image.BILINEAR)
 

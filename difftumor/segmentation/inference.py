@@ -9,6 +9,7 @@ from scipy import ndimage
 from ..data.volumes import Volume
 from ..spatial import equivalent_diameter_mm
 from ..spatial.grid import WorkingGrid, sample
+from ..windowing import scale_window
 from .model import SegmentationModel
 
 
@@ -19,8 +20,7 @@ def working_image(ct: Volume, window: tuple[float, float], spacing: float) -> tu
     world = corners @ ct.affine[:3, :3].T + ct.affine[:3, 3]
     shape = tuple(int(v) for v in np.ceil((world.max(0) - grid.origin) / spacing).astype(int) + 1)
     image = sample(ct.array, ct.affine, grid.affine, shape, order=1, cval=float(window[0]))
-    low, high = window
-    return np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32), grid.affine
+    return scale_window(image, window, (0.0, 1.0)).astype(np.float32), grid.affine
 
 
 def postprocess(

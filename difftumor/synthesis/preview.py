@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from ..windowing import DEFAULT_WINDOW
+from ..windowing import DEFAULT_WINDOW, scale_window
 from .engine import SynthesizedTumor
 
 PANEL = 224  # pixels per plane panel
@@ -22,8 +22,7 @@ _LETTERS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sag
 
 
 def _grey(plane: np.ndarray, window: tuple[float, float] = DEFAULT_WINDOW) -> np.ndarray:
-    low, high = window
-    return (np.clip((plane - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+    return scale_window(plane, window, (0.0, 255.0)).astype(np.uint8)
 
 
 def _radiological(plane: np.ndarray) -> np.ndarray:

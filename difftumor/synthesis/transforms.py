@@ -20,6 +20,7 @@ import torch
 from monai.transforms import MapTransform, RandomizableTransform
 
 from ..errors import DiffTumorInputError
+from ..windowing import scale_window, unscale_window
 from .geometry import TumorSpec, place_tumor
 from .synthesizers import CropBatch, TumorSynthesizer, get_synthesizer
 
@@ -79,12 +80,10 @@ class TumorSynthesisCore:
         return self._synthesizer
 
     def _to_hu(self, image: np.ndarray) -> np.ndarray:
-        (low, high), (a, b) = self.window, self.intensity_range
-        return (image - a) / (b - a) * (high - low) + low
+        return unscale_window(image, self.window, self.intensity_range)
 
     def _from_hu(self, hu: np.ndarray) -> np.ndarray:
-        (low, high), (a, b) = self.window, self.intensity_range
-        return np.clip((hu - low) / (high - low), 0.0, 1.0) * (b - a) + a
+        return scale_window(hu, self.window, self.intensity_range)
 
     def candidate(self, label: np.ndarray) -> bool:
         """Whether a crop may receive tumours: healthy, with enough organ."""

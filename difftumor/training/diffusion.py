@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DiffTumorInputError
+from ..windowing import scale_window, unscale_window
 from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, load_config
 from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
 from .run import RunConfig, TrainingRun
@@ -158,14 +159,12 @@ def augment_intensity(
 ) -> torch.Tensor:
     """:class:`IntensityAugmentation` on a window-scaled crop ([-1, 1]); the draws always happen, so the crops that
     follow do not depend on whether this one was augmented."""
-    low, high = window
     apply, target, scale = rng.random() < config.prob, rng.uniform(*config.organ_hu), rng.uniform(*config.scale)
     if not apply or int(organ.sum()) < 100:
         return image
-    hu = (image + 1) / 2 * (high - low) + low
+    hu = unscale_window(image, window)
     mean = float(hu[organ].mean())
-    hu = target + scale * (hu - mean)
-    return ((hu - low) / (high - low) * 2 - 1).clamp(-1, 1)
+    return scale_window(target + scale * (hu - mean), window)
 
 
 def organ_reference_hu(dataset: CropDataset, window: tuple[float, float]) -> list[float]:
@@ -174,13 +173,11 @@ def organ_reference_hu(dataset: CropDataset, window: tuple[float, float]) -> lis
     pipeline for the diffusion synthesizer's organ-relative mode."""
     from ..spatial import organ_core
 
-    low, high = window
     values = []
     for index in range(len(dataset.cases)):
         case = dataset.case(index)
         image, label = np.asarray(case["image"])[0], np.asarray(case["label"])[0]
-        core = organ_core(label == 1, label >= 2)
-        values.append((image[core] + 1) / 2 * (high - low) + low)
+        values.append(unscale_window(image[organ_core(label == 1, label >= 2)], window))
     joined = np.concatenate(values) if values else np.zeros(1)
     return [round(float(joined.mean()), 2), round(float(joined.std()), 2)]
 
