@@ -17,6 +17,7 @@ _LAZY = {
     "TumorInpaintPipelineOutput": "difftumor.pipelines.tumor_inpaint",
     "make_scheduler": "difftumor.schedulers",
     "DiffTumorInputError": "difftumor.errors",
+    "synthesize_ct": "difftumor.synthesis",
 }
 
 __all__ = [*_LAZY, "__version__"]
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models.vq_model_3d import VQModel3D
     from .pipelines.tumor_inpaint import TumorInpaintPipeline, TumorInpaintPipelineOutput
     from .schedulers import make_scheduler
+    from .synthesis import synthesize_ct
 
 
 def __getattr__(name: str) -> Any:

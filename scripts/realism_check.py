@@ -111,6 +111,7 @@ def main() -> int:
         ]
     results = []
     for name, ct, mask, label in cases:
+        (out / name).mkdir(parents=True, exist_ok=True)
         folders = []
         for synthesizer in SYNTHESIZERS:
             folder = out / name / synthesizer

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled demo pipeline (difftumor/assets/tiny_pipeline) from the repository's real CT (tests/data, difftumor/assets) with the project's own
-# trainers, on CPU. Usage: bash scripts/train_bundled_pipeline.sh [WORK_DIR]   (about 45 minutes on 2 cores)
+# trainers, on CPU. Usage: bash scripts/train_bundled_pipeline.sh [WORK_DIR]   (about 100 minutes on 2 cores)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 data="$repo/tests/data"

@@ -237,7 +237,7 @@ def _synthesis_cases(folder: Path) -> Iterable[tuple[str, LabelledCase]]:
 def _real_cases(source: Path, organ_values: Sequence[int], tumor_values: Sequence[int]) -> Iterable[LabelledCase]:
     """Labelled CTs: a datalist (``image``/``label``) or a folder with ``images/`` and ``labels/`` (by name)."""
     if source.is_file():
-        from ..training.data import read_cases
+        from ..data.datalists import read_cases
 
         pairs = [(Path(c["image"]), Path(c["label"])) for c in read_cases(source, require_label=True)]
     elif (source / "images").is_dir() and (source / "labels").is_dir():

@@ -6,6 +6,13 @@ for these helpers.
 """
 
 from .lesions import CONNECTIVITIES, equivalent_diameter_mm, lesion_components
-from .organ import intensity_statistics, organ_core
+from .organ import intensity_statistics, organ_core, robust_statistics
 
-__all__ = ["CONNECTIVITIES", "equivalent_diameter_mm", "intensity_statistics", "lesion_components", "organ_core"]
+__all__ = [
+    "CONNECTIVITIES",
+    "equivalent_diameter_mm",
+    "intensity_statistics",
+    "lesion_components",
+    "organ_core",
+    "robust_statistics",
+]

@@ -40,3 +40,13 @@ def intensity_statistics(image: np.ndarray, mask: np.ndarray) -> tuple[float, fl
         return float("nan"), float("nan")
     values = image[mask].astype(np.float64)
     return float(values.mean()), float(values.std())
+
+
+def robust_statistics(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """``(median, 1.4826 · MAD)`` of ``image`` inside ``mask``: the mean and standard deviation of the parenchyma
+    even when a thin organ's core still holds some air, fat or bone from a coarse mask (NaN when empty)."""
+    if not mask.any():
+        return float("nan"), float("nan")
+    values = image[mask].astype(np.float64)
+    median = float(np.median(values))
+    return median, float(1.4826 * np.median(np.abs(values - median)))

@@ -1,5 +1,6 @@
 """Tumour synthesis: geometry, synthesizer plugins and whole-CT synthesis."""
 
+from .cases import synthesize_ct, synthesize_datalist
 from .engine import SynthesisResult, SynthesizedTumor, synthesize_tumors
 from .geometry import SIZE_CLASSES, TumorSpec, parse_size, place_tumor
 from .synthesizers import (
@@ -26,5 +27,7 @@ __all__ = [
     "get_synthesizer",
     "parse_size",
     "place_tumor",
+    "synthesize_ct",
+    "synthesize_datalist",
     "synthesize_tumors",
 ]

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import check_output, check_output_folder, prepare_output_root
-from ..data.volumes import load_volume, probe_volume
+from ..data.volumes import Volume, load_volume, probe_volume
 from ..errors import DiffTumorInputError
-from .engine import synthesize_tumors
+from .engine import SynthesisResult, synthesize_tumors
 from .outputs import manifest, write_outputs
 from .synthesizers import TumorSynthesizer
 
@@ -249,3 +249,56 @@ def synthesize_datalist(
         "process": state.process_index,
         "processes": state.num_processes,
     }
+
+
+def synthesize_ct(
+    synthesizer: Any,
+    ct: str | os.PathLike | Volume,
+    organ_mask: str | os.PathLike | Volume,
+    organ: str = "liver",
+    size: str | float = "early",
+    count: int = 1,
+    seed: int = 0,
+    organ_label: int | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> SynthesisResult:
+    """Python whole-CT path: paint ``count`` tumours into a CT (any grid) inside the organ of ``organ_mask``.
+
+    Args:
+        synthesizer: a :class:`~difftumor.TumorInpaintPipeline` (wrapped in a :class:`DiffusionSynthesizer` with
+            its defaults) or any :class:`TumorSynthesizer`.
+        ct, organ_mask: file paths (NIfTI or DICOM series folder) or loaded :class:`difftumor.data.volumes.Volume`.
+        organ, size, count, seed, organ_label: as ``difftumor synthesize``.
+        out: if given, also write ``ct.nii.gz``, ``label.nii.gz``, ``tumors.json`` and ``preview.png`` there.
+        options: passed to :func:`difftumor.synthesis.synthesize_tumors` (``centers_mm``, ``tumor_label``...).
+
+    Returns:
+        :class:`difftumor.synthesis.SynthesisResult` (arrays on the input CT's grid).
+    """
+    from .synthesizers import DiffusionSynthesizer
+
+    inputs = [value.path if isinstance(value, Volume) else value for value in (ct, organ_mask)]
+    if out is not None:  # before the (slow) synthesis
+        check_output_folder(out, overwrite, inputs, kind="synthesis")
+    ct_volume = ct if isinstance(ct, Volume) else load_volume(ct, "CT")
+    mask_volume = organ_mask if isinstance(organ_mask, Volume) else load_volume(organ_mask, "organ mask")
+    if not isinstance(synthesizer, TumorSynthesizer):
+        synthesizer = DiffusionSynthesizer(pipeline=synthesizer, device=str(synthesizer.device))
+    result = synthesize_tumors(
+        ct_volume,
+        mask_volume,
+        organ,
+        synthesizer,
+        size=size,
+        count=count,
+        seed=seed,
+        organ_label=organ_label,
+        **options,
+    )
+    if out is not None:
+        settings = {"seed": seed, "size": str(size), "count": count, **synthesizer.describe()}
+        data = manifest(result, ct_volume, mask_volume, organ, organ_label, settings)
+        write_outputs(out, result, ct_volume, data, overwrite=overwrite, inputs=inputs)
+    return result

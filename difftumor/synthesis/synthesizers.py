@@ -12,7 +12,6 @@ and ``get_synthesizer("mine", **kwargs)`` then constructs ``MySynthesizer(**kwar
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -24,7 +23,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import DiffTumorInputError
-from ..spatial import intensity_statistics, organ_core
+from ..spatial import organ_core, robust_statistics
 from .intensity import CONTRAST_SPREAD, DEFAULT_REFERENCE_HU, expected_contrast_hu
 
 
@@ -82,14 +81,6 @@ class TumorSynthesizer(ABC):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _weights_hash(pipeline) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(pipeline.unet.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 class DiffusionSynthesizer(TumorSynthesizer):
     """DiffTumor: latent diffusion inpainting with a :class:`TumorInpaintPipeline`.
 
@@ -113,6 +104,10 @@ class DiffusionSynthesizer(TumorSynthesizer):
             staircase that real lesions do not have).
         suppress_stride_pattern: remove the decoder's stride pattern where the tumour is blended
             (:func:`difftumor.pipelines.tumor_inpaint.pipeline_tumor_inpaint.remove_stride_pattern`).
+        max_contrast: in ``relative`` mode, a tumour whose mean drop exceeds this multiple of the real-lesion
+            contrast of its organ has its whole change scaled down to it (recorded as ``contrast_cap_scale``): a model
+            asked for a lesion unlike those it learned (the bundled demo model saw 24 lesions, most under 1 cm)
+            overshoots, and a black hole teaches a segmentation model nothing. ``None`` leaves the model's output.
     """
 
     name = "diffusion"
@@ -128,12 +123,14 @@ class DiffusionSynthesizer(TumorSynthesizer):
         intensity: str = "relative",
         blend_sigma_mm: tuple[float, float] = (1.0, 3.0),
         suppress_stride_pattern: bool = True,
+        max_contrast: float | None = CONTRAST_SPREAD[1],
     ):
         if intensity not in ("relative", "native"):
             raise DiffTumorInputError(f"unknown intensity mode {intensity!r}", "choose relative or native")
         self.intensity = intensity
         self.blend_sigma_mm = tuple(float(v) for v in blend_sigma_mm)
         self.suppress_stride_pattern = bool(suppress_stride_pattern)
+        self.max_contrast = None if max_contrast is None else float(max_contrast)
         if pipeline is None:
             from ..assets import bundled_pipeline_path
 
@@ -197,7 +194,10 @@ class DiffusionSynthesizer(TumorSynthesizer):
     def _hash(self, pipeline) -> str:
         key = id(pipeline)
         if key not in self._hashes:
-            self._hashes[key] = _weights_hash(pipeline)
+            from ..models.hashing import parameters_sha256
+
+            # the denoiser's digest by the one weight fingerprint of the project, shortened for manifests
+            self._hashes[key] = parameters_sha256(pipeline.unet)[:16]
         return self._hashes[key]
 
     def describe(self) -> dict[str, Any]:
@@ -206,6 +206,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
             "variant": self.intensity,
             "blend_sigma_mm": list(self.blend_sigma_mm),
             "suppress_stride_pattern": self.suppress_stride_pattern,
+            "max_contrast": self.max_contrast,
             "model_id": str(self.pipeline.source),
             "model_hash": self._hash(self.pipeline),
             "scheduler": type(self.pipeline.scheduler).__name__,
@@ -216,24 +217,54 @@ class DiffusionSynthesizer(TumorSynthesizer):
             info["midlate_model_hash"] = self._hash(self.midlate_pipeline)
         return info
 
-    def _intensity_maps(self, batch: CropBatch, indices: list[int], pipeline) -> list[tuple[float, float, float]]:
-        """Per crop ``(a, b, k)``: the model sees ``a·HU + b``; the change it paints comes back multiplied by
-        ``k`` (see the class doc). ``(1, 0, 1)`` in ``native`` mode."""
+    def _intensity_maps(self, batch: CropBatch, indices: list[int], pipeline) -> list[tuple[float, ...]]:
+        """Per crop ``(a, b, k, c, μ, σ)``: the model sees ``a·HU + b``; the change it paints comes back multiplied
+        by ``k`` (see the class doc); ``c`` is the real-lesion contrast of this organ (HU) and ``μ, σ`` its core's
+        mean and standard deviation, NaN when not measured (and in ``native`` mode)."""
+        nan = float("nan")
+        unmeasured = (1.0, 0.0, 1.0, nan, nan, nan)
         if self.intensity == "native":
-            return [(1.0, 0.0, 1.0)] * len(indices)
+            return [unmeasured] * len(indices)
         reference_mean, reference_std = pipeline.config.get("organ_intensity_hu") or DEFAULT_REFERENCE_HU
         reference_contrast = expected_contrast_hu(reference_mean, reference_std)
         maps = []
         for index in indices:
             image, tumor = batch.images[index, 0].numpy(), batch.tumor_masks[index, 0].numpy().astype(bool)
             organ = batch.organ_masks[index, 0].numpy().astype(bool)
-            mean, std = intensity_statistics(image, organ_core(organ & ~tumor, tumor))
+            mean, std = robust_statistics(image, organ_core(organ & ~tumor, tumor))
             if not (np.isfinite(mean) and np.isfinite(std)) or std <= 0:
-                maps.append((1.0, 0.0, 1.0))  # no measurable organ core in this crop: paint it as it is
+                maps.append(unmeasured)  # no measurable organ core in this crop: paint it as it is
                 continue
             scale = reference_std / std
-            maps.append((scale, reference_mean - scale * mean, expected_contrast_hu(mean, std) / reference_contrast))
+            contrast = expected_contrast_hu(mean, std)
+            maps.append((scale, reference_mean - scale * mean, contrast / reference_contrast, contrast, mean, std))
         return maps
+
+    def _cap(self, change: torch.Tensor, tumor: torch.Tensor, expected: float) -> float:
+        """Factor (≤ 1) that brings the tumour's mean drop down to ``max_contrast`` × the real-lesion contrast of
+        this organ; 1 when it is within, in ``native`` mode, or without a measured organ."""
+        if self.max_contrast is None or not np.isfinite(expected):
+            return 1.0
+        drop = -float(change[tumor.bool()].mean()) if bool(tumor.any()) else 0.0
+        limit = self.max_contrast * expected
+        return limit / drop if drop > limit else 1.0
+
+    def _within_lesion_range(self, painted: torch.Tensor, before: torch.Tensor, maps) -> torch.Tensor:
+        """Keep painted voxels within what an early lesion of this organ holds — from ``μ − max_contrast·c − 3σ`` to
+        ``μ + 3σ`` — without moving any voxel past its own value before painting (bone, air and vessels near the
+        tumour keep theirs). A model that decodes air or bone into a lesion at an organ border (the demo model does,
+        rarely) then leaves a dark lesion, not a black-and-white blot. Only in ``relative`` mode with a measured
+        organ and ``max_contrast`` set."""
+        if self.max_contrast is None:
+            return painted
+        out = painted.clone()
+        for position, (_, _, _, contrast, mean, std) in enumerate(maps):
+            if not np.isfinite(contrast):
+                continue
+            low = torch.minimum(before[position], torch.tensor(mean - self.max_contrast * contrast - 3 * std))
+            high = torch.maximum(before[position], torch.tensor(mean + 3 * std))
+            out[position] = torch.maximum(torch.minimum(painted[position], high.to(painted)), low.to(painted))
+        return out
 
     def synthesize(self, batch: CropBatch) -> SynthesisOutput:
         images = batch.images.clone()
@@ -260,14 +291,20 @@ class DiffusionSynthesizer(TumorSynthesizer):
                 suppress_stride_pattern=self.suppress_stride_pattern,
             )
             change = (output.images.double() - model_images.double()) * factors
+            caps = [
+                self._cap(change[position, 0], batch.tumor_masks[index, 0], maps[position][3])
+                for position, index in enumerate(indices)
+            ]
+            change = change * torch.tensor(caps, dtype=change.dtype).view(-1, 1, 1, 1, 1)
+            before = batch.images[indices].double()
+            painted = self._within_lesion_range(before + change, before, maps)
             # Outside the blend the pipeline returns its input exactly: the change there is exactly 0.
-            images[indices] = torch.where(
-                change != 0, batch.images[indices].double() + change, batch.images[indices].double()
-            ).to(images.dtype)
+            images[indices] = torch.where(change != 0, painted, before).to(images.dtype)
             for position, index in enumerate(indices):
                 parameters[index] = {
                     "blend_sigma_mm": round(sigmas[position], 4),
-                    "intensity_map": [round(v, 4) for v in maps[position]],
+                    "intensity_map": [round(v, 4) for v in maps[position][:3]],
+                    "contrast_cap_scale": round(caps[position], 4),
                     "model_id": str(pipeline.source),
                     "model_hash": self._hash(pipeline),
                 }
@@ -372,7 +409,7 @@ class HandcraftedSynthesizer(TumorSynthesizer):
     def _relative_drop(self, image, tumor, organ, texture, soft, rng, box) -> tuple[np.ndarray, dict[str, Any]]:
         """The HU removed per voxel of ``box`` by the ``relative`` recipe, and what was drawn. The organ's core is
         measured on the whole crop."""
-        mean, std = intensity_statistics(image, organ_core(organ & ~tumor, tumor))
+        mean, std = robust_statistics(image, organ_core(organ & ~tumor, tumor))
         contrast = expected_contrast_hu(mean, std) * float(rng.uniform(*CONTRAST_SPREAD))
         inside = tumor[box]
         relative_texture = texture / max(float(texture[inside].mean()), 1e-6)

@@ -291,13 +291,9 @@ class TrainingRun:
     def record_parameters(self, model: torch.nn.Module) -> str:
         """SHA-256 of a model's parameters and buffers on this process, written to ``ranks/rank_<r>.txt`` when
         several processes train, so that replicas can be checked to be identical (the main process warns if not)."""
-        import hashlib
+        from ..models.hashing import parameters_sha256
 
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.accelerator.unwrap_model(model).state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        value = digest.hexdigest()
+        value = parameters_sha256(self.accelerator.unwrap_model(model))
         if self.accelerator.num_processes > 1:
             folder = self.output_dir / "ranks"
             folder.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,10 @@ def test_demo_writes_the_synthesize_outputs_with_the_bundled_pipeline(tmp_path, 
     before = np.asanyarray(nib.load(str(DEMO_CASE / "ct.nii.gz")).dataobj).astype(float)
     after = np.asanyarray(nib.load(str(out / "ct.nii.gz")).dataobj).astype(float)
     tumour = np.asanyarray(nib.load(str(out / "label.nii.gz")).dataobj) == manifest["tumor_label"]
-    assert after[tumour].mean() < before[tumour].mean() - 20  # the bundled model paints hypo-dense lesions
+    # Hypo-dense like a real early lesion of this non-contrast liver (≈ 45 HU: about 23 HU darker on a 1 mm grid,
+    # partly averaged away on this 3 mm grid), neither invisible nor a hole.
+    drop = before[tumour].mean() - after[tumour].mean()
+    assert 8 < drop < 40
 
 
 def test_synthesize_without_a_pipeline_uses_and_names_the_bundled_one(tmp_path, capsys):

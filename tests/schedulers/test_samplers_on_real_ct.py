@@ -18,8 +18,11 @@ from difftumor.assets import BUNDLED_PIPELINE, DEMO_CASE
 from difftumor.errors import DiffTumorInputError
 from difftumor.schedulers import available_schedulers, make_scheduler
 
-#: Broken samplers were 110–160 HU off; samplers that work differ by up to ~25 HU (ancestral vs deterministic).
-MARGIN_HU = 35.0
+#: Broken samplers were 110–160 HU off. Samplers that work: the deterministic ones agree within ~7 HU of each other
+#: (:data:`DETERMINISTIC_MARGIN_HU`), and differ from the ancestral DDPM by up to ~55 HU on this crop with the
+#: bundled model (T = 4: DDPM's injected noise is a large part of each of its four steps).
+MARGIN_HU = 60.0
+DETERMINISTIC_MARGIN_HU = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,9 @@ def test_every_sampler_gives_a_sane_tumour_or_is_refused(case, name):
     out = _sample(pipe, hu, mask, name)
     assert out.latents.abs().max() <= 1.0 + 1e-5, name
     assert abs(out.images[mask].mean().item() - reference) <= MARGIN_HU, (name, reference)
+    if name != "ddpm":
+        deterministic = _sample(pipe, hu, mask, "ddim").images[mask].mean().item()
+        assert abs(out.images[mask].mean().item() - deterministic) <= DETERMINISTIC_MARGIN_HU, (name, deterministic)
 
 
 @pytest.fixture(scope="module")

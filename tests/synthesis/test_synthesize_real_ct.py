@@ -279,11 +279,12 @@ def test_handcrafted_contrast_is_on_the_scale_of_real_liver_tumours(handcrafted_
 
 
 def test_python_whole_ct_path_matches_the_cli(tmp_path, data_dir):
-    from difftumor import TumorInpaintPipeline
+    from difftumor import TumorInpaintPipeline, synthesize_ct
 
     folder = save_tiny_pipeline(tmp_path / "pipe")
     pipe = TumorInpaintPipeline.from_pretrained(folder)
-    result = pipe.synthesize_ct(
+    result = synthesize_ct(
+        pipe,
         PATIENT_A_CT,
         PATIENT_A_ORGANS,
         organ="liver",

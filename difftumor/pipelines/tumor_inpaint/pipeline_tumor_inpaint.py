@@ -227,58 +227,6 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 revision=revision,
             )
 
-    def synthesize_ct(
-        self,
-        ct: str | os.PathLike | Any,
-        organ_mask: str | os.PathLike | Any,
-        organ: str = "liver",
-        size: str | float = "early",
-        count: int = 1,
-        seed: int = 0,
-        organ_label: int | None = None,
-        out: str | os.PathLike | None = None,
-        overwrite: bool = False,
-        **options: Any,
-    ):
-        """Whole-CT convenience path: paint ``count`` tumours into a CT (any grid) inside the organ of ``organ_mask``.
-
-        Args:
-            ct, organ_mask: file paths (NIfTI or DICOM series folder) or loaded :class:`difftumor.data.volumes.Volume`.
-            organ, size, count, seed, organ_label: as ``difftumor synthesize``.
-            out: if given, also write ``ct.nii.gz``, ``label.nii.gz``, ``tumors.json`` and ``preview.png`` there.
-            options: passed to :func:`difftumor.synthesis.synthesize_tumors` (``centers_mm``, ``tumor_label``...).
-
-        Returns:
-            :class:`difftumor.synthesis.SynthesisResult` (arrays on the input CT's grid).
-        """
-        from ...atomic import check_output_folder
-        from ...data.volumes import Volume, load_volume
-        from ...synthesis import DiffusionSynthesizer, synthesize_tumors
-        from ...synthesis.outputs import manifest, write_outputs
-
-        inputs = [value.path if isinstance(value, Volume) else value for value in (ct, organ_mask)]
-        if out is not None:  # before the (slow) synthesis
-            check_output_folder(out, overwrite, inputs, kind="synthesis")
-        ct_volume = ct if isinstance(ct, Volume) else load_volume(ct, "CT")
-        mask_volume = organ_mask if isinstance(organ_mask, Volume) else load_volume(organ_mask, "organ mask")
-        synthesizer = DiffusionSynthesizer(pipeline=self, device=str(self.device))
-        result = synthesize_tumors(
-            ct_volume,
-            mask_volume,
-            organ,
-            synthesizer,
-            size=size,
-            count=count,
-            seed=seed,
-            organ_label=organ_label,
-            **options,
-        )
-        if out is not None:
-            settings = {"seed": seed, "size": str(size), "count": count, **synthesizer.describe()}
-            data = manifest(result, ct_volume, mask_volume, organ, organ_label, settings)
-            write_outputs(out, result, ct_volume, data, overwrite=overwrite, inputs=inputs)
-        return result
-
     # -- pieces ----------------------------------------------------------------------------------------------
 
     @property

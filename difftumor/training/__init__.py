@@ -1,0 +1,1 @@
+"""Accelerate trainers for every stage (autoencoder, diffusion, segmentation) on top of :class:`.run.TrainingRun`."""
