@@ -10,18 +10,32 @@ from typing import Any
 from ..errors import DiffTumorInputError
 
 
-def read_cases(datalist: str | os.PathLike, max_cases: int = 0, require_label: bool = False) -> list[dict[str, Any]]:
-    """Cases of a datalist (``difftumor data prepare`` output, or a plain list), paths made absolute."""
-    path = Path(datalist)
+def datalist_entries(path: Path, keys: tuple[str, ...], missing_hint: str, empty_hint: str) -> list[Any]:
+    """The non-empty list of entries of a JSON datalist: the file itself when it is a list, else the value of the
+    first of ``keys`` it has. Every reader of datalists goes through here, so a missing file, broken JSON or an
+    empty list reads the same everywhere."""
     if not path.is_file():
-        raise DiffTumorInputError(f"datalist {path} does not exist", "create one with `difftumor data prepare`")
+        raise DiffTumorInputError(f"datalist {path} does not exist", missing_hint)
     try:
         content = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DiffTumorInputError(f"datalist {path} is not valid JSON ({error})", "fix the file") from None
-    entries = content.get("data", content.get("training")) if isinstance(content, dict) else content
-    if not isinstance(entries, list) or not entries:
-        raise DiffTumorInputError(f"datalist {path} has no cases", "run `difftumor data prepare` on your dataset")
+    if isinstance(content, dict):
+        content = next((content[key] for key in keys if key in content), None)
+    if not isinstance(content, list) or not content:
+        raise DiffTumorInputError(f"datalist {path} has no cases", empty_hint)
+    return content
+
+
+def read_cases(datalist: str | os.PathLike, max_cases: int = 0, require_label: bool = False) -> list[dict[str, Any]]:
+    """Cases of a datalist (``difftumor data prepare`` output, or a plain list), paths made absolute."""
+    path = Path(datalist)
+    entries = datalist_entries(
+        path,
+        ("data", "training"),
+        "create one with `difftumor data prepare`",
+        "run `difftumor data prepare` on your dataset",
+    )
     cases = []
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):

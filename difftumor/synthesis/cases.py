@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import check_output, check_output_folder, prepare_output_root
+from ..data.datalists import datalist_entries
 from ..data.volumes import Volume, load_volume, probe_volume
 from ..errors import DiffTumorInputError
 from .engine import SynthesisResult, synthesize_tumors
@@ -83,16 +83,12 @@ def read_datalist(path: str | os.PathLike) -> list[dict[str, Any]]:
     against the datalist's folder. Every entry is checked here, before any case is written: the files exist, and
     ids (default: the image's file name) are single, non-hidden path components, unique ignoring case."""
     path = Path(path)
-    if not path.is_file():
-        raise DiffTumorInputError(f"datalist {path} does not exist", "check the path")
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DiffTumorInputError(f"datalist {path} is not valid JSON ({error})", "fix the file") from None
-    if isinstance(content, dict):
-        content = next((content[k] for k in ("data", "training", "validation", "testing") if k in content), None)
-    if not isinstance(content, list) or not content:
-        raise DiffTumorInputError(f"datalist {path} has no cases", 'give a JSON list of {"image", "organ_mask"}')
+    content = datalist_entries(
+        path,
+        ("data", "training", "validation", "testing"),
+        "check the path",
+        'give a JSON list of {"image", "organ_mask"}',
+    )
     cases = []
     seen: dict[str, int] = {}
     for number, entry in enumerate(content):
