@@ -63,15 +63,18 @@ def split_lesions_command(
     image: Annotated[Path, typer.Argument(help="The CT (NIfTI).")],
     label: Annotated[Path, typer.Argument(help="Its label map (organ and tumour values).")],
     out: Annotated[Path, typer.Option(help="Folder to write (train_ct, train_label, test_label, split.json).")],
-    margin_mm: Annotated[float, typer.Option(help="Lesions closer than this share a side; test zone margin.")] = 10.0,
+    margin_mm: Annotated[
+        float, typer.Option(help="Minimum distance between the sides (closer lesions are dropped); test zone margin.")
+    ] = 10.0,
     test_fraction: Annotated[float, typer.Option(help="Fraction of lesions on the test side.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the side assignment and of the test-zone fill.")] = 0,
     organ_value: Annotated[list[int] | None, typer.Option(help="Organ label value(s).")] = None,
     tumor_value: Annotated[list[int] | None, typer.Option(help="Tumour label value(s).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a split folder difftumor wrote earlier.")] = False,
 ) -> None:
-    """Split one CT's lesions (3-D components, clustered within --margin-mm) into training and test sides; the
-    training image has the test lesions and their margin replaced by synthetic parenchyma, so no model sees them."""
+    """Split one CT's lesions (whole 3-D components, at least --margin-mm apart across sides) into training and
+    test; the training image has the test lesions and their margin replaced by synthetic parenchyma, so no model
+    sees them."""
     from ..data.lesion_split import split_lesions
 
     summary = split_lesions(
