@@ -62,7 +62,10 @@ def prepare(
 def split_lesions_command(
     image: Annotated[Path, typer.Argument(help="The CT (NIfTI).")],
     label: Annotated[Path, typer.Argument(help="Its label map (organ and tumour values).")],
-    out: Annotated[Path, typer.Option(help="Folder to write (train_ct, train_label, test_label, split.json).")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Folder to write (train_ct/label, healthy_ct/label, test_label, split.json)."),
+    ],
     margin_mm: Annotated[
         float, typer.Option(help="Minimum distance between the sides (closer lesions are dropped); test zone margin.")
     ] = 10.0,

@@ -10,8 +10,11 @@ training image: its voxels are replaced by synthetic parenchyma (the organ's cor
 noise smoothed like parenchyma), so trainers can use the training image as a whole CT.
 
 Outputs (a folder): ``train_ct.nii.gz``, ``train_label.nii.gz`` (0 background, 1 organ, 2 training tumours;
-the test zone is organ), ``test_label.nii.gz`` (2 test tumours; training and dropped lesions with their margin
-are 255, "ignore", for evaluation), ``split.json`` (every lesion: centre, equivalent diameter, side).
+the test zone is organ), ``healthy_ct.nii.gz`` / ``healthy_label.nii.gz`` (the training image with its training
+lesions, grown by ``HEAL_MARGIN_MM``, replaced by parenchyma too: a tumour-free scan of the same organ for
+synthetic-tumour training and negative controls; label 0/1), ``test_label.nii.gz`` (2 test tumours; training and
+dropped lesions with their margin are 255, "ignore", for evaluation), ``split.json`` (every lesion: centre,
+equivalent diameter, side).
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from scipy import ndimage
 
 from ..atomic import atomic_folder
 from ..errors import DiffTumorInputError
-from ..spatial import equivalent_diameter_mm, lesion_components
+from ..spatial import IGNORE_LABEL, equivalent_diameter_mm, lesion_components
 from .volumes import Volume, load_volume, save_volume
 
-IGNORE = 255
+#: Training lesions are healed with this rim so that their partial-volume border leaves no dark ring.
+HEAL_MARGIN_MM = 3.0
 
 
 def _grow(mask: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.ndarray:
@@ -106,13 +110,17 @@ def split_lesions(
     hu = ct.array.astype(np.float32)
     mean, std = float(hu[core].mean()), float(hu[core].std())
     train_ct = hu.copy()
-    train_ct[test_zone] = _parenchyma(hu.shape, mean, std, np.random.default_rng([seed, 1]))[test_zone]
+    parenchyma = _parenchyma(hu.shape, mean, std, np.random.default_rng([seed, 1]))
+    train_ct[test_zone] = parenchyma[test_zone]
+    healthy_ct = train_ct.copy()
+    healed = _grow(train_tumor, spacing, HEAL_MARGIN_MM) & organ
+    healthy_ct[healed] = parenchyma[healed]
     train_label = np.where(organ, 1, 0).astype(np.uint8)
     train_label[train_tumor] = 2
     test_label = np.where(organ, 1, 0).astype(np.uint8)
     # Strictly closer than the margin: training lesions are at least margin_mm from every test lesion.
     ignore = ndimage.distance_transform_edt(~(train_tumor | dropped), sampling=spacing) < margin_mm
-    test_label[ignore & organ] = IGNORE
+    test_label[ignore & organ] = IGNORE_LABEL
     test_label[test_tumor] = 2
 
     voxel_mm3 = float(np.prod(spacing))
@@ -147,6 +155,8 @@ def split_lesions(
         for name, array in (
             ("train_ct", train_ct.astype(ct.array.dtype)),
             ("train_label", train_label),
+            ("healthy_ct", healthy_ct.astype(ct.array.dtype)),
+            ("healthy_label", np.where(organ, 1, 0).astype(np.uint8)),
             ("test_label", test_label),
         ):
             save_volume(array, ct, folder / f"{name}.nii.gz", description=f"difftumor lesion-split {name}")

@@ -15,7 +15,7 @@ from .. import __version__
 from ..atomic import atomic_file, check_output
 from ..data.volumes import load_volume
 from ..errors import DiffTumorInputError
-from ..spatial import CONNECTIVITIES
+from ..spatial import CONNECTIVITIES, IGNORE_LABEL
 from ..spatial.grid import sample
 from .metrics import (
     DEFAULT_IOU_THRESHOLD,
@@ -69,7 +69,8 @@ def evaluate_folders(
     Predictions use the internal scheme (1 organ, 2 tumour). Truth ids follow ``truth_labels`` (``internal``,
     ``lits``, ``msd``, ``kits``) unless ``organ_label`` / ``tumor_label`` are given. A prediction on another grid
     than its truth is resampled onto it by affine (nearest neighbour). Lesions are matched one to one at IoU ≥
-    ``iou_threshold`` as ``connectivity``-connected components (the definitions are written into the file).
+    ``iou_threshold`` as ``connectivity``-connected components (the definitions are written into the file). Truth
+    voxels labelled 255 are ignored by every metric.
     """
     if not 0.0 < iou_threshold <= 1.0:
         raise DiffTumorInputError(f"--iou-threshold {iou_threshold} is not in (0, 1]", "e.g. 0.5 (the default)")
@@ -112,7 +113,8 @@ def evaluate_folders(
         predicted = prediction.array
         if predicted.shape != truth.shape or not np.allclose(prediction.affine, truth.affine, atol=1e-3):
             predicted = sample(predicted, prediction.affine, truth.affine, truth.shape, order=0)
-        unknown = sorted({int(v) for v in np.unique(truth.array)} - {0, *scheme["organ"], *scheme["tumor"]})
+        known = {0, IGNORE_LABEL, *scheme["organ"], *scheme["tumor"]}
+        unknown = sorted({int(v) for v in np.unique(truth.array)} - known)
         if unknown:
             raise DiffTumorInputError(
                 f"truth {truths[name].name} holds label(s) {unknown} that the {truth_labels!r} scheme does not map "
@@ -129,6 +131,7 @@ def evaluate_folders(
             truth.spacing,
             iou_threshold=iou_threshold,
             connectivity=connectivity,
+            ignore=truth.array == IGNORE_LABEL,
         )
         cases.append({"case": name, **result})
     data = {

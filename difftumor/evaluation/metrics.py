@@ -16,6 +16,8 @@ Definitions (stated once, used everywhere, and written into ``metrics.json`` as 
 - **NSD** at 2 mm: the surface-element definition of Nikolov et al. (DeepMind's surface-distance library), computed
   with MONAI ``compute_surface_dice(..., use_subvoxels=True)``.
 - A case is **positive** when its truth has tumour voxels, and predicted positive when the prediction has any.
+- Truth voxels labelled **ignore** (255, e.g. the other side of a lesion-wise split) are removed from prediction and
+  truth before any metric: a prediction there is neither a hit nor a false positive.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ DEFINITIONS = {
     "nsd": "normalised surface Dice at 2 mm with surface elements (Nikolov et al.; DeepMind surface-distance), "
     "MONAI compute_surface_dice(use_subvoxels=True)",
     "patient": "positive = truth has tumour voxels; predicted positive = prediction has tumour voxels",
+    "ignore": "truth voxels labelled 255 are removed from prediction and truth before every metric",
 }
 
 
@@ -182,8 +185,12 @@ def evaluate_case(
     tumor_label: int = 2,
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
     connectivity: int = 26,
+    ignore: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one case from integer label maps on the same grid (internal scheme unless labels are given)."""
+    """Metrics of one case from integer label maps on the same grid (internal scheme unless labels are given);
+    ``ignore`` (boolean, same grid) removes voxels from both before every metric."""
+    if ignore is not None and ignore.any():
+        prediction, truth = np.where(ignore, 0, prediction), np.where(ignore, 0, truth)
     predicted_tumor, true_tumor = prediction == 2, truth == tumor_label
     predicted_organ = (prediction == 1) | predicted_tumor
     true_organ = (truth == organ_label) | true_tumor

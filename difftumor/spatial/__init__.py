@@ -5,11 +5,12 @@ See ``docs/ARCHITECTURE.md``: data, synthesis, segmentation and evaluation impor
 for these helpers.
 """
 
-from .lesions import CONNECTIVITIES, equivalent_diameter_mm, lesion_components
+from .lesions import CONNECTIVITIES, IGNORE_LABEL, equivalent_diameter_mm, lesion_components
 from .organ import intensity_statistics, organ_core, robust_statistics
 
 __all__ = [
     "CONNECTIVITIES",
+    "IGNORE_LABEL",
     "equivalent_diameter_mm",
     "intensity_statistics",
     "lesion_components",

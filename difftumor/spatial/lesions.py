@@ -8,6 +8,8 @@ import numpy as np
 from scipy import ndimage
 
 #: Neighbourhoods of a voxel: 26 (faces, edges, corners; the default) or 6 (faces; the original's size rule).
+#: Label value meaning "ignore": voxels a split or an annotator excludes from training targets and from every metric.
+IGNORE_LABEL = 255
 CONNECTIVITIES = {26: np.ones((3, 3, 3), dtype=bool), 6: ndimage.generate_binary_structure(3, 1)}
 
 

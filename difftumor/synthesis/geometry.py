@@ -94,18 +94,30 @@ def ellipsoid(radii: tuple[int, int, int]) -> np.ndarray:
 
 def _deform_pair(mask: np.ndarray, sigma: float, axes: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Random elastic deformation in the plane of ``axes``: Gaussian displacements (std ``sigma`` voxels) on a
-    3 × 3 control grid, interpolated with cubic splines, nearest-neighbour resampling."""
+    3 × 3 control grid, interpolated with cubic splines, nearest-neighbour resampling.
+
+    The displacement field is constant along the third axis, so the resampling is a gather of whole lines from a 2-D
+    index plane — the same voxels as ``ndimage.map_coordinates(order=0, mode="constant")`` (which rounds half up and
+    keeps coordinates within ``[0, n − 1]``), 4× faster; on-the-fly synthesis draws hundreds of these per minute.
+    """
     shape = mask.shape
-    coordinates = list(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"))
-    for axis in axes:
+    other = 3 - axes[0] - axes[1]
+    sources = []
+    for position, axis in enumerate(axes):
         control = rng.normal(0.0, sigma, size=(3, 3))
         zoom = [shape[axes[0]] / 3, shape[axes[1]] / 3]
         displacement = ndimage.zoom(control, zoom, order=3, mode="nearest", grid_mode=True)
         displacement = displacement[: shape[axes[0]], : shape[axes[1]]]
-        view = [np.newaxis] * 3
-        view[axes[0]], view[axes[1]] = slice(None), slice(None)
-        coordinates[axis] = coordinates[axis] + displacement[tuple(view)]
-    return ndimage.map_coordinates(mask, coordinates, order=0, mode="constant", cval=0)
+        along = np.arange(shape[axis], dtype=np.float64).reshape((-1, 1) if position == 0 else (1, -1))
+        sources.append(along + displacement)
+    inside = np.ones(sources[0].shape, dtype=bool)
+    indices = []
+    for source, axis in zip(sources, axes):
+        inside &= (source >= 0) & (source <= shape[axis] - 1)
+        indices.append(np.clip(np.floor(source + 0.5).astype(np.intp), 0, shape[axis] - 1))
+    planes = np.moveaxis(mask, (axes[0], axes[1], other), (0, 1, 2))
+    moved = np.where(inside[:, :, None], planes[indices[0], indices[1], :], 0).astype(mask.dtype)
+    return np.moveaxis(moved, (0, 1, 2), (axes[0], axes[1], other))
 
 
 def deformed_ellipsoid(radii: tuple[int, int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -34,3 +34,9 @@ def test_split_keeps_sides_apart_and_removes_test_lesions_from_training(tmp_path
     assert abs(replaced.mean() - core_mean) < 5 and ct.array[test].mean() < core_mean - 20  # lesion -> parenchyma
     assert np.array_equal(train_ct.array[~test & (label == 0)], ct.array[~test & (label == 0)])
     assert np.allclose(train_ct.affine, ct.affine)
+    # the healthy image: no lesion voxel of either side left, the rest of the training image unchanged
+    healthy = load_volume(out / "healthy_ct.nii.gz").array.astype(float)
+    assert set(np.unique(load_volume(out / "healthy_label.nii.gz").array)) == {0, 1}
+    assert abs(healthy[label == 2].mean() - core_mean) < 5
+    untouched = (label == 0) | ~ndimage.binary_dilation(label == 2, iterations=3)
+    assert np.array_equal(healthy[untouched & ~test], train_ct.array[untouched & ~test].astype(float))

@@ -149,3 +149,19 @@ def test_evaluate_on_lits_whole_liver_and_one_voxel_predictions(tmp_path, capsys
     assert results["dots"]["summary"]["lesion_counts"]["all"]["detected"] == int((sizes <= 2).sum())
     assert (sizes > 2).sum() >= 45
     assert "one-to-one" in results["whole"]["definitions"]["detection"]
+
+
+def test_ignored_voxels_are_neither_hits_nor_false_positives():
+    organ = np.zeros((40, 40, 40), np.uint8)
+    organ[2:38, 2:38, 2:38] = 1
+    truth = organ.copy()
+    truth[5:10, 5:10, 5:10] = 2  # the test lesion
+    ignore = np.zeros(truth.shape, bool)
+    ignore[20:35, 20:35, 20:35] = True  # another side's lesion and its margin
+    prediction = truth.copy()
+    prediction[25:30, 25:30, 25:30] = 2  # the other side's lesion, found
+    counted = evaluate_case(prediction, truth, ONE_MM)
+    assert counted["false_positive_lesions"] == 1
+    ignored = evaluate_case(prediction, truth, ONE_MM, ignore=ignore)
+    assert ignored["false_positive_lesions"] == 0 and ignored["detected_lesions"] == 1
+    assert ignored["tumor_dsc"] == 1.0 and counted["tumor_dsc"] < 1.0

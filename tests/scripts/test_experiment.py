@@ -1,4 +1,4 @@
-"""The README's small real-data experiment, shortened (2 steps per model, 32³ crops), end to end."""
+"""The README's leak-free experiment, shortened (2 steps per model, 32³ crops, one seed), end to end."""
 
 from __future__ import annotations
 
@@ -9,18 +9,43 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "experiment_small.sh"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 @pytest.mark.slow
-def test_shortened_experiment_runs_end_to_end(tmp_path, data_dir):
-    environment = {**os.environ, "CROP": "32", "CHANNELS": "8, 16"}
-    result = subprocess.run(["bash", str(SCRIPT), str(tmp_path), "2"], env=environment, capture_output=True, text=True)
+def test_shortened_experiment_runs_every_arm_and_summarises(tmp_path):
+    environment = {**os.environ, "CROP": "32", "CHANNELS": "8, 16", "OVERLAP": "0"}
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "experiment_small.sh"), str(tmp_path), "2", "0"],
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    for model in ("handcrafted", "diffusion", "real"):
-        metrics = json.loads((tmp_path / f"metrics_{model}.json").read_text())
-        assert [case["case"] for case in metrics["cases"]] == ["lits117_test"]
-        assert metrics["summary"]["positive_cases"] == 1 and metrics["summary"]["lesion_counts"]["all"]["total"] > 5
-        info = json.loads((tmp_path / f"model_{model}" / "model" / "training.json").read_text())
+    split = json.loads((tmp_path / "split" / "split.json").read_text())
+    for arm in ("real", "hu2023", "relative", "diffusion", "none"):
+        metrics = json.loads((tmp_path / "runs" / f"{arm}_seed0" / "metrics.json").read_text())
+        cases = {case["case"]: case for case in metrics["cases"]}
+        assert set(cases) == {"lits117", "patient_a"}
+        # the test case holds exactly the test side's lesions; patient A none
+        assert cases["lits117"]["true_lesions"] == split["lesions"]["test"] and not cases["patient_a"]["has_tumor"]
+        info = json.loads((tmp_path / "runs" / f"{arm}_seed0" / "model" / "training.json").read_text())
         assert info["steps"] == 2
-    assert "| tumour DSC (%), global |" in result.stdout
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert set(summary) == {"real", "hu2023", "relative", "diffusion", "none"}
+    assert summary["real"]["sensitivity"]["all"]["lesions"] == split["lesions"]["test"]
+    assert "| real tumours (training side) |" in (tmp_path / "results.md").read_text()
+
+
+def test_experiment_table_pools_seeds_over_lesions_not_runs():
+    import sys
+
+    sys.path.insert(0, str(SCRIPTS))
+    from experiment_table import mcnemar_p, pooled_sensitivity
+
+    # 3 seeds x 10 lesions, 5 detections each: 50 %, and the interval is that of 5/10, not of 15/30
+    seeds = [[True] * 5 + [False] * 5] * 3
+    pooled = pooled_sensitivity(seeds, [True] * 10)
+    assert pooled["value"] == 0.5 and pooled["per_seed"] == [5, 5, 5]
+    assert pooled["ci95"][0] == pytest.approx(0.2366, abs=1e-3) and pooled["ci95"][1] == pytest.approx(0.7634, abs=1e-3)
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(6, 0) == pytest.approx(2 / 64)

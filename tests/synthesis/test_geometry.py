@@ -12,6 +12,7 @@ from difftumor.spatial import equivalent_diameter_mm
 from difftumor.synthesis.geometry import (
     SIZE_CLASSES,
     TumorSpec,
+    _deform_pair,
     choose_center,
     deformed_ellipsoid,
     ellipsoid,
@@ -100,3 +101,32 @@ def test_organ_too_small_is_a_clear_error_and_tumours_do_not_overlap():
     first = place_tumor(organ, "liver", TumorSpec("small"), np.random.default_rng(0))
     second = place_tumor(organ, "liver", TumorSpec("small"), np.random.default_rng(1), occupied=first.mask)
     assert not (first.mask & second.mask).any()
+
+
+def _deform_pair_by_map_coordinates(mask, sigma, axes, rng):
+    """The deformation as first written (a full coordinate grid through map_coordinates): the reference."""
+    from scipy import ndimage
+
+    shape = mask.shape
+    coordinates = list(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"))
+    for axis in axes:
+        control = rng.normal(0.0, sigma, size=(3, 3))
+        zoom = [shape[axes[0]] / 3, shape[axes[1]] / 3]
+        displacement = ndimage.zoom(control, zoom, order=3, mode="nearest", grid_mode=True)
+        displacement = displacement[: shape[axes[0]], : shape[axes[1]]]
+        view = [np.newaxis] * 3
+        view[axes[0]], view[axes[1]] = slice(None), slice(None)
+        coordinates[axis] = coordinates[axis] + displacement[tuple(view)]
+    return ndimage.map_coordinates(mask, coordinates, order=0, mode="constant", cval=0)
+
+
+def test_deformation_gather_equals_map_coordinates_voxel_for_voxel():
+    for trial in range(60):
+        rng = np.random.default_rng(trial)
+        mask = ellipsoid(tuple(int(r) for r in rng.integers(1, 16, 3)))
+        sigma = float(rng.uniform(0.5, 6.0))
+        for axes in ((0, 1), (1, 2), (0, 2)):
+            expected = _deform_pair_by_map_coordinates(mask, sigma, axes, np.random.default_rng(trial))
+            got = _deform_pair(mask, sigma, axes, np.random.default_rng(trial))
+            assert got.dtype == expected.dtype and np.array_equal(got, expected)
+            mask = expected
