@@ -106,6 +106,8 @@ def file_kind(path: Path) -> str | None:
     return None
 
 
+# Every way an output path can be unsafe (input, inside an input, symlink, foreign file, not ours) is one guarded
+# error; one place keeps them consistent for every command.
 def check_output(
     path: str | os.PathLike,
     form: str = "folder",

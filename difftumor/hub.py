@@ -119,6 +119,7 @@ def _eval_results(folder: Path, model_name: str, task: str):
     return results or None
 
 
+# The card's sections in the order they appear on the Hub; each is a few lines of formatting.
 def model_card(folder: str | os.PathLike, repo_id: str) -> str:
     """A model card for a pipeline folder: what it is, what it was trained on, T, intended use and licence.
 

@@ -7,15 +7,16 @@ from typing import Annotated
 
 import typer
 
+from ..data.registry import available_layouts, layouts_help
 from .app import app, console
 
 data_app = typer.Typer(help="Prepare datasets: layouts -> datalists.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", epilog=f"Layouts: {layouts_help()}.")
 def prepare(
-    layout: Annotated[str, typer.Argument(help="msd, lits, kits, abdomenatlas, totalsegmentator or folders.")],
+    layout: Annotated[str, typer.Argument(help=f"One of: {', '.join(available_layouts())}.")],
     root: Annotated[Path, typer.Argument(help="The dataset's root folder.")],
     out: Annotated[Path, typer.Option(help="Datalist JSON to write.")],
     organ: Annotated[
@@ -31,12 +32,7 @@ def prepare(
         bool, typer.Option(help="Replace a datalist and labels folder difftumor wrote earlier.")
     ] = False,
 ) -> None:
-    """Scan a dataset, write labels in the internal scheme (0 background, 1 organ, 2 tumour) and a datalist.
-
-    Layouts: msd (imagesTr/, labelsTr/, dataset.json), lits (volume-N / segmentation-N), kits (case_*/imaging +
-    segmentation or aggregated_MAJ_seg), abdomenatlas and totalsegmentator (<case>/ct.nii.gz with segmentations/
-    per-structure masks, or a TotalSegmentator v2 multi-label seg.nii.gz), folders (images/ + labels/ by name).
-    """
+    """Scan a dataset, write labels in the internal scheme (0 background, 1 organ, 2 tumour) and a datalist."""
     from ..data.layouts import prepare_datalist
 
     datalist = prepare_datalist(

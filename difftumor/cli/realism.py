@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
+from ..data.registry import truth_label_schemes
 from .app import app, console
+
+_SCHEMES = ", ".join(truth_label_schemes(load_installed=False))
 
 
 @app.command()
@@ -20,7 +23,7 @@ def realism(
         typer.Option(help="Labelled CTs: a datalist JSON or a folder with images/ and labels/ (repeatable)."),
     ],
     out: Annotated[Path, typer.Option(help="Folder to write realism.json, realism.md and realism.png into.")],
-    truth_labels: Annotated[str, typer.Option(help="Label ids of --real: internal, lits, msd or kits.")] = "internal",
+    truth_labels: Annotated[str, typer.Option(help=f"Label ids of --real: {_SCHEMES}.")] = "internal",
     overwrite: Annotated[bool, typer.Option(help="Replace a realism folder difftumor wrote earlier.")] = False,
 ) -> None:
     """Measure every lesion the same way on a 1 mm grid (contrast to its organ ring, relative to the organ core's

@@ -7,8 +7,11 @@ from typing import Annotated
 
 import typer
 
+from ..data.registry import truth_label_schemes
 from ..errors import DiffTumorInputError
 from .app import LazyProgress, app, console
+
+_SCHEMES = ", ".join(truth_label_schemes(load_installed=False))
 
 
 @app.command()
@@ -70,7 +73,7 @@ def evaluate(
     ],
     truth: Annotated[Path, typer.Option(help="Folder of ground-truth label maps (same file names), or one file.")],
     out: Annotated[Path, typer.Option(help="metrics.json to write.")],
-    truth_labels: Annotated[str, typer.Option(help="Truth label ids: internal, lits, msd or kits.")] = "internal",
+    truth_labels: Annotated[str, typer.Option(help=f"Truth label ids: {_SCHEMES}.")] = "internal",
     organ: Annotated[str | None, typer.Option(help="Organ name (recorded in metrics.json).")] = None,
     organ_label: Annotated[int | None, typer.Option(help="Override the truth's organ label id.")] = None,
     tumor_label: Annotated[int | None, typer.Option(help="Override the truth's tumour label id.")] = None,

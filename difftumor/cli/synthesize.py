@@ -86,6 +86,7 @@ def make_synthesizer(
     return get_synthesizer(name, **options)
 
 
+# A Typer command: its options are its signature; the body only validates and hands over to synthesis.
 @app.command()
 def synthesize(
     ct: Annotated[Path | None, typer.Argument(help="Healthy CT: NIfTI file or DICOM series folder.")] = None,

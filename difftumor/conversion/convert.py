@@ -10,15 +10,11 @@ import torch
 
 from ..atomic import atomic_folder, check_output
 from ..errors import DiffTumorInputError
-from ..schedulers import difftumor_cosine_betas, make_scheduler
+from ..schedulers import default_sampling, difftumor_cosine_betas, make_scheduler
 from .checkpoints import read_autoencoder_checkpoint, read_diffusion_checkpoint
 from .state_dicts import infer_unet_kwargs, unet_from_original, vqmodel_from_original
 
 logger = logging.getLogger(__name__)
-
-#: Sampler and steps the original uses for each training length: 4-step ancestral DDPM for early tumours,
-#: 50-step DDIM for the 200-step mid/late models.
-DEFAULT_SAMPLING = {4: ("ddpm", 4), 200: ("ddim", 50)}
 
 
 def _check_schedule(schedule: dict[str, torch.Tensor], num_train_timesteps: int, path: str | os.PathLike) -> None:
@@ -35,6 +31,8 @@ def _same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor
     return all(k in second and torch.equal(first[k], second[k]) for k in keys)
 
 
+# The conversion's checks (schedule, channels, organ, stage) each raise a one-line error naming the mismatch; they
+# read best in sequence.
 def convert_original_checkpoints(
     autoencoder: str | os.PathLike,
     diffusion: str | os.PathLike,
@@ -82,7 +80,7 @@ def convert_original_checkpoints(
             "pass the autoencoder this diffusion model was trained with",
         )
 
-    default_name, default_steps = DEFAULT_SAMPLING.get(train_steps, ("ddpm", train_steps))
+    default_name, default_steps = default_sampling(train_steps)
     sampler = make_scheduler(scheduler or default_name, train_steps)
     stem = Path(diffusion).stem.lower()
     stage = "early" if train_steps <= 4 or stem.endswith("_early") else "mid-late"

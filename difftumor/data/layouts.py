@@ -30,10 +30,10 @@ from .. import __version__
 from ..atomic import atomic_file, atomic_folder, check_output
 from ..errors import DiffTumorInputError
 from ..spatial import equivalent_diameter_mm
+from .registry import get_layout
 from .volumes import load_volume
 
 BACKGROUND, ORGAN, TUMOR, MIDLATE_TUMOR = 0, 1, 2, 3
-LAYOUTS = ("msd", "lits", "kits", "abdomenatlas", "totalsegmentator", "folders")
 
 #: TotalSegmentator v2 label ids of the organs DiffTumor works with.
 TOTALSEGMENTATOR_IDS = {"liver": (5,), "pancreas": (7,), "kidney": (2, 3)}
@@ -62,7 +62,10 @@ def _stem(path: Path) -> str:
     return re.sub(r"\.nii(\.gz)?$", "", path.name)
 
 
-def _label_from_values(path: Path, organ_values: tuple[int, ...], tumor_values: tuple[int, ...]):
+def label_from_values(path: Path, organ_values: tuple[int, ...], tumor_values: tuple[int, ...]):
+    """A :attr:`SourceCase.build_label` for a label file whose ``organ_values`` are organ and ``tumor_values``
+    tumour (for scanners of new layouts as much as for the built-in ones)."""
+
     def build():
         volume = load_volume(path, "label map")
         values = np.asarray(volume.array).astype(np.int32)
@@ -104,7 +107,7 @@ def _label_from_structures(folder: Path, organ: str):
     return build
 
 
-def _msd(root: Path, organ: str | None) -> tuple[str, Iterator[SourceCase]]:
+def scan_msd(root: Path, organ: str | None, options: dict) -> tuple[str, Iterator[SourceCase]]:
     images, labels = root / "imagesTr", root / "labelsTr"
     if not images.is_dir() or not labels.is_dir():
         raise DiffTumorInputError(
@@ -124,23 +127,23 @@ def _msd(root: Path, organ: str | None) -> tuple[str, Iterator[SourceCase]]:
         for image in _nifti_files(images):
             label = labels / image.name
             if label.exists():
-                yield SourceCase(_stem(image), image, _label_from_values(label, organ_values, tumor_values))
+                yield SourceCase(_stem(image), image, label_from_values(label, organ_values, tumor_values))
 
     return organ, cases()
 
 
-def _lits(root: Path, organ: str | None) -> tuple[str, Iterator[SourceCase]]:
+def scan_lits(root: Path, organ: str | None, options: dict) -> tuple[str, Iterator[SourceCase]]:
     def cases():
         for image in sorted(root.rglob("volume-*.nii*")):
             number = re.search(r"volume-(\d+)", image.name).group(1)
             label = next(iter(sorted(image.parent.glob(f"segmentation-{number}.nii*"))), None)
             if label is not None:
-                yield SourceCase(f"lits_{int(number):03d}", image, _label_from_values(label, (1,), (2,)))
+                yield SourceCase(f"lits_{int(number):03d}", image, label_from_values(label, (1,), (2,)))
 
     return "liver", cases()
 
 
-def _kits(root: Path, organ: str | None) -> tuple[str, Iterator[SourceCase]]:
+def scan_kits(root: Path, organ: str | None, options: dict) -> tuple[str, Iterator[SourceCase]]:
     def cases():
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("case_")):
             image = folder / "imaging.nii.gz"
@@ -150,7 +153,7 @@ def _kits(root: Path, organ: str | None) -> tuple[str, Iterator[SourceCase]]:
             )
             if image.exists() and label is not None:
                 # KiTS: 1 kidney, 2 tumour, 3 cyst (KiTS21/23); cysts count as kidney, as in the original.
-                yield SourceCase(folder.name, image, _label_from_values(label, (1, 3), (2,)))
+                yield SourceCase(folder.name, image, label_from_values(label, (1, 3), (2,)))
 
     return "kidney", cases()
 
@@ -177,12 +180,21 @@ def _structure_folders(root: Path, organ: str | None, layout: str) -> tuple[str,
                 None,
             )
             if multi is not None and layout == "totalsegmentator":
-                yield SourceCase(folder.name, image, _label_from_values(multi, TOTALSEGMENTATOR_IDS[organ], ()))
+                yield SourceCase(folder.name, image, label_from_values(multi, TOTALSEGMENTATOR_IDS[organ], ()))
 
     return organ, cases()
 
 
-def _folders(root: Path, organ: str | None, organ_values=(1,), tumor_values=(2,)) -> tuple[str, Iterator[SourceCase]]:
+def scan_abdomenatlas(root: Path, organ: str | None, options: dict) -> tuple[str, Iterator[SourceCase]]:
+    return _structure_folders(root, organ, "abdomenatlas")
+
+
+def scan_totalsegmentator(root: Path, organ: str | None, options: dict) -> tuple[str, Iterator[SourceCase]]:
+    return _structure_folders(root, organ, "totalsegmentator")
+
+
+def scan_folders(root: Path, organ: str | None, options: dict) -> tuple[str, Iterator[SourceCase]]:
+    organ_values, tumor_values = options.get("organ_values", (1,)), options.get("tumor_values", (2,))
     images, labels = root / "images", root / "labels"
     if not images.is_dir() or not labels.is_dir():
         raise DiffTumorInputError(f"{root} has no images/ and labels/ folders", "arrange the files that way")
@@ -200,7 +212,7 @@ def _folders(root: Path, organ: str | None, organ_values=(1,), tumor_values=(2,)
                 None,
             )
             if label is not None:
-                yield SourceCase(_stem(image), image, _label_from_values(label, organ_values, tumor_values))
+                yield SourceCase(_stem(image), image, label_from_values(label, organ_values, tumor_values))
 
     return organ, cases()
 
@@ -249,14 +261,14 @@ def prepare_datalist(
     tumor_values: tuple[int, ...] = (2,),
     overwrite: bool = False,
 ) -> dict:
-    """Scan ``root`` in ``layout``, write internal-scheme labels and the datalist JSON ``out``.
+    """Scan ``root`` in ``layout`` (a name of :func:`~difftumor.data.registry.available_layouts`), write
+    internal-scheme labels and the datalist JSON ``out``.
 
     Returns:
         The datalist (``{"layout", "organ", "label_scheme", "data": [...]}``), also written to ``out``.
     """
     root, out = Path(root), Path(out)
-    if layout not in LAYOUTS:
-        raise DiffTumorInputError(f"unknown layout {layout!r}", f"choose one of {', '.join(LAYOUTS)}")
+    scanner = get_layout(layout)
     if not root.is_dir():
         raise DiffTumorInputError(f"dataset folder {root} does not exist", "check the path")
     if out.suffix.lower() != ".json":
@@ -264,15 +276,7 @@ def prepare_datalist(
     labels_dir = Path(labels_dir) if labels_dir else out.with_name(out.stem + "_labels")
     check_output(out, "file", (root,), overwrite, kind="datalist")
     check_output(labels_dir, "folder", (root, out), overwrite, option="--labels-dir", kind="labels")
-    builders = {
-        "msd": _msd,
-        "lits": _lits,
-        "kits": _kits,
-        "abdomenatlas": lambda r, o: _structure_folders(r, o, "abdomenatlas"),
-        "totalsegmentator": lambda r, o: _structure_folders(r, o, "totalsegmentator"),
-        "folders": lambda r, o: _folders(r, o, organ_values, tumor_values),
-    }
-    organ, found = builders[layout](root, organ)
+    organ, found = scanner.scan(root, organ, {"organ_values": organ_values, "tumor_values": tumor_values})
     cases = _unique_cases(list(found))
     with atomic_folder(labels_dir, overwrite, (root, out), kind="labels") as written_labels:
         entries = _write_labels(cases, written_labels, labels_dir, out, organ, early_max_diameter_mm)

@@ -70,6 +70,8 @@ def _parenchyma(shape: tuple[int, ...], mean: float, std: float, rng: np.random.
     return mean + std * noise / max(float(noise.std()), 1e-6)
 
 
+# One pass over one label map: components, sides, test zone, healed image, labels and the record, in order; each step
+# is a few lines that use the previous one's arrays.
 def split_lesions(
     image: str | os.PathLike,
     label: str | os.PathLike,

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_file, check_output
+from ..data.registry import truth_label_schemes
 from ..data.volumes import load_volume
 from ..errors import DiffTumorInputError
 from ..spatial import CONNECTIVITIES, IGNORE_LABEL
@@ -25,13 +26,14 @@ from .metrics import (
     summarize,
 )
 
-#: Ground-truth label ids (organ, tumour) of common datasets; KiTS cysts (3) count as kidney.
-TRUTH_LABELS = {
-    "internal": {"organ": (1,), "tumor": (2, 3)},
-    "lits": {"organ": (1,), "tumor": (2,)},
-    "msd": {"organ": (1,), "tumor": (2,)},
-    "kits": {"organ": (1, 3), "tumor": (2,)},
-}
+
+def truth_scheme(name: str) -> dict[str, tuple[int, ...]]:
+    """``{"organ": ids, "tumor": ids}`` of a truth label scheme: ``internal`` or a layout that declares its ids
+    (:func:`difftumor.data.registry.truth_label_schemes`; KiTS cysts count as kidney)."""
+    schemes = truth_label_schemes()
+    if name not in schemes:
+        raise DiffTumorInputError(f"unknown truth label scheme {name!r}", f"choose one of {', '.join(schemes)}")
+    return {"organ": schemes[name].organ, "tumor": schemes[name].tumor}
 
 
 def _case_name(path: Path) -> str:
@@ -52,6 +54,57 @@ def _nifti(folder: Path) -> dict[str, Path]:
     return found
 
 
+def _pairs(prediction_dir: Path, truth_dir: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Predictions and truths by case name (one file each, or two folders paired by file name)."""
+    if prediction_dir.is_file():
+        name = _case_name(truth_dir)
+        return {name: prediction_dir}, {name: truth_dir}
+    predictions, truths = _nifti(prediction_dir), _nifti(truth_dir)
+    if not set(predictions) & set(truths):
+        raise DiffTumorInputError(
+            f"no prediction in {prediction_dir} has a same-named truth in {truth_dir}",
+            "name prediction and truth files alike (case.nii.gz)",
+        )
+    return predictions, truths
+
+
+def _evaluate_pair(
+    prediction_path: Path,
+    truth_path: Path,
+    scheme: dict[str, tuple[int, ...]],
+    truth_labels: str,
+    iou_threshold: float,
+    connectivity: int,
+) -> dict[str, Any]:
+    """One case's metrics: the prediction brought onto the truth's grid, the truth mapped to the internal scheme."""
+    truth = load_volume(truth_path, "truth")
+    prediction = load_volume(prediction_path, "prediction")
+    predicted = prediction.array
+    if predicted.shape != truth.shape or not np.allclose(prediction.affine, truth.affine, atol=1e-3):
+        predicted = sample(predicted, prediction.affine, truth.affine, truth.shape, order=0)
+    known = {0, IGNORE_LABEL, *scheme["organ"], *scheme["tumor"]}
+    unknown = sorted({int(v) for v in np.unique(truth.array)} - known)
+    if unknown:
+        raise DiffTumorInputError(
+            f"truth {truth_path.name} holds label(s) {unknown} that the {truth_labels!r} scheme does not map "
+            f"(organ {list(scheme['organ'])}, tumour {list(scheme['tumor'])})",
+            "labels from `difftumor data prepare` (3 = mid/late tumour) need --truth-labels internal; "
+            "or say which ids are what with --organ-label / --tumor-label",
+        )
+    internal = np.zeros(truth.shape, np.uint8)
+    internal[np.isin(truth.array, scheme["organ"])] = 1
+    internal[np.isin(truth.array, scheme["tumor"])] = 2
+    return evaluate_case(
+        np.asarray(predicted).astype(np.int32),
+        internal,
+        truth.spacing,
+        iou_threshold=iou_threshold,
+        connectivity=connectivity,
+        ignore=truth.array == IGNORE_LABEL,
+    )
+
+
+# Argument checks (one-line errors) and the metrics file; the per-case work is _pairs and _evaluate_pair.
 def evaluate_folders(
     prediction_dir: str | os.PathLike,
     truth_dir: str | os.PathLike,
@@ -86,54 +139,19 @@ def evaluate_folders(
             "pass two folders, or one prediction file and its truth file",
         )
     check_output(out, "file", (prediction_dir, truth_dir), overwrite, kind="metrics")
-    if truth_labels not in TRUTH_LABELS:
-        raise DiffTumorInputError(
-            f"unknown truth label scheme {truth_labels!r}", f"choose one of {', '.join(TRUTH_LABELS)}"
-        )
-    scheme = dict(TRUTH_LABELS[truth_labels])
+    scheme = truth_scheme(truth_labels)
     if organ_label is not None:
         scheme["organ"] = (organ_label,)
     if tumor_label is not None:
         scheme["tumor"] = (tumor_label,)
-    if prediction_dir.is_file():
-        name = _case_name(truth_dir)
-        predictions, truths = {name: prediction_dir}, {name: truth_dir}
-    else:
-        predictions, truths = _nifti(prediction_dir), _nifti(truth_dir)
-    names = sorted(set(predictions) & set(truths))
-    if not names:
-        raise DiffTumorInputError(
-            f"no prediction in {prediction_dir} has a same-named truth in {truth_dir}",
-            "name prediction and truth files alike (case.nii.gz)",
-        )
-    cases = []
-    for name in names:
-        truth = load_volume(truths[name], "truth")
-        prediction = load_volume(predictions[name], "prediction")
-        predicted = prediction.array
-        if predicted.shape != truth.shape or not np.allclose(prediction.affine, truth.affine, atol=1e-3):
-            predicted = sample(predicted, prediction.affine, truth.affine, truth.shape, order=0)
-        known = {0, IGNORE_LABEL, *scheme["organ"], *scheme["tumor"]}
-        unknown = sorted({int(v) for v in np.unique(truth.array)} - known)
-        if unknown:
-            raise DiffTumorInputError(
-                f"truth {truths[name].name} holds label(s) {unknown} that the {truth_labels!r} scheme does not map "
-                f"(organ {list(scheme['organ'])}, tumour {list(scheme['tumor'])})",
-                "labels from `difftumor data prepare` (3 = mid/late tumour) need --truth-labels internal; "
-                "or say which ids are what with --organ-label / --tumor-label",
-            )
-        internal = np.zeros(truth.shape, np.uint8)
-        internal[np.isin(truth.array, scheme["organ"])] = 1
-        internal[np.isin(truth.array, scheme["tumor"])] = 2
-        result = evaluate_case(
-            np.asarray(predicted).astype(np.int32),
-            internal,
-            truth.spacing,
-            iou_threshold=iou_threshold,
-            connectivity=connectivity,
-            ignore=truth.array == IGNORE_LABEL,
-        )
-        cases.append({"case": name, **result})
+    predictions, truths = _pairs(prediction_dir, truth_dir)
+    cases = [
+        {
+            "case": name,
+            **_evaluate_pair(predictions[name], truths[name], scheme, truth_labels, iou_threshold, connectivity),
+        }
+        for name in sorted(set(predictions) & set(truths))
+    ]
     data = {
         "difftumor_output": "metrics",
         "difftumor_version": __version__,

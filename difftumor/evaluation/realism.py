@@ -355,17 +355,13 @@ def realism(
 ) -> RealismReport:
     """Measure the lesions of ``real`` (labelled CTs) and ``synthetic`` (``difftumor synthesize`` outputs), compare
     them, and (with ``out``) write ``realism.json`` and ``realism.png`` into the folder ``out``."""
-    from .evaluate import TRUTH_LABELS
+    from .evaluate import truth_scheme
 
-    if truth_labels not in TRUTH_LABELS:
-        raise DiffTumorInputError(
-            f"unknown truth label scheme {truth_labels!r}", f"choose one of {', '.join(TRUTH_LABELS)}"
-        )
+    scheme = truth_scheme(truth_labels)
     if not real:
         raise DiffTumorInputError(
             "no real lesions given", "pass --real with labelled CTs (datalist or images/+labels/)"
         )
-    scheme = TRUTH_LABELS[truth_labels]
     groups: dict[str, list[dict[str, Any]]] = {"real": []}
     for source in real:
         for case in _real_cases(Path(source), scheme["organ"], scheme["tumor"]):

@@ -44,6 +44,7 @@ class UNet3DInpaintOutput(BaseOutput):
 class _UNetLevel(nn.Module):
     """Two resnets, in-plane linear attention, depth attention, then an optional in-plane resampling."""
 
+    # Layer construction in the original's order: the converted checkpoints' state-dict keys depend on it.
     def __init__(self, in_channels, out_channels, temb_channels, groups, heads, head_dim, resample):
         super().__init__()
         self.resnets = nn.ModuleList(

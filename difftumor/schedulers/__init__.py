@@ -9,7 +9,7 @@ from .precise import (
     PreciseHeunDiscreteScheduler,
     PreciseUniPCMultistepScheduler,
 )
-from .registry import available_schedulers, make_scheduler
+from .registry import available_schedulers, default_sampling, make_scheduler
 
 __all__ = [
     "PreciseDDIMScheduler",
@@ -19,6 +19,7 @@ __all__ = [
     "PreciseHeunDiscreteScheduler",
     "PreciseUniPCMultistepScheduler",
     "available_schedulers",
+    "default_sampling",
     "difftumor_alphas_cumprod",
     "difftumor_cosine_betas",
     "make_scheduler",

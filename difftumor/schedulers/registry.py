@@ -110,6 +110,18 @@ _BUILTIN: dict[str, Callable[[dict[str, Any], int], SchedulerMixin]] = {
 }
 
 
+#: Up to this many training steps a model is sampled with every step of ancestral DDPM (the original's early-tumour
+#: models, T = 4); longer schedules with 50 DDIM steps (the original's mid/late models, T = 200).
+_FULL_DDPM_MAX_T = 10
+_DDIM_STEPS = 50
+
+
+def default_sampling(train_steps: int) -> tuple[str, int]:
+    """The sampler name and step count a model trained with ``train_steps`` steps is stored with, as the original
+    samples it: ``("ddpm", T)`` for ``T <= 10``, else ``("ddim", 50)``. Used by training and conversion alike."""
+    return ("ddpm", train_steps) if train_steps <= _FULL_DDPM_MAX_T else ("ddim", _DDIM_STEPS)
+
+
 def _plugins() -> dict[str, Any]:
     return {entry.name.lower(): entry for entry in entry_points(group="difftumor.schedulers")}
 

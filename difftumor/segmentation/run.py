@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_file, check_output, file_kind, input_paths, prepare_output_root
-from ..errors import DiffTumorInputError
+from ..errors import DiffTumorInputError, explain_load_failure
 from ..label_descriptions import sidecar_paths, write_label_descriptions
 from .model import SegmentationModel
 
@@ -36,15 +36,10 @@ def load_model(name_or_path: str | os.PathLike) -> SegmentationModel:
             f"{name_or_path} is not a segmentation model folder (no config.json)",
             "pass a folder written by `difftumor train segmentation`",
         )
-    try:
+    with explain_load_failure(
+        f"the segmentation model {name_or_path}", "the folder may be incomplete; re-download or retrain it"
+    ):
         return SegmentationModel.from_pretrained(folder)
-    except DiffTumorInputError:
-        raise
-    except Exception as error:  # noqa: BLE001 — diffusers raises many types for broken folders
-        raise DiffTumorInputError(
-            f"cannot load the segmentation model {name_or_path} ({str(error).splitlines()[0][:150]})",
-            "the folder may be incomplete; re-download or retrain it",
-        ) from None
 
 
 def resolve_device(device: str) -> str:
@@ -97,6 +92,8 @@ def plan_cases(source: Path, out: Path) -> tuple[list[SegmentationCase], bool]:
     return [SegmentationCase(case_id, source, out / f"{case_id}.nii.gz")], True
 
 
+# Per case: read, check, infer, write atomically, report — with --continue and per-case errors; the loop body is kept
+# whole so a failure names its case.
 def segment_cases(
     source: str | os.PathLike,
     out: str | os.PathLike,

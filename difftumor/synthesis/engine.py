@@ -233,6 +233,7 @@ def _antialias(delta: np.ndarray, ct_affine: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter(delta, sigma) if sigma.any() else delta
 
 
+# Mostly input checks, each a one-line error naming its fix; placement and painting are _place_all and _paint_all.
 def synthesize_tumors(
     ct: Volume,
     organ_mask: Volume,
@@ -302,23 +303,7 @@ def synthesize_tumors(
     organ_work = organ_work.astype(bool)
 
     seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint32).tolist()
-    placed: list[PlacedTumor] = []
-    occupied = np.zeros(organ_box.shape, dtype=bool)
-    for index in range(count):
-        rng = np.random.default_rng([seeds[index], 0])
-        center = None
-        if centers_mm is not None:
-            center = tuple(int(v) for v in grid.to_index(np.asarray(centers_mm[index])) - np.asarray(organ_box.start))
-            if any(c < 0 or c >= n for c, n in zip(center, organ_box.shape)) or not organ_work[center]:
-                raise DiffTumorInputError(
-                    f"tumour centre {list(centers_mm[index])} mm is not inside the {organ}",
-                    "give centres in world (RAS) millimetres inside the organ",
-                )
-        spec = TumorSpec(spec_class, None if isinstance(parsed, str) else parsed, center)
-        tumor = place_tumor(organ_work, organ, spec, rng, occupied=occupied)
-        occupied |= tumor.mask
-        placed.append(tumor)
-
+    placed = _place_all(organ_work, organ, grid, organ_box, spec_class, parsed, seeds, centers_mm)
     for size_class in sorted({tumor.size_class for tumor in placed}):
         message = synthesizer.size_warning(size_class)
         if message:
@@ -336,6 +321,52 @@ def synthesize_tumors(
         tumor_label,
         float(ct.array.min()),
     )
+    records = _paint_all(canvas, placed, seeds, organ, synthesizer, progress)
+    new_ct, new_labels = canvas.new_ct, canvas.new_labels
+    changed = int((new_ct != ct.array).sum())
+    return SynthesisResult(new_ct, new_labels, tumor_label, records, changed, warnings)
+
+
+def _place_all(
+    organ_work: np.ndarray,
+    organ: str,
+    grid: WorkingGrid,
+    organ_box: Any,
+    spec_class: str,
+    parsed: str | float,
+    seeds: list[int],
+    centers_mm: Sequence[Sequence[float]] | None,
+) -> list[PlacedTumor]:
+    """Every tumour mask on the organ's 1 mm box, each from its own seed, none overlapping an earlier one."""
+    placed: list[PlacedTumor] = []
+    occupied = np.zeros(organ_box.shape, dtype=bool)
+    for index, tumour_seed in enumerate(seeds):
+        rng = np.random.default_rng([tumour_seed, 0])
+        center = None
+        if centers_mm is not None:
+            center = tuple(int(v) for v in grid.to_index(np.asarray(centers_mm[index])) - np.asarray(organ_box.start))
+            if any(c < 0 or c >= n for c, n in zip(center, organ_box.shape)) or not organ_work[center]:
+                raise DiffTumorInputError(
+                    f"tumour centre {list(centers_mm[index])} mm is not inside the {organ}",
+                    "give centres in world (RAS) millimetres inside the organ",
+                )
+        spec = TumorSpec(spec_class, None if isinstance(parsed, str) else parsed, center)
+        tumor = place_tumor(organ_work, organ, spec, rng, occupied=occupied)
+        occupied |= tumor.mask
+        placed.append(tumor)
+    return placed
+
+
+def _paint_all(
+    canvas: _Canvas,
+    placed: list[PlacedTumor],
+    seeds: list[int],
+    organ: str,
+    synthesizer: TumorSynthesizer,
+    progress: Callable[[int, int], None] | None,
+) -> list[SynthesizedTumor]:
+    """Paint the placed tumours in waves whose neighbourhoods do not overlap, batched by crop size."""
+    count = len(placed)
     records: list[SynthesizedTumor | None] = [None] * count
     done = 0
     if progress is not None:
@@ -353,11 +384,11 @@ def synthesize_tumors(
                 done += len(chunk)
                 if progress is not None:
                     progress(done, count)
-    new_ct, new_labels = canvas.new_ct, canvas.new_labels
-    changed = int((new_ct != ct.array).sum())
-    return SynthesisResult(new_ct, new_labels, tumor_label, [r for r in records if r is not None], changed, warnings)
+    return [r for r in records if r is not None]
 
 
+# One batch through the synthesizer: crop, organ statistics, paint, blend back; the arrays flow from one step to the
+# next.
 def _paint(
     canvas: _Canvas,
     members: list[int],

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..errors import DiffTumorInputError
+from ..errors import DiffTumorInputError, explain_load_failure
 from ..spatial import organ_core, robust_statistics
 from .intensity import CONTRAST_SPREAD, DEFAULT_REFERENCE_HU, expected_contrast_hu
 
@@ -159,14 +159,10 @@ class DiffusionSynthesizer(TumorSynthesizer):
 
             diffusers_logging.disable_progress_bar()  # a one-line error must stay one line
             try:
-                pipeline = TumorInpaintPipeline.from_pretrained(str(pipeline))
-            except DiffTumorInputError:
-                raise
-            except Exception as error:  # noqa: BLE001 — diffusers raises many types for broken folders
-                raise DiffTumorInputError(
-                    f"cannot load the pipeline {source} ({str(error).strip().splitlines()[0][:150]})",
-                    "the folder may be incomplete or corrupt; re-download or re-convert it",
-                ) from None
+                with explain_load_failure(
+                    f"the pipeline {source}", "the folder may be incomplete or corrupt; re-download or re-convert it"
+                ):
+                    pipeline = TumorInpaintPipeline.from_pretrained(str(pipeline))
             finally:
                 diffusers_logging.enable_progress_bar()
         if scheduler:

@@ -169,138 +169,159 @@ def _preprocess(config: AutoencoderConfig, with_label: bool):
     return Compose([base, FgBgToIndicesd(keys="label", image_key="image", image_threshold=-1.0)])
 
 
-def train_autoencoder(
-    config: AutoencoderConfig, resume: bool = False, trust_config_code: bool = False, inputs: tuple = ()
-) -> Path:
-    """Run the training; returns the folder of the final :class:`VQModel3D` (``<output_dir>/vqmodel``)."""
+@dataclass
+class _Networks:
+    """What one autoencoder training step works on (prepared by Accelerate)."""
+
+    model: torch.nn.Module
+    image_disc: torch.nn.Module
+    volume_disc: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    disc_optimizer: torch.optim.Optimizer
+    perceptual: torch.nn.Module | None
+
+
+def _build(config: AutoencoderConfig, run: TrainingRun, perceptual_factory: Any) -> _Networks:
+    """The VQ model, the 2-D slice and 3-D volume discriminators and their optimisers, seeded by the run."""
     from monai.networks.nets import PatchDiscriminator
 
     from ..models.vq_model_3d import VQModel3D
 
+    loss_cfg, optim = config.loss, config.optim
+    torch.manual_seed(config.run.seed)
+    model = VQModel3D(**vars(config.model))
+    image_disc, volume_disc = (
+        PatchDiscriminator(
+            spatial_dims=dims,
+            num_layers_d=loss_cfg.discriminator_layers,
+            channels=loss_cfg.discriminator_channels,
+            in_channels=1,
+        )
+        for dims in (2, 3)
+    )
+    perceptual = None if perceptual_factory is None else PerceptualSlices(perceptual_factory()).to(run.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=optim.lr, betas=optim.betas)
+    disc_optimizer = torch.optim.Adam(
+        [*image_disc.parameters(), *volume_disc.parameters()], lr=optim.lr, betas=optim.betas
+    )
+    prepared = run.accelerator.prepare(model, image_disc, volume_disc, optimizer, disc_optimizer)
+    return _Networks(*prepared, perceptual=perceptual)
+
+
+def _generator_loss(
+    nets: _Networks, real: torch.Tensor, config: AutoencoderConfig, generator: torch.Generator, gan_on: bool, run
+) -> tuple[torch.Tensor, torch.Tensor, tuple | None, dict[str, float]]:
+    """Reconstruction + commitment (+ perceptual) (+ adversarial and feature matching once the GAN is on);
+    returns the loss, the reconstruction, the slices the discriminators saw, and the logged terms."""
+    loss_cfg = config.loss
+    output = nets.model(real)
+    fake = output.sample
+    recon = loss_cfg.l1_weight * F.l1_loss(fake, real)
+    loss = recon + loss_cfg.commitment_weight * output.commitment_loss
+    metrics = {
+        "recon": recon.item(),
+        "commitment": output.commitment_loss.item(),
+        "perplexity": output.perplexity.item(),
+    }
+    planes = None
+    if nets.perceptual is not None or gan_on:
+        planes = (
+            _random_slices(fake, generator),
+            _random_slices(real, torch.Generator().manual_seed(int(generator.initial_seed()))),
+        )
+    if nets.perceptual is not None:
+        perceptual_loss = loss_cfg.perceptual_weight * nets.perceptual(*planes)
+        loss = loss + perceptual_loss
+        metrics["perceptual"] = perceptual_loss.item()
+    if gan_on:
+        # The generator sees the discriminators as fixed functions (no DDP hooks, no weight gradients).
+        image_disc = run.accelerator.unwrap_model(nets.image_disc)
+        volume_disc = run.accelerator.unwrap_model(nets.volume_disc)
+        image_disc.requires_grad_(False)
+        volume_disc.requires_grad_(False)
+        fake_image, fake_volume = image_disc(planes[0][0]), volume_disc(fake)
+        with torch.no_grad():
+            real_image, real_volume = image_disc(planes[1][0]), volume_disc(real)
+        adversarial = (
+            -loss_cfg.image_gan_weight * fake_image[-1].mean() - loss_cfg.volume_gan_weight * fake_volume[-1].mean()
+        )
+        matching = sum(
+            F.l1_loss(f, r)
+            for fake_feats, real_feats in ((fake_image, real_image), (fake_volume, real_volume))
+            for f, r in zip(fake_feats[:-1], real_feats[:-1])
+        )
+        loss = loss + adversarial + loss_cfg.gan_feature_weight * matching
+        image_disc.requires_grad_(True)
+        volume_disc.requires_grad_(True)
+        metrics.update({"g_adversarial": adversarial.item(), "feature_matching": float(matching.detach())})
+    return loss, fake, planes, metrics
+
+
+def _step(nets: _Networks, batch: dict, step: int, config: AutoencoderConfig, run: TrainingRun) -> dict[str, float]:
+    """One optimisation step of the generator, then (once the GAN is on) of the discriminators."""
+    accelerator, loss_cfg, clip = run.accelerator, config.loss, config.optim.gradient_clip
+    # MONAI (B, C, X, Y, Z) -> the model's (B, C, Z, X, Y), as the original.
+    real = batch["image"].to(run.device).permute(0, 1, 4, 2, 3).contiguous()
+    generator = torch.Generator().manual_seed(config.run.seed * 1_000_003 + step * 101 + accelerator.process_index)
+    gan_on = step >= loss_cfg.discriminator_start_step
+    with accelerator.accumulate(nets.model, nets.image_disc, nets.volume_disc):
+        with accelerator.autocast():
+            loss, fake, planes, metrics = _generator_loss(nets, real, config, generator, gan_on, run)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and clip:
+            accelerator.clip_grad_norm_(nets.model.parameters(), clip)
+        nets.optimizer.step()
+        nets.optimizer.zero_grad()
+        if gan_on:
+            (fake_planes, real_planes) = planes
+            with accelerator.autocast():
+                d_loss = loss_cfg.image_gan_weight * _hinge_discriminator(
+                    nets.image_disc(real_planes[0])[-1], nets.image_disc(fake_planes[0].detach())[-1]
+                ) + loss_cfg.volume_gan_weight * _hinge_discriminator(
+                    nets.volume_disc(real)[-1], nets.volume_disc(fake.detach())[-1]
+                )
+            accelerator.backward(d_loss)
+            if accelerator.sync_gradients and clip:
+                accelerator.clip_grad_norm_([*nets.image_disc.parameters(), *nets.volume_disc.parameters()], clip)
+            nets.disc_optimizer.step()
+            nets.disc_optimizer.zero_grad()
+            metrics["d_loss"] = d_loss.item()
+    return {"loss": loss.item(), **metrics}
+
+
+def train_autoencoder(
+    config: AutoencoderConfig, resume: bool = False, trust_config_code: bool = False, inputs: tuple = ()
+) -> Path:
+    """Run the training; returns the folder of the final :class:`VQModel3D` (``<output_dir>/vqmodel``)."""
     cases = read_cases(config.data.datalist, config.data.max_cases)
     with_label = all("label" in case for case in cases)
-    loss_cfg = config.loss
     perceptual_factory = None
-    if loss_cfg.perceptual_weight > 0:  # resolved before the run folder exists: a refused hook leaves nothing
-        if not loss_cfg.perceptual_network:
+    if config.loss.perceptual_weight > 0:  # resolved before the run folder exists: a refused hook leaves nothing
+        if not config.loss.perceptual_network:
             raise DiffTumorInputError(
                 "loss.perceptual_weight > 0 needs loss.perceptual_network",
                 f"give a network registered under {PERCEPTUAL_NETWORKS}",
             )
-        perceptual_factory = load_perceptual_network(loss_cfg.perceptual_network, trust_config_code)
+        perceptual_factory = load_perceptual_network(config.loss.perceptual_network, trust_config_code)
     run = TrainingRun(config.run, config, "autoencoder", resume=resume, inputs=inputs)
-    accelerator = run.accelerator
-    torch.manual_seed(config.run.seed)
-    model = VQModel3D(**vars(config.model))
-    image_disc = PatchDiscriminator(
-        spatial_dims=2,
-        num_layers_d=loss_cfg.discriminator_layers,
-        channels=loss_cfg.discriminator_channels,
-        in_channels=1,
-    )
-    volume_disc = PatchDiscriminator(
-        spatial_dims=3,
-        num_layers_d=loss_cfg.discriminator_layers,
-        channels=loss_cfg.discriminator_channels,
-        in_channels=1,
-    )
-    perceptual = None if perceptual_factory is None else PerceptualSlices(perceptual_factory()).to(run.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, betas=config.optim.betas)
-    disc_optimizer = torch.optim.Adam(
-        [*image_disc.parameters(), *volume_disc.parameters()], lr=config.optim.lr, betas=config.optim.betas
-    )
-    model, image_disc, volume_disc, optimizer, disc_optimizer = accelerator.prepare(
-        model, image_disc, volume_disc, optimizer, disc_optimizer
-    )
+    nets = _build(config, run, perceptual_factory)
     start = run.restore()
     dataset = CropDataset(cases, _preprocess(config, with_label), _crop_transform(config, with_label), config.run.seed)
     loader = run_loader(
-        dataset, config.data.batch_size, config.data.num_workers, start, config.run.max_steps, accelerator
+        dataset, config.data.batch_size, config.data.num_workers, start, config.run.max_steps, run.accelerator
     )
-    raw_image_disc, raw_volume_disc = accelerator.unwrap_model(image_disc), accelerator.unwrap_model(volume_disc)
     run.start_progress(config.run.max_steps)
     step = start
     for batch in loader:
-        # MONAI (B, C, X, Y, Z) -> the model's (B, C, Z, X, Y), as the original.
-        real = batch["image"].to(run.device).permute(0, 1, 4, 2, 3).contiguous()
-        generator = torch.Generator().manual_seed(config.run.seed * 1_000_003 + step * 101 + accelerator.process_index)
-        gan_on = step >= loss_cfg.discriminator_start_step
-        with accelerator.accumulate(model, image_disc, volume_disc):
-            with accelerator.autocast():
-                output = model(real)
-                fake = output.sample
-                recon = loss_cfg.l1_weight * F.l1_loss(fake, real)
-                loss = recon + loss_cfg.commitment_weight * output.commitment_loss
-                metrics = {
-                    "recon": recon.item(),
-                    "commitment": output.commitment_loss.item(),
-                    "perplexity": output.perplexity.item(),
-                }
-                fake_planes = real_planes = None
-                if perceptual is not None or gan_on:
-                    fake_planes = _random_slices(fake, generator)
-                    real_planes = _random_slices(real, torch.Generator().manual_seed(int(generator.initial_seed())))
-                if perceptual is not None:
-                    perceptual_loss = loss_cfg.perceptual_weight * perceptual(fake_planes, real_planes)
-                    loss = loss + perceptual_loss
-                    metrics["perceptual"] = perceptual_loss.item()
-                if gan_on:
-                    # The generator sees the discriminators as fixed functions (no DDP hooks, no weight gradients).
-                    raw_image_disc.requires_grad_(False)
-                    raw_volume_disc.requires_grad_(False)
-                    fake_image, fake_volume = raw_image_disc(fake_planes[0]), raw_volume_disc(fake)
-                    with torch.no_grad():
-                        real_image, real_volume = raw_image_disc(real_planes[0]), raw_volume_disc(real)
-                    adversarial = (
-                        -loss_cfg.image_gan_weight * fake_image[-1].mean()
-                        - loss_cfg.volume_gan_weight * fake_volume[-1].mean()
-                    )
-                    matching = sum(
-                        F.l1_loss(f, r)
-                        for fake_feats, real_feats in ((fake_image, real_image), (fake_volume, real_volume))
-                        for f, r in zip(fake_feats[:-1], real_feats[:-1])
-                    )
-                    loss = loss + adversarial + loss_cfg.gan_feature_weight * matching
-                    raw_image_disc.requires_grad_(True)
-                    raw_volume_disc.requires_grad_(True)
-                    metrics.update({"g_adversarial": adversarial.item(), "feature_matching": float(matching.detach())})
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and config.optim.gradient_clip:
-                accelerator.clip_grad_norm_(model.parameters(), config.optim.gradient_clip)
-            optimizer.step()
-            optimizer.zero_grad()
-            if gan_on:
-                with accelerator.autocast():
-                    d_loss = loss_cfg.image_gan_weight * _hinge_discriminator(
-                        image_disc(real_planes[0])[-1], image_disc(fake_planes[0].detach())[-1]
-                    ) + loss_cfg.volume_gan_weight * _hinge_discriminator(
-                        volume_disc(real)[-1], volume_disc(fake.detach())[-1]
-                    )
-                accelerator.backward(d_loss)
-                if accelerator.sync_gradients and config.optim.gradient_clip:
-                    accelerator.clip_grad_norm_(
-                        [*image_disc.parameters(), *volume_disc.parameters()], config.optim.gradient_clip
-                    )
-                disc_optimizer.step()
-                disc_optimizer.zero_grad()
-                metrics["d_loss"] = d_loss.item()
+        metrics = _step(nets, batch, step, config, run)
         step = run.advance()
-        run.end_step({"loss": loss.item(), **metrics})
-    digest = run.record_parameters(model)
-    seconds = run.finish()
-    out = Path(config.run.output_dir) / "vqmodel"
-    if run.is_main:
-        run.export(
-            "vqmodel",
-            accelerator.unwrap_model(model).save_pretrained,
-            trainer="autoencoder",
-            steps=step,
-            seconds=round(seconds, 1),
-            parameters_sha256=digest,
-            data_description=config.data_description,
-        )
-    accelerator.wait_for_everyone()
-    return out
+        run.end_step(metrics)
+    return run.conclude(
+        nets.model,
+        "vqmodel",
+        run.accelerator.unwrap_model(nets.model).save_pretrained,
+        data_description=config.data_description,
+    )
 
 
 def load_autoencoder_config(path, overrides) -> AutoencoderConfig:

@@ -68,6 +68,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return raw
 
 
+# One branch per supported annotation type (the typed-config schema), each a few lines.
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin is Annotated:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -197,15 +198,50 @@ def _relabel(stage: str):
     return Lambdad(keys="label", func=relabel)
 
 
-def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple = ()) -> Path:
-    """Run the training; returns the pipeline folder (``<output_dir>/pipeline``)."""
-    from diffusers.training_utils import EMAModel
-    from monai.transforms import ClassesToIndicesd, Compose
+def _step(
+    unet: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pipeline: Any,
+    noise_scheduler: Any,
+    batch: dict,
+    step: int,
+    config: DiffusionConfig,
+    run: TrainingRun,
+) -> tuple[float, float]:
+    """One optimisation step: encode the crop and its masked condition, noise the latent at a random t, regress the
+    prediction target (ε, x0 or v). Returns the loss and the batch's tumour fraction."""
+    accelerator, vqmodel = run.accelerator, pipeline.vqmodel
+    image = batch["image"].to(run.device).permute(0, 1, 4, 2, 3).contiguous()
+    mask = batch["mask"].to(run.device).permute(0, 1, 4, 2, 3).contiguous()
+    generator = torch.Generator().manual_seed(config.run.seed * 1_000_003 + step * 101 + accelerator.process_index)
+    with torch.no_grad():
+        target_latent = vqmodel.normalize_latents(vqmodel.encode(image).latents)
+        condition = pipeline.encode_condition(image, mask)
+    noise = torch.randn(target_latent.shape, generator=generator).to(run.device)
+    steps_t = config.diffusion.num_train_timesteps
+    timesteps = torch.randint(0, steps_t, (image.shape[0],), generator=generator).to(run.device)
+    noisy = noise_scheduler.add_noise(target_latent, noise, timesteps)
+    if config.diffusion.prediction_type == "epsilon":
+        target = noise
+    elif config.diffusion.prediction_type == "sample":
+        target = target_latent
+    else:
+        target = noise_scheduler.get_velocity(target_latent, noise, timesteps)
+    loss_function = F.l1_loss if config.diffusion.loss == "l1" else F.mse_loss
+    with accelerator.accumulate(unet):
+        with accelerator.autocast():
+            prediction = unet(noisy, timesteps, condition).sample
+            loss = loss_function(prediction.float(), target)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and config.optim.gradient_clip:
+            accelerator.clip_grad_norm_(unet.parameters(), config.optim.gradient_clip)
+        optimizer.step()
+        optimizer.zero_grad()
+    return loss.item(), float(mask.mean())
 
-    from ..models.unet_3d_inpaint import UNet3DInpaintModel
-    from ..pipelines import TumorInpaintPipeline
-    from ..schedulers import make_scheduler
 
+def _cases_with_tumours(config: DiffusionConfig) -> list[dict]:
+    """The datalist's cases that hold tumours of the configured stage (early, mid/late, or any)."""
     cases = read_cases(config.data.datalist, config.data.max_cases, require_label=True)
     key = {"early": "early_tumors", "midlate": "midlate_tumors"}.get(config.tumor_stage)
     with_tumors = [c for c in cases if (c.get(key) if key and c.get(key) is not None else c.get("has_tumor", True))]
@@ -214,7 +250,10 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple
             f"no case of {config.data.datalist} has {config.tumor_stage} tumours",
             "prepare it with --early-max-diameter-mm, or choose tumor_stage all",
         )
-    vqmodel = load_vqmodel(config.vqmodel)
+    return with_tumors
+
+
+def _check_crop_size(config: DiffusionConfig, vqmodel: Any) -> None:
     factor = max(int(f) for f in vqmodel.config.downsample)
     multiple = factor * 2 ** (len(config.model.channel_multipliers) - 1)
     if any(size % multiple for size in config.data.crop_size):
@@ -222,9 +261,15 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple
             f"data.crop_size {config.data.crop_size} must be multiples of {multiple}",
             "the autoencoder and the UNet's levels divide it",
         )
-    run = TrainingRun(config.run, config, "diffusion", resume=resume, inputs=inputs)
-    accelerator = run.accelerator
-    torch.manual_seed(config.run.seed)
+
+
+def _build_pipeline(config: DiffusionConfig, vqmodel: Any) -> tuple[Any, Any, Any]:
+    """The UNet (seeded by the caller), the DDPM noise scheduler of training, and the pipeline it will be saved
+    in, with the sampler and step count it is stored with (:func:`difftumor.schedulers.default_sampling`)."""
+    from ..models.unet_3d_inpaint import UNet3DInpaintModel
+    from ..pipelines import TumorInpaintPipeline
+    from ..schedulers import default_sampling, make_scheduler
+
     latent = vqmodel.config.latent_channels
     unet = UNet3DInpaintModel(
         sample_channels=latent, condition_channels=latent + 1, out_channels=latent, **vars(config.model)
@@ -233,16 +278,46 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple
     noise_scheduler = make_scheduler(
         "ddpm", {"num_train_timesteps": steps_t, "prediction_type": config.diffusion.prediction_type}
     )
-    sampler_name = config.diffusion.sampler or ("ddpm" if steps_t <= 10 else "ddim")
+    default_name, default_steps = default_sampling(steps_t)
     pipeline = TumorInpaintPipeline(
         vqmodel=vqmodel,
         unet=unet,
-        scheduler=make_scheduler(sampler_name, noise_scheduler.config),
+        scheduler=make_scheduler(config.diffusion.sampler or default_name, noise_scheduler.config),
         mask_downsampling=config.diffusion.mask_downsampling,
-        default_num_inference_steps=config.diffusion.num_inference_steps or (steps_t if steps_t <= 10 else 50),
+        default_num_inference_steps=config.diffusion.num_inference_steps or default_steps,
         organ=config.organ,
         tumor_stage="early" if config.tumor_stage == "early" else "mid-late",
     )
+    return unet, noise_scheduler, pipeline
+
+
+def _preprocess(config: DiffusionConfig) -> Any:
+    from monai.transforms import ClassesToIndicesd, Compose
+
+    # Voxel indices of every class are computed once per case (cached), not at every crop.
+    return Compose(
+        [
+            preprocessing(config.data.window, config.data.spacing, config.data.crop_size, True),
+            _relabel(config.tumor_stage),
+            ClassesToIndicesd(keys="label", num_classes=3),
+        ]
+    )
+
+
+def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple = ()) -> Path:
+    """Run the training; returns the pipeline folder (``<output_dir>/pipeline``)."""
+    from diffusers.training_utils import EMAModel
+
+    from ..models.unet_3d_inpaint import UNet3DInpaintModel
+
+    with_tumors = _cases_with_tumours(config)
+    vqmodel = load_vqmodel(config.vqmodel)
+    _check_crop_size(config, vqmodel)
+    run = TrainingRun(config.run, config, "diffusion", resume=resume, inputs=inputs)
+    accelerator = run.accelerator
+    torch.manual_seed(config.run.seed)
+    unet, noise_scheduler, pipeline = _build_pipeline(config, vqmodel)
+    steps_t = config.diffusion.num_train_timesteps
     ema = EMAModel(
         unet.parameters(),
         decay=config.ema.decay,
@@ -256,79 +331,41 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple
     run.register_state("ema", ema)
     start = run.restore()
     ema.to(run.device)
-    # Voxel indices of every class are computed once per case (cached), not at every crop.
-    preprocess = Compose(
-        [
-            preprocessing(config.data.window, config.data.spacing, config.data.crop_size, True),
-            _relabel(config.tumor_stage),
-            ClassesToIndicesd(keys="label", num_classes=3),
-        ]
-    )
-    dataset = CropDataset(with_tumors, preprocess, _crop_transform(config), config.run.seed)
+    dataset = CropDataset(with_tumors, _preprocess(config), _crop_transform(config), config.run.seed)
     pipeline.register_to_config(organ_intensity_hu=organ_reference_hu(dataset, config.data.window))
     loader = run_loader(
         dataset, config.data.batch_size, config.data.num_workers, start, config.run.max_steps, accelerator
     )
-    loss_function = F.l1_loss if config.diffusion.loss == "l1" else F.mse_loss
     run.start_progress(config.run.max_steps)
     step = start
     for batch in loader:
-        image = batch["image"].to(run.device).permute(0, 1, 4, 2, 3).contiguous()
-        mask = batch["mask"].to(run.device).permute(0, 1, 4, 2, 3).contiguous()
-        generator = torch.Generator().manual_seed(config.run.seed * 1_000_003 + step * 101 + accelerator.process_index)
-        with torch.no_grad():
-            target_latent = vqmodel.normalize_latents(vqmodel.encode(image).latents)
-            condition = pipeline.encode_condition(image, mask)
-        noise = torch.randn(target_latent.shape, generator=generator).to(run.device)
-        timesteps = torch.randint(0, steps_t, (image.shape[0],), generator=generator).to(run.device)
-        noisy = noise_scheduler.add_noise(target_latent, noise, timesteps)
-        if config.diffusion.prediction_type == "epsilon":
-            target = noise
-        elif config.diffusion.prediction_type == "sample":
-            target = target_latent
-        else:
-            target = noise_scheduler.get_velocity(target_latent, noise, timesteps)
-        with accelerator.accumulate(unet):
-            with accelerator.autocast():
-                prediction = unet(noisy, timesteps, condition).sample
-                loss = loss_function(prediction.float(), target)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and config.optim.gradient_clip:
-                accelerator.clip_grad_norm_(unet.parameters(), config.optim.gradient_clip)
-            optimizer.step()
-            optimizer.zero_grad()
+        loss, mask = _step(unet, optimizer, pipeline, noise_scheduler, batch, step, config, run)
         step = run.advance()
-        if accelerator.sync_gradients and (step % config.ema.update_every == 0 or step <= config.ema.start_step):
+        if run.accelerator.sync_gradients and (step % config.ema.update_every == 0 or step <= config.ema.start_step):
             ema.step(unet.parameters())
-        run.end_step({"loss": loss.item(), "tumour_fraction": float(mask.mean())})
-    digest = run.record_parameters(unet)
-    seconds = run.finish()
-    out = Path(config.run.output_dir) / "pipeline"
-    if run.is_main:
+        run.end_step({"loss": loss, "tumour_fraction": mask})
+
+    def write(folder: Path) -> None:
         final_unet = UNet3DInpaintModel.from_config(accelerator.unwrap_model(unet).config)
         ema.copy_to(final_unet.parameters())
         pipeline.register_modules(unet=final_unet.eval().cpu())
         pipeline.vqmodel.cpu()
+        pipeline.save_pretrained(folder)
 
-        run.export(
-            "pipeline",
-            pipeline.save_pretrained,
-            trainer="diffusion",
-            organ=config.organ,
-            tumor_stage=config.tumor_stage,
-            steps=step,
-            seconds=round(seconds, 1),
-            parameters_sha256=digest,
-            num_train_timesteps=steps_t,
-            prediction_type=config.diffusion.prediction_type,
-            loss=config.diffusion.loss,
-            license=config.license,
-            data_description=config.data_description,
-            quality=config.quality,
-            datasets=config.datasets,
-        )
-    accelerator.wait_for_everyone()
-    return out
+    return run.conclude(
+        unet,
+        "pipeline",
+        write,
+        organ=config.organ,
+        tumor_stage=config.tumor_stage,
+        num_train_timesteps=steps_t,
+        prediction_type=config.diffusion.prediction_type,
+        loss=config.diffusion.loss,
+        license=config.license,
+        data_description=config.data_description,
+        quality=config.quality,
+        datasets=config.datasets,
+    )
 
 
 def load_diffusion_config(path, overrides) -> DiffusionConfig:

@@ -316,6 +316,25 @@ class TrainingRun:
                 write_training_info(folder, **training_info)
         return out
 
+    def conclude(self, model: torch.nn.Module, name: str, write: Any, **training_info: Any) -> Path:
+        """The end every trainer shares: fingerprint the final weights on every process, stop progress and logging,
+        and let the main process export ``<output_dir>/<name>`` (``write(folder)``) with ``training.json`` (trainer,
+        steps, seconds, parameter hash, then ``training_info``). Returns the exported folder."""
+        digest = self.record_parameters(model)
+        seconds = self.finish()
+        if self.is_main:
+            self.export(
+                name,
+                write,
+                trainer=self.kind,
+                steps=self.step,
+                seconds=round(seconds, 1),
+                parameters_sha256=digest,
+                **training_info,
+            )
+        self.accelerator.wait_for_everyone()
+        return self.output_dir / name
+
     def finish(self) -> float:
         if self._progress is not None:
             self._progress.stop()

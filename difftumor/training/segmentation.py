@@ -234,13 +234,73 @@ def _validation_dice(model, cases, config: SegmentationConfig, device) -> float:
     return float(np.mean(scores)) if scores else math.nan
 
 
+def _on_the_fly_synthesis(config: SegmentationConfig, run: TrainingRun) -> Any:
+    """The batch hook that paints tumours into healthy crops (``None`` for ``synthesizer: none``)."""
+    from ..synthesis.transforms import TumorSynthesisOnBatch
+
+    if config.synthesis.synthesizer == "none":
+        return None
+    kwargs: dict[str, Any] = {}
+    if config.synthesis.synthesizer == "diffusion":
+        kwargs = {"pipeline": config.synthesis.pipeline, "device": str(run.device)}
+    placement: dict[str, Any] = {
+        "size_mix": config.synthesis.size_mix,
+        "tumors_per_crop": config.synthesis.tumors_per_crop,
+    }
+    if config.synthesis.recipe == "hu2023":
+        from ..synthesis.synthesizers import HU2023_RECIPE
+
+        kwargs["recipe"] = "hu2023"
+        placement = {"size_mix": HU2023_RECIPE["size_mix"], "tumors_per_crop": HU2023_RECIPE["tumors_per_crop"]}
+    return TumorSynthesisOnBatch(
+        synthesizer=config.synthesis.synthesizer,
+        organ=config.organ,
+        prob=config.synthesis.prob,
+        window=config.data.window,
+        intensity_range=(0.0, 1.0),
+        synthesizer_kwargs={**kwargs, **config.synthesis.options},
+        **placement,
+    )
+
+
+def _step(model, optimizer, schedule, loss_function, images, labels, run: TrainingRun) -> float:
+    """One optimisation step (with the learning-rate schedule); returns the loss."""
+    accelerator = run.accelerator
+    images, labels = images.to(run.device), labels.to(run.device)
+    with accelerator.accumulate(model):
+        with accelerator.autocast():
+            loss = loss_function(model(images), labels)
+        accelerator.backward(loss)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    return loss.item()
+
+
+def _validate(model, validation: list, config: SegmentationConfig, run: TrainingRun, best: float, best_path: Path):
+    """Tumour Dice on the validation cases; a new best is exported to ``best_path`` with its score and step.
+    Returns the score and the best so far."""
+    accelerator = run.accelerator
+    score = _validation_dice(accelerator.unwrap_model(model), validation, config, run.device)
+    if run.is_main and score > best:
+        best = score
+
+        def write_best(folder: Path, score: float = score, step: int = run.step) -> None:
+            accelerator.unwrap_model(model).save_pretrained(folder)
+            (folder / "validation.json").write_text(json.dumps({"step": step, "tumor_dice": score}))
+
+        run.export(best_path.name, write_best)
+    return score, best
+
+
+# Build, loop, conclude: the loop body is _step and _validate; what remains is wiring the run's objects in the order
+# resume-exactness needs.
 def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs: tuple = ()) -> Path:
     """Run the training; returns the final model folder (``<output_dir>/model``; the best is ``best_model``)."""
     from monai.losses import DiceCELoss
     from monai.optimizers import WarmupCosineSchedule
 
     from ..segmentation.model import SegmentationModel
-    from ..synthesis.transforms import TumorSynthesisOnBatch
 
     config.synthesis.check_pipeline()
     cases, weights = _cases(config)
@@ -263,29 +323,7 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6)
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     start = run.restore()
-    synthesis = None
-    if config.synthesis.synthesizer != "none":
-        kwargs: dict[str, Any] = {}
-        if config.synthesis.synthesizer == "diffusion":
-            kwargs = {"pipeline": config.synthesis.pipeline, "device": str(run.device)}
-        placement: dict[str, Any] = {
-            "size_mix": config.synthesis.size_mix,
-            "tumors_per_crop": config.synthesis.tumors_per_crop,
-        }
-        if config.synthesis.recipe == "hu2023":
-            from ..synthesis.synthesizers import HU2023_RECIPE
-
-            kwargs["recipe"] = "hu2023"
-            placement = {"size_mix": HU2023_RECIPE["size_mix"], "tumors_per_crop": HU2023_RECIPE["tumors_per_crop"]}
-        synthesis = TumorSynthesisOnBatch(
-            synthesizer=config.synthesis.synthesizer,
-            organ=config.organ,
-            prob=config.synthesis.prob,
-            window=config.data.window,
-            intensity_range=(0.0, 1.0),
-            synthesizer_kwargs={**kwargs, **config.synthesis.options},
-            **placement,
-        )
+    synthesis = _on_the_fly_synthesis(config, run)
     dataset = _MixedDataset(cases, _preprocess(config), _augment(config), config.run.seed, weights)
     loader = run_loader(
         dataset, config.data.batch_size, config.data.num_workers, start, config.run.max_steps, accelerator
@@ -307,17 +345,10 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
             images, labels, synthesised = synthesis(images, labels, batch["seed"].tolist(), batch["healthy"].tolist())
         synthesised_total += synthesised
         crops_total += images.shape[0]
-        images, labels = images.to(run.device), labels.to(run.device)
-        with accelerator.accumulate(model):
-            with accelerator.autocast():
-                loss = loss_function(model(images), labels)
-            accelerator.backward(loss)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
+        loss = _step(model, optimizer, schedule, loss_function, images, labels, run)
         step = run.advance()
         metrics = {
-            "loss": loss.item(),
+            "loss": loss,
             "synthetic_tumours_total": float(synthesised_total),
             "synthetic_fraction": synthesised_total / max(crops_total, 1),
             "synthesis_effective_rate": synthesis.effective_rate if synthesis is not None else 0.0,
@@ -328,34 +359,16 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
             and config.validation.every
             and (step % config.validation.every == 0 or step == config.run.max_steps)
         ):
-            score = _validation_dice(accelerator.unwrap_model(model), validation, config, run.device)
-            metrics["val_tumor_dice"] = score
-            if run.is_main and score > best:
-                best = score
-
-                def write_best(folder: Path, score: float = score, step: int = step) -> None:
-                    accelerator.unwrap_model(model).save_pretrained(folder)
-                    (folder / "validation.json").write_text(json.dumps({"step": step, "tumor_dice": score}))
-
-                run.export(best_path.name, write_best)
+            metrics["val_tumor_dice"], best = _validate(model, validation, config, run, best, best_path)
         run.end_step(metrics)
-    digest = run.record_parameters(model)
-    seconds = run.finish()
-    out = Path(config.run.output_dir) / "model"
-    if run.is_main:
-        run.export(
-            "model",
-            accelerator.unwrap_model(model).save_pretrained,
-            trainer="segmentation",
-            steps=step,
-            seconds=round(seconds, 1),
-            parameters_sha256=digest,
-            synthesizer=config.synthesis.synthesizer,
-            pipeline=config.synthesis.pipeline,
-            datasets=config.datasets,
-        )
-    accelerator.wait_for_everyone()
-    return out
+    return run.conclude(
+        model,
+        "model",
+        accelerator.unwrap_model(model).save_pretrained,
+        synthesizer=config.synthesis.synthesizer,
+        pipeline=config.synthesis.pipeline,
+        datasets=config.datasets,
+    )
 
 
 def load_segmentation_config(path, overrides) -> SegmentationConfig:

@@ -284,6 +284,8 @@ class TumorInpaintPipeline(DiffusionPipeline):
 
     # -- call ------------------------------------------------------------------------------------------------
 
+    # Long by design, as every diffusers pipeline's __call__: checks, encoding, the sampling loop with its callbacks
+    # and decoding read top to bottom in the order they run.
     @torch.no_grad()
     def __call__(
         self,
