@@ -44,7 +44,6 @@ class UNet3DInpaintOutput(BaseOutput):
 class _UNetLevel(nn.Module):
     """Two resnets, in-plane linear attention, depth attention, then an optional in-plane resampling."""
 
-    # Layer construction in the original's order: the converted checkpoints' state-dict keys depend on it.
     def __init__(self, in_channels, out_channels, temb_channels, groups, heads, head_dim, resample):
         super().__init__()
         self.resnets = nn.ModuleList(
@@ -88,6 +87,7 @@ class UNet3DInpaintModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
 
+    # Layer construction in the original's order: the converted checkpoints' state-dict keys depend on it.
     @register_to_config
     def __init__(
         self,
