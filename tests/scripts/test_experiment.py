@@ -1,4 +1,4 @@
-"""The README's leak-free experiment, shortened (2 steps per model, 32³ crops, one seed), end to end."""
+"""The README's leak-free experiment, shortened (2 steps per model, 32³ crops on a 3 mm grid, one seed), end to end."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 @pytest.mark.slow
 def test_shortened_experiment_runs_every_arm_and_summarises(tmp_path):
-    environment = {**os.environ, "CROP": "32", "CHANNELS": "8, 16", "OVERLAP": "0"}
+    environment = {**os.environ, "CROP": "32", "CHANNELS": "8, 16", "OVERLAP": "0", "SPACING": "3.0"}
     result = subprocess.run(
         ["bash", str(SCRIPTS / "experiment_small.sh"), str(tmp_path), "2", "0"],
         env=environment,
@@ -23,6 +23,8 @@ def test_shortened_experiment_runs_every_arm_and_summarises(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     split = json.loads((tmp_path / "split" / "split.json").read_text())
+    # the split the bundled pipeline was trained on (its model card: 24 training lesions, seed 0, 10 mm margin)
+    assert split["lesions"] == {"train": 24, "test": 26, "dropped": 1}
     for arm in ("real", "hu2023", "relative", "diffusion", "none"):
         metrics = json.loads((tmp_path / "runs" / f"{arm}_seed0" / "metrics.json").read_text())
         cases = {case["case"]: case for case in metrics["cases"]}
