@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..errors import DiffTumorInputError
 from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, load_config
-from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
+from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded_crop
 from .run import RunConfig, TrainingRun
 
 
@@ -151,8 +151,7 @@ def _crop_transform(config: AutoencoderConfig, with_label: bool):
     chain = Compose([crop, RandRotate90d(keys=["image"], prob=0.1, spatial_axes=(0, 1))])
 
     def transform(data: dict, rng: np.random.Generator) -> dict:
-        sample = seeded(chain, rng)(dict(data))
-        sample = sample[0] if isinstance(sample, list) else sample
+        sample = seeded_crop(chain, data, rng)
         return {"image": sample["image"]}
 
     return transform
@@ -188,7 +187,6 @@ def _build(config: AutoencoderConfig, run: TrainingRun, perceptual_factory: Any)
     from ..models.vq_model_3d import VQModel3D
 
     loss_cfg, optim = config.loss, config.optim
-    torch.manual_seed(config.run.seed)
     model = VQModel3D(**vars(config.model))
     image_disc, volume_disc = (
         PatchDiscriminator(

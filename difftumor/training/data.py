@@ -170,3 +170,10 @@ def seeded(transform, rng: np.random.Generator):
     """Seed a MONAI randomizable transform (or Compose) from ``rng`` and return it."""
     transform.set_random_state(seed=int(rng.integers(2**31 - 1)))
     return transform
+
+
+def seeded_crop(chain, data: dict, rng: np.random.Generator) -> dict:
+    """One sample of a crop chain seeded from ``rng`` (the first when the crop transform returns a list): the crop
+    step every trainer shares."""
+    sample = seeded(chain, rng)(dict(data))
+    return sample[0] if isinstance(sample, list) else sample

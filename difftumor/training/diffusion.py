@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..errors import DiffTumorInputError
 from ..windowing import scale_window, unscale_window
 from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, load_config
-from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
+from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded_crop
 from .run import RunConfig, TrainingRun
 
 STAGE_LABELS = {"early": (2,), "midlate": (3,), "all": (2, 3)}
@@ -147,8 +147,7 @@ def _crop_transform(config: DiffusionConfig):
     augmentation, window = config.intensity_augmentation, config.data.window
 
     def transform(data: dict, rng: np.random.Generator) -> dict:
-        sample = seeded(chain, rng)(dict(data))
-        sample = sample[0] if isinstance(sample, list) else sample
+        sample = seeded_crop(chain, data, rng)
         image = augment_intensity(sample["image"], sample["label"] == 1, window, augmentation, rng)
         return {"image": image, "mask": (sample["label"] == 2).float()}
 
@@ -315,7 +314,6 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple
     _check_crop_size(config, vqmodel)
     run = TrainingRun(config.run, config, "diffusion", resume=resume, inputs=inputs)
     accelerator = run.accelerator
-    torch.manual_seed(config.run.seed)
     unet, noise_scheduler, pipeline = _build_pipeline(config, vqmodel)
     steps_t = config.diffusion.num_train_timesteps
     ema = EMAModel(

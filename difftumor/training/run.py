@@ -145,6 +145,8 @@ class TrainingRun:
             logger.warning("--resume: no complete checkpoint in %s, starting from step 0", self.output_dir)
         self._started = self._last_log = time.perf_counter()
         self._progress = None
+        # Every trainer builds its networks right after this: they start from the seed, whatever happened above.
+        torch.manual_seed(run.seed)
 
     @property
     def is_main(self) -> bool:

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import DiffTumorInputError
 from .config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, load_config
-from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded
+from .data import CropDataset, DataConfig, preprocessing, read_cases, run_loader, seeded_crop
 from .run import RunConfig, TrainingRun
 
 
@@ -152,8 +152,7 @@ def _augment(config: SegmentationConfig):
     )
 
     def transform(data: dict, rng: np.random.Generator) -> dict:
-        sample = seeded(chain, rng)(dict(data))
-        sample = sample[0] if isinstance(sample, list) else sample
+        sample = seeded_crop(chain, data, rng)
         return {
             "image": sample["image"],
             "label": sample["label"],
@@ -309,7 +308,6 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
     )
     run = TrainingRun(config.run, config, "segmentation", resume=resume, inputs=inputs)
     accelerator = run.accelerator
-    torch.manual_seed(config.run.seed)
     model = SegmentationModel(
         backbone=config.model.backbone,
         backbone_kwargs=config.model.backbone_kwargs,
