@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..data.registry import available_layouts, layouts_help
+from ..data.registry import layouts_help
 from .app import app, console
 
 data_app = typer.Typer(help="Prepare datasets: layouts -> datalists.", no_args_is_help=True)
@@ -16,7 +16,7 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("prepare", epilog=f"Layouts: {layouts_help()}.")
 def prepare(
-    layout: Annotated[str, typer.Argument(help=f"One of: {', '.join(available_layouts())}.")],
+    layout: Annotated[str, typer.Argument(help="A dataset layout (listed below).")],
     root: Annotated[Path, typer.Argument(help="The dataset's root folder.")],
     out: Annotated[Path, typer.Option(help="Datalist JSON to write.")],
     organ: Annotated[

@@ -117,9 +117,10 @@ def split_lesions(
     healthy_ct = train_ct.copy()
     healed = _grow(train_tumor, spacing, HEAL_MARGIN_MM) & organ
     healthy_ct[healed] = parenchyma[healed]
-    train_label = np.where(organ, 1, 0).astype(np.uint8)
+    organ_label = np.where(organ, 1, 0).astype(np.uint8)
+    train_label = organ_label.copy()
     train_label[train_tumor] = 2
-    test_label = np.where(organ, 1, 0).astype(np.uint8)
+    test_label = organ_label.copy()
     # Strictly closer than the margin: training lesions are at least margin_mm from every test lesion.
     ignore = ndimage.distance_transform_edt(~(train_tumor | dropped), sampling=spacing) < margin_mm
     test_label[ignore & organ] = IGNORE_LABEL
@@ -158,7 +159,7 @@ def split_lesions(
             ("train_ct", train_ct.astype(ct.array.dtype)),
             ("train_label", train_label),
             ("healthy_ct", healthy_ct.astype(ct.array.dtype)),
-            ("healthy_label", np.where(organ, 1, 0).astype(np.uint8)),
+            ("healthy_label", organ_label),
             ("test_label", test_label),
         ):
             save_volume(array, ct, folder / f"{name}.nii.gz", description=f"difftumor lesion-split {name}")

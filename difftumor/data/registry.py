@@ -122,8 +122,10 @@ def truth_label_schemes(load_installed: bool = True) -> dict[str, TruthLabels]:
     """``evaluate --truth-labels`` choices: ``internal`` (what ``data prepare`` writes) and every layout that says
     its dataset's label ids (``load_installed=False``: without importing entry-point plugins, for help texts)."""
     schemes = {"internal": TruthLabels((1,), (2, 3))}
-    for name in available_layouts():
-        layout = _REGISTRY.get(name) or (get_layout(name) if load_installed else None)
-        if layout is not None and layout.truth_labels is not None:
+    # Without loading, an installed layout's label ids are unknown: no need to scan the entry points at all.
+    names = available_layouts() if load_installed else list(_REGISTRY)
+    for name in names:
+        layout = _REGISTRY.get(name) or get_layout(name)
+        if layout.truth_labels is not None:
             schemes[name] = layout.truth_labels
     return schemes

@@ -110,7 +110,12 @@ def test_plugin_backbone_trains_through_the_segmentation_config(installed_plugin
          "--set", f"data.datalist={_flat_datalist(tmp_path)}", "--set", 'data.healthy_datalist=""',
          "--set", "synthesis.synthesizer=none"]
     )  # fmt: skip
-    assert code == 0 and (out / "model" / "config.json").exists()
+    assert code == 0
+    from difftumor.segmentation.run import load_model
+
+    model = load_model(out / "model")  # rebuilt from its config through the plugin's entry point
+    assert model.config.backbone == "tiny-convnet" and model.config.backbone_kwargs == {"width": 2}
+    assert type(model.network).__name__ == "Sequential" and model.network[0].out_channels == 2
 
 
 def _flat_datalist(tmp_path):
