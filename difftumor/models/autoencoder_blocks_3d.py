@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpointing import call_block
-from .normalization import GroupNorm
+from .normalization import GroupNorm, group_norm_scale_shift, uses_accurate_group_norm
 
 
 def _same_padding(kernel_size: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
@@ -51,10 +51,14 @@ class SamePadConv3d(nn.Module):
         self.padding_mode = padding_mode
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=True)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def pad(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The explicitly padded input the convolution runs on (``hidden_states`` itself when no padding)."""
         if any(self.padding):
             hidden_states = F.pad(hidden_states, self.padding, mode=self.padding_mode)
-        return self.conv(hidden_states)
+        return hidden_states
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pad(hidden_states))
 
 
 class SamePadConvTranspose3d(nn.Module):
@@ -98,11 +102,64 @@ class ResnetBlock3D(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # In-place activations and sum: at 96³ every avoided 100 MB allocation saves tens of milliseconds on CPU
-        # (autograd allows it: neither GroupNorm nor the convolutions save their outputs for backward).
+        # (autograd allows it: neither GroupNorm nor the convolutions save their outputs for backward). One step per
+        # statement, padding included, so that each activation is released before the next one is allocated: at
+        # most three 96³ activations are alive at once (input, padded, output) instead of five, which is what keeps
+        # a released-size decode under 1 GB.
         residual = hidden_states
-        hidden_states = self.conv1(F.silu(self.norm1(hidden_states), inplace=True))
-        hidden_states = self.conv2(F.silu(self.norm2(hidden_states), inplace=True))
+        for norm, conv in ((self.norm1, self.conv1), (self.norm2, self.conv2)):
+            hidden_states = norm(hidden_states)
+            hidden_states = F.silu(hidden_states, inplace=True)
+            hidden_states = conv.pad(hidden_states)
+            hidden_states = conv.conv(hidden_states)
         return hidden_states.add_(residual)
+
+    def forward_in_place_(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Inference-only :meth:`forward` that may write its result into ``hidden_states`` (and returns it).
+
+        Each GroupNorm → SiLU → padding → convolution runs over slabs of a few depth planes (with a one-plane halo)
+        that stay in cache, so the normalised and padded activations are never materialised whole: one 96³
+        activation is allocated per block instead of four, and three memory passes per convolution are saved.
+        The same operations as :meth:`forward` (the convolution of a slab sees the same neighbourhood), so the
+        outputs agree to float32 rounding. Callers must own ``hidden_states`` (the decoder and encoder do).
+        """
+        if torch.is_grad_enabled() or not uses_accurate_group_norm(hidden_states):
+            return self.forward(hidden_states)
+        middle = self._norm_act_conv_by_slabs(hidden_states, self.norm1, self.conv1, torch.empty_like(hidden_states))
+        return self._norm_act_conv_by_slabs(middle, self.norm2, self.conv2, hidden_states, accumulate=True)
+
+    @staticmethod
+    def _norm_act_conv_by_slabs(
+        source: torch.Tensor, norm: GroupNorm, conv: SamePadConv3d, out: torch.Tensor, accumulate: bool = False
+    ) -> torch.Tensor:
+        scale, shift = group_norm_scale_shift(source, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        depth = source.shape[2]
+        step = max(_MIN_SLAB_PLANES, _SLAB_VOXELS // (source.shape[3] * source.shape[4]))
+        for start in range(0, depth, step):
+            stop = min(start + step, depth)
+            low, high = max(start - 1, 0), min(stop + 1, depth)
+            piece = F.silu(torch.addcmul(shift, source[:, :, low:high], scale), inplace=True)
+            # Replicate padding in-plane always, along depth only where the slab touches the volume's ends.
+            piece = F.pad(piece, (1, 1, 1, 1, int(start == 0), int(stop == depth)), mode=conv.padding_mode)
+            result = conv.conv(piece)
+            if accumulate:
+                out[:, :, start:stop].add_(result)
+            else:
+                out[:, :, start:stop].copy_(result)
+        return out
+
+
+# Slabs of the in-place residual block: 16 planes at 96² (18 MiB at 32 channels) measured fastest on AVX2 and
+# AVX-512 (decode 25 % faster than whole-volume layers); oneDNN is 4x slower on slabs of 2-4 planes, hence a floor.
+_SLAB_VOXELS = 16 * 96 * 96
+_MIN_SLAB_PLANES = 8
+
+
+def _call_resnet(owner: nn.Module, resnet: ResnetBlock3D, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The block on activations the caller owns: in place by slabs in inference, else the autograd path."""
+    if torch.is_grad_enabled():
+        return call_block(owner, resnet, hidden_states)
+    return resnet.forward_in_place_(hidden_states)
 
 
 def _levels(factors: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -150,7 +207,7 @@ class Encoder3D(nn.Module):
         hidden_states = self.conv_in(sample)
         for block in self.down_blocks:
             hidden_states = call_block(self, block.downsample, hidden_states)
-            hidden_states = call_block(self, block.resnet, hidden_states)
+            hidden_states = _call_resnet(self, block.resnet, hidden_states)
         return F.silu(self.norm_out(hidden_states), inplace=True)
 
 
@@ -195,5 +252,5 @@ class Decoder3D(nn.Module):
         for block in self.up_blocks:
             hidden_states = call_block(self, block.upsample, hidden_states)
             for resnet in block.resnets:
-                hidden_states = call_block(self, resnet, hidden_states)
+                hidden_states = _call_resnet(self, resnet, hidden_states)
         return self.conv_out(hidden_states)
