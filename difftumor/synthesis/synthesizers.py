@@ -108,6 +108,10 @@ class DiffusionSynthesizer(TumorSynthesizer):
             contrast of its organ has its whole change scaled down to it (recorded as ``contrast_cap_scale``): a model
             asked for a lesion unlike those it learned (the bundled demo model saw 24 lesions, most under 1 cm)
             overshoots, and a black hole teaches a segmentation model nothing. ``None`` leaves the model's output.
+        fast: the pipeline's fast mode (the tumour's neighbourhood only, bfloat16 where native; see
+            :class:`~difftumor.pipelines.TumorInpaintPipeline`); ``--option fast=true`` on the command line.
+        noise_seed: added to each tumour's seed for the sampler's noise only: the same tumours (place, shape,
+            blur) drawn again.
     """
 
     name = "diffusion"
@@ -124,6 +128,8 @@ class DiffusionSynthesizer(TumorSynthesizer):
         blend_sigma_mm: tuple[float, float] = (1.0, 3.0),
         suppress_stride_pattern: bool = True,
         max_contrast: float | None = CONTRAST_SPREAD[1],
+        fast: bool = False,
+        noise_seed: int = 0,
     ):
         if intensity not in ("relative", "native"):
             raise DiffTumorInputError(f"unknown intensity mode {intensity!r}", "choose relative or native")
@@ -131,6 +137,8 @@ class DiffusionSynthesizer(TumorSynthesizer):
         self.blend_sigma_mm = tuple(float(v) for v in blend_sigma_mm)
         self.suppress_stride_pattern = bool(suppress_stride_pattern)
         self.max_contrast = None if max_contrast is None else float(max_contrast)
+        self.fast = bool(fast)
+        self.noise_seed = int(noise_seed)
         if pipeline is None:
             from ..assets import bundled_pipeline_path
 
@@ -203,6 +211,8 @@ class DiffusionSynthesizer(TumorSynthesizer):
             "blend_sigma_mm": list(self.blend_sigma_mm),
             "suppress_stride_pattern": self.suppress_stride_pattern,
             "max_contrast": self.max_contrast,
+            "fast": self.fast,
+            "noise_seed": self.noise_seed,
             "model_id": str(self.pipeline.source),
             "model_hash": self._hash(self.pipeline),
             "scheduler": type(self.pipeline.scheduler).__name__,
@@ -270,7 +280,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
             groups.setdefault(id(self._pipeline_for(size_class)), []).append(index)
         for indices in groups.values():
             pipeline = self._pipeline_for(batch.size_classes[indices[0]])
-            generators = [torch.Generator().manual_seed(batch.seeds[i]) for i in indices]
+            generators = [torch.Generator().manual_seed(batch.seeds[i] + self.noise_seed) for i in indices]
             # σ of the blending blur, drawn per tumour from its own seed.
             sigmas = [float(np.random.default_rng([batch.seeds[i], 1]).uniform(*self.blend_sigma_mm)) for i in indices]
             maps = self._intensity_maps(batch, indices, pipeline)
@@ -285,6 +295,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
                 generator=generators,
                 blur_sigma=sigmas,
                 suppress_stride_pattern=self.suppress_stride_pattern,
+                fast=self.fast,
             )
             change = (output.images.double() - model_images.double()) * factors
             caps = [

@@ -1,0 +1,141 @@
+"""What the pipeline's fast mode changes: tumour by tumour against the exact path, and realism against real lesions.
+
+`difftumor synthesize` paints ``--count`` early tumours into patient A (1 mm copy) and the LiTS upper half twice with
+the same seed — exact and ``--option fast=true`` — so that both runs place the same tumours with the same blur and the
+same initial noise (the fast mode uses the window's part of the whole crop's noise; the DDPM steps' own noise
+differs, so the two runs are two draws of the same tumour, not the same draw). Reported per case:
+
+- per tumour, mean HU inside the tumour (exact, fast, difference) and the mean |ΔHU| over the blended voxels;
+- for scale, the same differences between two *exact* runs whose seeds differ only in the sampler's noise
+  (same ``--seed``, synthesizer option ``noise_seed=1``): what the sampler's noise alone changes;
+- `difftumor realism` of both against the real LiTS lesions (contrast ÷ organ mean / std, internal std, stride
+  score, medians with IQR).
+
+    python bench/bench_fast_mode.py --out runs/bench_fast --count 24 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from realism_check import LITS, PATIENT_A, one_mm_copy  # noqa: E402
+
+
+def synthesize(ct: Path, mask: Path, label: int, out: Path, count: int, seed: int, *options: str) -> None:
+    if (out / "tumors.json").exists():
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = ["difftumor", "synthesize", str(ct), "--organ-mask", str(mask), "--organ-label", str(label)]
+    command += ["--organ", "liver", "--count", str(count), "--seed", str(seed), "--out", str(out)]
+    for option in options:
+        command += ["--option", option]
+    subprocess.run(command, check=True)
+
+
+def tumour_means(folder: Path, components: np.ndarray, count: int) -> tuple[list[float], np.ndarray]:
+    """Mean HU inside each tumour (connected components of the first run's tumour label) and the CT."""
+    ct = np.asarray(nib.load(str(folder / "ct.nii.gz")).dataobj, dtype=np.float64)
+    return [float(ct[components == index].mean()) for index in range(1, count + 1)], ct
+
+
+def compare(first: Path, second: Path, original: np.ndarray) -> dict:
+    data = json.loads((first / "tumors.json").read_text())
+    label = np.asarray(nib.load(str(first / "label.nii.gz")).dataobj)
+    components, count = ndimage.label(label == int(data["tumor_label"]))
+    means_a, ct_a = tumour_means(first, components, count)
+    means_b, ct_b = tumour_means(second, components, count)
+    changed = (ct_a != original) | (ct_b != original)
+    difference = np.abs(np.asarray(means_a) - np.asarray(means_b))
+    return {
+        "tumours": len(means_a),
+        "tumour_mean_hu_first_median": round(float(np.median(means_a)), 1),
+        "tumour_mean_hu_second_median": round(float(np.median(means_b)), 1),
+        "tumour_mean_abs_difference_hu": {
+            "median": round(float(np.nanmedian(difference)), 2),
+            "max": round(float(np.nanmax(difference)), 2),
+        },
+        "blended_voxels_mean_abs_difference_hu": round(float(np.abs(ct_a - ct_b)[changed].mean()), 2),
+    }
+
+
+FEATURES = ("lesion_hu", "contrast_hu", "contrast_to_organ_mean", "contrast_to_organ_std", "internal_std_to_organ_std")
+
+
+def _realism_summary(report: dict) -> dict:
+    """Per feature, the synthetic early (< 20 mm) lesions' median [IQR] and their ratio of medians to the real ones."""
+    early = report["comparison"]["early <20mm"]
+    summary = {}
+    for feature in FEATURES + ("stride_artifact",):
+        groups = early[feature]
+        synthetic = next(value for key, value in groups.items() if key != "real")
+        summary[feature] = {
+            "n": synthetic["n"],
+            "median": round(synthetic["median"], 3),
+            "iqr": [round(v, 3) for v in synthetic["iqr"]],
+            "real_median": round(groups["real"]["median"], 3),
+        }
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--count", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    arguments = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(arguments.threads)
+    out = arguments.out.resolve()
+    real = out / "real"
+    for sub, name in (("images", "lits117_upper_ct.nii.gz"), ("labels", "lits117_upper_label.nii.gz")):
+        (real / sub).mkdir(parents=True, exist_ok=True)
+        link = real / sub / "lits117.nii.gz"
+        if not link.exists():
+            link.symlink_to(LITS / name)
+    ct, organs = one_mm_copy(PATIENT_A / "ct.nii.gz", PATIENT_A / "organs.nii.gz", 5, out / "inputs" / "patient_a")
+    cases = [
+        ("patient_a_1mm", ct, organs, 5),
+        ("lits117_upper", LITS / "lits117_upper_ct.nii.gz", LITS / "lits117_upper_label.nii.gz", 1),
+    ]
+    report = {}
+    for name, ct_path, mask_path, label in cases:
+        folder = out / name
+        runs = {
+            "exact": (),
+            "exact_other_noise": ("noise_seed=1",),
+            "fast": ("fast=true",),
+        }
+        for run, options in runs.items():
+            synthesize(ct_path, mask_path, label, folder / run, arguments.count, arguments.seed, *options)
+        original = np.asarray(nib.load(str(ct_path)).dataobj, dtype=np.float64)
+        report[name] = {
+            "exact_vs_fast": compare(folder / "exact", folder / "fast", original),
+            "exact_vs_exact_other_noise": compare(folder / "exact", folder / "exact_other_noise", original),
+        }
+        for run in ("exact", "fast"):  # one report each: realism groups lesions by synthesizer, not by folder
+            realism = folder / f"realism_{run}"
+            subprocess.run(
+                ["difftumor", "realism", "--synthetic", str(folder / run), "--real", str(real)]
+                + ["--truth-labels", "lits", "--out", str(realism), "--overwrite"],
+                check=True,
+            )
+            summary = json.loads((realism / "realism.json").read_text())
+            report[name][f"realism_{run}"] = _realism_summary(summary)
+    print(json.dumps(report, indent=1))
+    print("command: python bench/bench_fast_mode.py " + " ".join(sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

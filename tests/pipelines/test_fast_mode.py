@@ -1,0 +1,101 @@
+"""The pipeline's fast mode: a window that holds every blended voxel, the input kept outside, a tumour close to the
+exact path's, bfloat16 only where it is native."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from difftumor import TumorInpaintPipeline
+from difftumor.assets import BUNDLED_PIPELINE
+from difftumor.pipelines.tumor_inpaint import fast_mode
+from difftumor.pipelines.tumor_inpaint.fast_mode import MIN_WINDOW, WINDOW_MARGIN, blend_reach, neighbourhood_windows
+from difftumor.windowing import to_window
+
+
+def test_windows_hold_tumour_blur_and_margin_on_the_latent_grid():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 96, 96, 40), dtype=bool)
+    for mask in masks:
+        low = rng.integers(0, [80, 80, 30])
+        mask[low[0] : low[0] + rng.integers(2, 16), low[1] : low[1] + 9, low[2] : low[2] + 5] = True
+    reach = blend_reach(3.0)
+    size, starts = neighbourhood_windows(masks, reach, stride=(4, 4, 4))
+    assert size == (64, 64, 40)  # at least MIN_WINDOW a side, never more than the crop
+    assert all(s % 4 == 0 for s in size) and (starts % 4 == 0).all()
+    for mask, start in zip(masks, starts):
+        points = np.argwhere(mask)
+        need_low = np.maximum(points.min(0) - reach, 0)
+        need_high = np.minimum(points.max(0) + 1 + reach, mask.shape)
+        assert (start <= need_low).all() and (start + np.array(size) >= need_high).all()
+        # Away from the crop's edges the margin is kept too (give or take the rounding to the latent grid).
+        low_inner = need_low - WINDOW_MARGIN >= 0
+        high_inner = need_high + WINDOW_MARGIN <= np.array(mask.shape)
+        assert (start[low_inner] <= need_low[low_inner] - WINDOW_MARGIN + 3).all()
+        assert (start + np.array(size) >= need_high + WINDOW_MARGIN - 3)[high_inner].all()
+
+
+def test_a_large_tumour_gets_a_larger_window():
+    masks = np.zeros((1, 96, 96, 96), dtype=bool)
+    masks[0, 20:60, 30:50, 40:50] = True
+    size, _ = neighbourhood_windows(masks, blend_reach(4.0), stride=(4, 4, 4))
+    # 40 + 2 × (16 reach + 8 margin) = 88; 20 + 48 = 68; 10 + 48 < 64.
+    assert size == (88, 68, MIN_WINDOW)
+
+
+def test_bfloat16_only_where_native(monkeypatch):
+    assert not fast_mode.native_bfloat16(torch.device("meta"))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not fast_mode.native_bfloat16(torch.device("cpu"))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not fast_mode.native_bfloat16(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert fast_mode.native_bfloat16(torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipeline = TumorInpaintPipeline.from_pretrained(BUNDLED_PIPELINE)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _liver_crop(data_dir):
+    folder = data_dir / "lits117_upper"
+    ct = np.asarray(nib.load(str(folder / "lits117_upper_ct.nii.gz")).dataobj, dtype=np.float32)
+    crop = ct[16:112, 16:112, 16:48]
+    grid = np.indices(crop.shape)
+    mask = ((grid - np.array([48, 50, 16])[:, None, None, None]) ** 2).sum(0) <= 25
+    return crop, mask
+
+
+@pytest.mark.parametrize("bfloat16", [False, True])
+def test_fast_mode_keeps_the_input_outside_and_the_tumour_close(pipe, data_dir, monkeypatch, bfloat16):
+    monkeypatch.setattr(fast_mode, "native_bfloat16", lambda device: bfloat16)
+    crop, mask = _liver_crop(data_dir)
+    exact = pipe(crop, mask, generator=torch.Generator().manual_seed(1), blur_sigma=2.0)
+    fast = pipe(crop, mask, generator=torch.Generator().manual_seed(1), blur_sigma=2.0, fast=True)
+    blended = exact.blend_weights[0, 0] > 0
+    assert torch.equal(fast.blend_weights, exact.blend_weights)
+    assert torch.equal(fast.images[0, 0][~blended], torch.from_numpy(crop)[~blended])
+    # Same noise and model: the latents are identical, only the decode differs (window statistics, bfloat16).
+    assert torch.equal(fast.latents, exact.latents)
+    tumour = torch.from_numpy(mask)
+    healthy = torch.from_numpy(crop)[tumour].mean()
+    exact_contrast = float(healthy - exact.images[0, 0][tumour].mean())
+    fast_contrast = float(healthy - fast.images[0, 0][tumour].mean())
+    assert exact_contrast > 30  # a real tumour to compare
+    # The window's GroupNorm statistics make this crop's tumour 4-6 HU lighter (of ~80 HU contrast; six exact draws
+    # spread over 8 HU): the contrast is kept within 15 %.
+    assert 0.85 < fast_contrast / exact_contrast < 1.15
+    assert float((fast.images - exact.images).abs()[0, 0][blended].max()) < 25.0
+    # The decoded crop is a decode on a 64 × 64 × 32 window around the tumour (covering the blend) and the input
+    # (window scale) elsewhere.
+    decoded_here = fast.decoded[0, 0] != to_window(torch.from_numpy(crop), *pipe.config.window)
+    points = decoded_here.nonzero()
+    assert (points.max(0).values - points.min(0).values + 1).tolist() == [64, 64, 32]
+    assert int(decoded_here.sum()) > 0.99 * 64 * 64 * 32 and not (blended & ~decoded_here).any()
