@@ -105,6 +105,9 @@ def synthesize(
         str | None, typer.Option(help="Sampler: ddpm, ddim, dpm++, unipc, euler, heun (diffusion).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the pipeline's).")] = None,
+    fast: Annotated[
+        bool, typer.Option(help="Diffusion fast mode: decode only the tumour's neighbourhood (bfloat16 if native).")
+    ] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     organ_label: Annotated[int | None, typer.Option(help="Label id of the organ in a multi-label mask.")] = None,
     tumor_label: Annotated[
@@ -126,6 +129,11 @@ def synthesize(
     """Synthesise tumours into a healthy CT; writes ct.nii.gz, label.nii.gz, tumors.json and preview.png."""
     from ..atomic import check_output_folder
     from ..synthesis.cases import CaseRequest, synthesize_case, validate_request
+
+    if fast:
+        if synthesizer != "diffusion":
+            raise DiffTumorInputError(f"--fast applies to the diffusion synthesizer, not {synthesizer}", "drop --fast")
+        option = [*(option or []), "fast=true"]
 
     if out is None:
         raise DiffTumorInputError("no output folder given", "pass --out DIR")

@@ -79,3 +79,14 @@ def test_preview_is_radiological_with_letters_and_before_after():
     assert bright[:, 1].mean() < PANEL / 3  # patient right on the image left
     red = (panel[..., 0] > 200) & (panel[..., 1] < 100)
     assert red.any()
+
+
+def test_fast_flag_reaches_the_pipeline_and_is_recorded(tmp_path, capsys):
+    arguments = ["synthesize", str(DEMO_CASE / "ct.nii.gz"), "--organ-mask", str(DEMO_CASE / "organs.nii.gz")]
+    arguments += ["--organ-label", "5", "--size", "tiny", "--seed", "3"]
+    assert cli([*arguments, "--fast", "--out", str(tmp_path / "fast")]) == 0
+    manifest = json.loads((tmp_path / "fast" / "tumors.json").read_text())
+    assert manifest["fast"] is True and manifest["tumors"]
+    assert cli([*arguments, "--fast", "--synthesizer", "handcrafted", "--out", str(tmp_path / "no")]) == 2
+    assert "--fast applies to the diffusion synthesizer" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

@@ -4,7 +4,8 @@ Only voxels within the blending blur of the tumour reach the output (the blend w
 the exact path decodes the whole crop — the decoder is more than half of the time. The fast mode decodes the latent
 cells under a window that holds the tumour, the blur's reach and a margin (at least 64 voxels a side: 30 % of a 96³
 decode). Its GroupNorm layers then take their statistics over the window instead of the crop, which moves the
-decoded tumour by about 1 HU at 64 voxels and by 3–6 HU at 48 (bundled pipeline, LiTS crop), hence the floor.
+tumour's mean by 0–6 HU (bundled pipeline on LiTS crops; at 48 voxels twice that, hence the floor) — per tumour, the
+median change is below what the sampler's noise alone changes, and the realism figures do not move (BENCHMARKS.md).
 
 Encoding and denoising are left as they are (whole crop, float32). Run on a 48³ window they paint a different
 tumour altogether (tumour mean 10 HU → 50–110 HU with the bundled pipeline: the UNet's normalisation and attention
