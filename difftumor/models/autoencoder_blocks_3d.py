@@ -121,9 +121,12 @@ class ResnetBlock3D(nn.Module):
         that stay in cache, so the normalised and padded activations are never materialised whole: one 96³
         activation is allocated per block instead of four, and three memory passes per convolution are saved.
         The same operations as :meth:`forward` (the convolution of a slab sees the same neighbourhood), so the
-        outputs agree to float32 rounding. Callers must own ``hidden_states`` (the decoder and encoder do).
+        outputs agree to float32 rounding. Callers must own ``hidden_states`` (the decoder and encoder do, and call
+        this method directly, so forward hooks registered on the block itself do not fire in inference).
         """
-        if torch.is_grad_enabled() or not uses_accurate_group_norm(hidden_states):
+        # Padding modes whose value at a slab's edge depends only on the halo (not circular: it wraps the volume).
+        local_padding = self.conv1.padding_mode in ("replicate", "reflect", "constant")
+        if torch.is_grad_enabled() or not local_padding or not uses_accurate_group_norm(hidden_states):
             return self.forward(hidden_states)
         middle = self._norm_act_conv_by_slabs(hidden_states, self.norm1, self.conv1, torch.empty_like(hidden_states))
         return self._norm_act_conv_by_slabs(middle, self.norm2, self.conv2, hidden_states, accumulate=True)

@@ -34,6 +34,12 @@ def nearest_code_indices(vectors: torch.Tensor, codebook: torch.Tensor, chunk_si
     """
     if chunk_size is None:
         chunk_size = CPU_SEARCH_CHUNK if vectors.device.type == "cpu" else GPU_SEARCH_CHUNK
+    # Always float32, also under autocast: bfloat16 distances pick other codes for close pairs.
+    with torch.autocast(vectors.device.type, enabled=False):
+        return _nearest(vectors.float(), codebook.float(), chunk_size)
+
+
+def _nearest(vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int) -> torch.Tensor:
     codebook_t = codebook.t().contiguous()
     code_norms = codebook_t.pow(2).sum(dim=0, keepdim=True)
     indices = torch.empty(vectors.shape[0], dtype=torch.long, device=vectors.device)

@@ -137,7 +137,9 @@ class DiffusionSynthesizer(TumorSynthesizer):
         self.blend_sigma_mm = tuple(float(v) for v in blend_sigma_mm)
         self.suppress_stride_pattern = bool(suppress_stride_pattern)
         self.max_contrast = None if max_contrast is None else float(max_contrast)
-        self.fast = bool(fast)
+        if not isinstance(fast, bool):
+            raise DiffTumorInputError(f"fast must be true or false, got {fast!r}", "e.g. --option fast=true or --fast")
+        self.fast = fast
         self.noise_seed = int(noise_seed)
         if pipeline is None:
             from ..assets import bundled_pipeline_path

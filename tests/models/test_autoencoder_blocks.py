@@ -32,3 +32,22 @@ def test_in_place_path_is_not_taken_when_gradients_are_needed():
     before = x.clone()
     result = block.forward_in_place_(x)
     assert result.requires_grad and torch.equal(x, before)
+
+
+def test_circular_padding_falls_back_to_the_whole_volume():
+    block = ResnetBlock3D(32, padding_mode="circular").eval()
+    x = torch.randn(1, 32, 20, 4, 4).contiguous(memory_format=torch.channels_last_3d)
+    expected = block(x.clone())
+    with torch.no_grad():
+        result = block.forward_in_place_(x.clone())
+    torch.testing.assert_close(result, expected.detach(), rtol=0, atol=2e-6)
+
+
+def test_nearest_codes_ignore_autocast():
+    from difftumor.models.ema_codebook import nearest_code_indices
+
+    generator = torch.Generator().manual_seed(0)
+    codebook, vectors = torch.randn(512, 8, generator=generator), torch.randn(2000, 8, generator=generator)
+    expected = nearest_code_indices(vectors, codebook)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(nearest_code_indices(vectors, codebook), expected)

@@ -15,34 +15,42 @@ from difftumor.pipelines.tumor_inpaint.fast_mode import MIN_WINDOW, WINDOW_MARGI
 from difftumor.windowing import to_window
 
 
-def test_windows_hold_tumour_blur_and_margin_on_the_latent_grid():
+@pytest.mark.parametrize("stride", [(4, 4, 4), (8, 8, 2), (16, 16, 16)])
+def test_windows_hold_tumour_blur_and_margin_on_the_latent_grid(stride):
     rng = np.random.default_rng(0)
-    masks = np.zeros((6, 96, 96, 40), dtype=bool)
-    for mask in masks:
-        low = rng.integers(0, [80, 80, 30])
-        mask[low[0] : low[0] + rng.integers(2, 16), low[1] : low[1] + 9, low[2] : low[2] + 5] = True
-    reach = blend_reach(3.0)
-    size, starts = neighbourhood_windows(masks, reach, stride=(4, 4, 4))
-    assert size == (64, 64, 40)  # at least MIN_WINDOW a side, never more than the crop
-    assert all(s % 4 == 0 for s in size) and (starts % 4 == 0).all()
-    for mask, start in zip(masks, starts):
-        points = np.argwhere(mask)
-        need_low = np.maximum(points.min(0) - reach, 0)
-        need_high = np.minimum(points.max(0) + 1 + reach, mask.shape)
-        assert (start <= need_low).all() and (start + np.array(size) >= need_high).all()
-        # Away from the crop's edges the margin is kept too (give or take the rounding to the latent grid).
-        low_inner = need_low - WINDOW_MARGIN >= 0
-        high_inner = need_high + WINDOW_MARGIN <= np.array(mask.shape)
-        assert (start[low_inner] <= need_low[low_inner] - WINDOW_MARGIN + 3).all()
-        assert (start + np.array(size) >= need_high + WINDOW_MARGIN - 3)[high_inner].all()
+    shape = (96, 96, 48)
+    for _ in range(200):
+        masks = np.zeros((3, *shape), dtype=bool)
+        for mask in masks:
+            low = rng.integers(0, np.array(shape) - 4)
+            extent = rng.integers(1, 24, size=3)
+            mask[tuple(slice(int(a), int(a + e)) for a, e in zip(low, extent))] = True
+        reach = blend_reach(float(rng.uniform(0, 4)))
+        size, starts = neighbourhood_windows(masks, reach, stride)
+        assert all(s % f == 0 and s <= n for s, f, n in zip(size, stride, shape))
+        assert all(s >= min(MIN_WINDOW, n) for s, n in zip(size, shape))
+        assert (starts % np.array(stride) == 0).all()
+        for mask, start in zip(masks, starts):
+            points = np.argwhere(mask)
+            need_low = np.maximum(points.min(0) - reach - WINDOW_MARGIN, 0)
+            need_high = np.minimum(points.max(0) + 1 + reach + WINDOW_MARGIN, shape)
+            assert (start >= 0).all() and (start + np.array(size) <= shape).all()
+            assert (start <= need_low).all() and (start + np.array(size) >= need_high).all()
 
 
 def test_a_large_tumour_gets_a_larger_window():
     masks = np.zeros((1, 96, 96, 96), dtype=bool)
-    masks[0, 20:60, 30:50, 40:50] = True
+    masks[0, 30:70, 30:50, 40:50] = True
     size, _ = neighbourhood_windows(masks, blend_reach(4.0), stride=(4, 4, 4))
-    # 40 + 2 × (16 reach + 8 margin) = 88; 20 + 48 = 68; 10 + 48 < 64.
-    assert size == (88, 68, MIN_WINDOW)
+    # x: [30 − 24, 70 + 24) = [6, 94) widened to the grid [4, 96) = 92; y: [6, 74) -> [4, 76) = 72; z: 58 < 64.
+    assert size == (92, 72, MIN_WINDOW)
+
+
+def test_an_empty_mask_and_a_small_crop_are_handled():
+    masks = np.zeros((2, 96, 40, 96), dtype=bool)
+    masks[1, 0:5, 0:5, 90:96] = True
+    size, starts = neighbourhood_windows(masks, blend_reach(2.0), stride=(4, 4, 4))
+    assert size == (64, 40, 64) and starts[1].tolist() == [0, 0, 32]
 
 
 def test_bfloat16_only_where_native(monkeypatch):
@@ -54,7 +62,23 @@ def test_bfloat16_only_where_native(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert not fast_mode.native_bfloat16(torch.device("cpu"))
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert fast_mode.native_bfloat16(torch.device("cpu"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN held to AVX2 kernels: no native bfloat16
+    assert not fast_mode.native_bfloat16(torch.device("cpu"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")
+    assert fast_mode.native_bfloat16(torch.device("cpu"))
+
+
+def test_bad_fast_settings_are_refused(pipe):
+    from difftumor.errors import DiffTumorInputError
+    from difftumor.synthesis.synthesizers import DiffusionSynthesizer
+
+    with pytest.raises(DiffTumorInputError, match="fast must be true or false"):
+        DiffusionSynthesizer(pipeline=pipe, fast="False")
+    crop = np.zeros((32, 32, 32), dtype=np.float32)
+    with pytest.raises(DiffTumorInputError, match="blur_sigma must be >= 0"):
+        pipe(crop, crop > 0, blur_sigma=-1.0, fast=True)
 
 
 @pytest.fixture(scope="module")

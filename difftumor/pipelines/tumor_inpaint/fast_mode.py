@@ -4,8 +4,9 @@ Only voxels within the blending blur of the tumour reach the output (the blend w
 the exact path decodes the whole crop — the decoder is more than half of the time. The fast mode decodes the latent
 cells under a window that holds the tumour, the blur's reach and a margin (at least 64 voxels a side: 30 % of a 96³
 decode). Its GroupNorm layers then take their statistics over the window instead of the crop, which moves the
-tumour's mean by 0–6 HU (bundled pipeline on LiTS crops; at 48 voxels twice that, hence the floor) — per tumour, the
-median change is below what the sampler's noise alone changes, and the realism figures do not move (BENCHMARKS.md).
+tumour's mean by 0–6 HU on most crops (bundled pipeline; at 48 voxels twice that, hence the floor) and by 12 HU for
+one tumour of 48 — per tumour the median change is below what the sampler's noise alone changes, and the realism
+figures do not move (BENCHMARKS.md).
 
 Encoding and denoising are left as they are (whole crop, float32). Run on a 48³ window they paint a different
 tumour altogether (tumour mean 10 HU → 50–110 HU with the bundled pipeline: the UNet's normalisation and attention
@@ -16,7 +17,7 @@ apart); the decoder's bfloat16 error stays a pointwise few HU, so only the decod
 from __future__ import annotations
 
 import contextlib
-import math
+import os
 
 import numpy as np
 import torch
@@ -38,44 +39,66 @@ def neighbourhood_windows(
 ) -> tuple[tuple[int, int, int], np.ndarray]:
     """One window size for the batch and each crop's window start.
 
+    Every window holds its crop's tumour, ``reach`` voxels of blur and :data:`WINDOW_MARGIN` beyond (clipped at the
+    crop's edges), with its start and end on the latent grid.
+
     Args:
         masks: ``(B, X, Y, Z)`` bool tumour masks.
         reach: voxels the blend reaches beyond the tumour (:func:`blend_reach` of the largest σ).
         stride: the autoencoder's down-sampling per axis: window sizes and starts are multiples of it, so that the
-            window is a block of the crop's latent cells.
+            window is a block of the crop's latent cells (crop sizes are multiples of it too).
 
     Returns:
         ``(size, starts)``: window size ``(X, Y, Z)`` (at most the crop's) and ``(B, 3)`` int starts.
     """
-    shape = masks.shape[1:]
-    boxes = []
+    shape = np.array(masks.shape[1:])
+    step = np.array(stride)
+    needed = []  # per crop: the [low, high) voxels that must be decoded, widened to the latent grid
     for mask in masks:
         points = np.argwhere(mask)
-        if len(points) == 0:
-            centre = np.array(shape) // 2
-            boxes.append((centre, centre))
-        else:
-            boxes.append((points.min(0), points.max(0) + 1))
-    extent = np.max([high - low for low, high in boxes], axis=0) + 2 * (reach + WINDOW_MARGIN)
-    size = tuple(min(int(math.ceil(max(e, MIN_WINDOW) / f) * f), n) for e, f, n in zip(extent, stride, shape))
+        low, high = (points.min(0), points.max(0) + 1) if len(points) else (shape // 2, shape // 2)
+        low = np.maximum(low - reach - WINDOW_MARGIN, 0) // step * step
+        high = np.minimum(-(-np.minimum(high + reach + WINDOW_MARGIN, shape) // step) * step, shape)
+        needed.append((low, high))
+    extent = np.max([high - low for low, high in needed], axis=0)
+    floor = -(-MIN_WINDOW // step) * step
+    size = np.minimum(np.maximum(extent, floor), shape)
     starts = np.zeros((len(masks), 3), dtype=np.int64)
-    for index, (low, high) in enumerate(boxes):
-        for axis in range(3):
-            centre = (int(low[axis]) + int(high[axis])) // 2
-            start = (centre - size[axis] // 2) // stride[axis] * stride[axis]
-            starts[index, axis] = min(max(start, 0), shape[axis] - size[axis])
-    return size, starts
+    for index, (low, high) in enumerate(needed):
+        # Centre the window's spare room around what is needed, on the grid, inside the crop.
+        spare = (size - (high - low)) // 2 // step * step
+        starts[index] = np.clip(low - spare, 0, shape - size)
+    return tuple(int(v) for v in size), starts
+
+
+#: oneDNN ISA limits (``ONEDNN_MAX_CPU_ISA``) that still include native bfloat16 instructions.
+_ONEDNN_BF16_ISAS = {
+    "ALL",
+    "DEFAULT",
+    "AVX512_CORE_BF16",
+    "AVX512_CORE_AMX",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512",
+    "AVX10_1_512_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+}
 
 
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether bfloat16 is fast here: a CUDA device that supports it, or a CPU with AVX512-BF16 or AMX.
+    """Whether bfloat16 is fast here: a CUDA device of compute capability ≥ 8, or a CPU with AVX512-BF16 or AMX.
 
     Without native instructions CPUs emulate bfloat16 and run ~12× slower than float32, so it is never used there.
     """
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # A CPU limited to AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2``) is treated as the AVX2 machine it stands for.
+        return torch.cuda.get_device_capability(device)[0] >= 8  # Ampere and later; older GPUs emulate it
+    # A CPU limited to AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2`` or ``ONEDNN_MAX_CPU_ISA``) is treated as the
+    # machine it stands for.
     if device.type != "cpu" or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and isa not in _ONEDNN_BF16_ISAS:
         return False
     checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(check is not None and bool(check()) for check in checks)

@@ -346,6 +346,8 @@ class TumorInpaintPipeline(DiffusionPipeline):
             )
         num_inference_steps = num_inference_steps or self.config.default_num_inference_steps
         self.check_inputs(image, tumor_mask, num_inference_steps)
+        if blur_sigma is not None and float(np.min(blur_sigma)) < 0:
+            raise DiffTumorInputError(f"blur_sigma must be >= 0, got {blur_sigma}", "pass σ in voxels, e.g. 2.0")
         device, dtype = self._execution_device, self.unet.dtype
         batch = image.shape[0]
         low, high = self.config.window
@@ -383,10 +385,9 @@ class TumorInpaintPipeline(DiffusionPipeline):
 
         windows = self._fast_windows(tumor_mask, blur_sigma) if fast else None
         to_decode = latents if windows is None else self._latent_window(latents, *windows)
-        # The nearest-code search stays in float32 in every mode: bfloat16 distances would pick other codes.
-        indices = self.vqmodel.quantizer.nearest(self.vqmodel.denormalize_latents(to_decode))
+        # Through decode (offload hooks fire on it); its nearest-code search stays float32 under autocast.
         with fast_precision(torch.device(device)) if fast else contextlib.nullcontext():
-            decoded = self.vqmodel.decode_indices(indices).sample
+            decoded = self.vqmodel.decode(self.vqmodel.denormalize_latents(to_decode)).sample
         decoded = decoded.permute(*_FROM_MODEL_AXES).float().cpu()
         if windows is not None:
             decoded = _paste(to_window(image.float().cpu(), low, high), decoded, *windows)
