@@ -4,7 +4,7 @@ Only voxels within the blending blur of the tumour reach the output (the blend w
 the exact path decodes the whole crop — the decoder is more than half of the time. The fast mode decodes the latent
 cells under a window that holds the tumour, the blur's reach and a margin (at least 64 voxels a side: 30 % of a 96³
 decode). Its GroupNorm layers then take their statistics over the window instead of the crop, which moves the
-tumour's mean by 0–6 HU on most crops (bundled pipeline; at 48 voxels twice that, hence the floor) and by 12 HU for
+tumour's mean by 0–6 HU on most crops (bundled pipeline; at 48 voxels twice that, hence the floor) and by 13 HU for
 one tumour of 48 — per tumour the median change is below what the sampler's noise alone changes, and the realism
 figures do not move (BENCHMARKS.md).
 
