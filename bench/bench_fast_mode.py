@@ -29,7 +29,7 @@ from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from realism_check import LITS, PATIENT_A, one_mm_copy  # noqa: E402
+from realism_check import default_cases, link_real_lesions  # noqa: E402
 
 
 def synthesize(ct: Path, mask: Path, label: int, out: Path, count: int, seed: int, *options: str) -> None:
@@ -97,17 +97,8 @@ def main() -> int:
     arguments = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(arguments.threads)
     out = arguments.out.resolve()
-    real = out / "real"
-    for sub, name in (("images", "lits117_upper_ct.nii.gz"), ("labels", "lits117_upper_label.nii.gz")):
-        (real / sub).mkdir(parents=True, exist_ok=True)
-        link = real / sub / "lits117.nii.gz"
-        if not link.exists():
-            link.symlink_to(LITS / name)
-    ct, organs = one_mm_copy(PATIENT_A / "ct.nii.gz", PATIENT_A / "organs.nii.gz", 5, out / "inputs" / "patient_a")
-    cases = [
-        ("patient_a_1mm", ct, organs, 5),
-        ("lits117_upper", LITS / "lits117_upper_ct.nii.gz", LITS / "lits117_upper_label.nii.gz", 1),
-    ]
+    real = link_real_lesions(out)
+    cases = default_cases(out)
     report = {}
     for name, ct_path, mask_path, label in cases:
         folder = out / name

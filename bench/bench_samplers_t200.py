@@ -107,8 +107,6 @@ def main() -> int:
         for label, name, steps, overrides in RUNS:
             scheduler = make_scheduler(name, pipe.scheduler.config)
             pipe.scheduler = type(scheduler).from_config(scheduler.config, **overrides)
-            loop = []
-            callback = _timer(loop)
             start = time.perf_counter()
             output = pipe(
                 crop,
@@ -117,7 +115,6 @@ def main() -> int:
                 latents=noise.clone(),
                 blur_sigma=2.0,
                 generator=torch.Generator().manual_seed(seed),
-                callback_on_step_end=callback,
             )
             total = time.perf_counter() - start
             outputs[label] = (output, total)
@@ -172,14 +169,6 @@ def main() -> int:
     )
     print("command: python bench/bench_samplers_t200.py " + " ".join(sys.argv[1:]))
     return 0
-
-
-def _timer(marks: list[float]):
-    def callback(pipe, index, timestep, tensors):
-        marks.append(time.perf_counter())
-        return tensors
-
-    return callback
 
 
 if __name__ == "__main__":

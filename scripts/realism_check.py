@@ -59,6 +59,27 @@ def one_mm_copy(ct_path: Path, mask_path: Path, label: int, out: Path, margin_mm
     return out / "ct.nii.gz", out / "organs.nii.gz"
 
 
+def link_real_lesions(out: Path) -> Path:
+    """``out/real`` with images/ and labels/ linking the LiTS upper half (the real lesions `realism` compares with)."""
+    real = out / "real"
+    for sub, name in (("images", "lits117_upper_ct.nii.gz"), ("labels", "lits117_upper_label.nii.gz")):
+        (real / sub).mkdir(parents=True, exist_ok=True)
+        link = real / sub / "lits117.nii.gz"
+        if not link.exists():
+            link.symlink_to(LITS / name)
+    return real
+
+
+def default_cases(out: Path) -> list[tuple[str, Path, Path, int]]:
+    """``(name, CT, organ mask, organ label)`` of the two CTs the realism checks paint into: patient A on a 1 mm
+    copy (written under ``out/inputs``) and the LiTS upper half."""
+    ct, organs = one_mm_copy(PATIENT_A / "ct.nii.gz", PATIENT_A / "organs.nii.gz", 5, out / "inputs" / "patient_a")
+    return [
+        ("patient_a_1mm", ct, organs, 5),
+        ("lits117_upper", LITS / "lits117_upper_ct.nii.gz", LITS / "lits117_upper_label.nii.gz", 1),
+    ]
+
+
 def run(*arguments: str) -> None:
     subprocess.run(["difftumor", *arguments], check=True)
 
@@ -95,20 +116,11 @@ def main() -> int:
     parser.add_argument("--case", nargs=4, action="append", metavar=("NAME", "CT", "MASK", "LABEL"))
     arguments = parser.parse_args()
     out = arguments.out.resolve()
-    real = out / "real"
-    for sub, name in (("images", "lits117_upper_ct.nii.gz"), ("labels", "lits117_upper_label.nii.gz")):
-        (real / sub).mkdir(parents=True, exist_ok=True)
-        link = real / sub / "lits117.nii.gz"
-        if not link.exists():
-            link.symlink_to(LITS / name)
+    real = link_real_lesions(out)
     if arguments.case:
         cases = [(name, Path(ct), Path(mask), int(label)) for name, ct, mask, label in arguments.case]
     else:
-        ct, organs = one_mm_copy(PATIENT_A / "ct.nii.gz", PATIENT_A / "organs.nii.gz", 5, out / "inputs" / "patient_a")
-        cases = [
-            ("patient_a_1mm", ct, organs, 5),
-            ("lits117_upper", LITS / "lits117_upper_ct.nii.gz", LITS / "lits117_upper_label.nii.gz", 1),
-        ]
+        cases = default_cases(out)
     results = []
     for name, ct, mask, label in cases:
         (out / name).mkdir(parents=True, exist_ok=True)

@@ -138,12 +138,15 @@ class ResnetBlock3D(nn.Module):
         scale, shift = group_norm_scale_shift(source, norm.num_groups, norm.weight, norm.bias, norm.eps)
         depth = source.shape[2]
         step = max(_MIN_SLAB_PLANES, _SLAB_VOXELS // (source.shape[3] * source.shape[4]))
+        *in_plane, front, back = conv.padding  # F.pad order: W, H, then D (front, back)
         for start in range(0, depth, step):
             stop = min(start + step, depth)
-            low, high = max(start - 1, 0), min(stop + 1, depth)
+            low, high = max(start - front, 0), min(stop + back, depth)
             piece = F.silu(torch.addcmul(shift, source[:, :, low:high], scale), inplace=True)
-            # Replicate padding in-plane always, along depth only where the slab touches the volume's ends.
-            piece = F.pad(piece, (1, 1, 1, 1, int(start == 0), int(stop == depth)), mode=conv.padding_mode)
+            # The convolution's padding in-plane always, along depth only where the slab touches the volume's ends
+            # (elsewhere the halo is real data).
+            depth_pad = (front if start == 0 else 0, back if stop == depth else 0)
+            piece = F.pad(piece, (*in_plane, *depth_pad), mode=conv.padding_mode)
             result = conv.conv(piece)
             if accumulate:
                 out[:, :, start:stop].add_(result)

@@ -85,8 +85,13 @@ def test_fast_flag_reaches_the_pipeline_and_is_recorded(tmp_path, capsys):
     arguments = ["synthesize", str(DEMO_CASE / "ct.nii.gz"), "--organ-mask", str(DEMO_CASE / "organs.nii.gz")]
     arguments += ["--organ-label", "5", "--size", "tiny", "--seed", "3"]
     assert cli([*arguments, "--fast", "--out", str(tmp_path / "fast")]) == 0
+    assert cli([*arguments, "--out", str(tmp_path / "exact")]) == 0
     manifest = json.loads((tmp_path / "fast" / "tumors.json").read_text())
     assert manifest["fast"] is True and manifest["tumors"]
+    # The flag reaches the pipeline: the same tumours (labels), painted by a different decode.
+    fast, exact = (np.asanyarray(nib.load(str(tmp_path / n / "ct.nii.gz")).dataobj) for n in ("fast", "exact"))
+    labels = (np.asanyarray(nib.load(str(tmp_path / n / "label.nii.gz")).dataobj) for n in ("fast", "exact"))
+    assert np.array_equal(*labels) and not np.array_equal(fast, exact)
     assert cli([*arguments, "--fast", "--synthesizer", "handcrafted", "--out", str(tmp_path / "no")]) == 2
     assert "--fast applies to the diffusion synthesizer" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()

@@ -70,6 +70,9 @@ def _as_batch(value: Any, name: str) -> torch.Tensor:
     return value[None, None] if value.dim() == 3 else value
 
 
+# Blur σ (voxels) is drawn from U(0, 4) when not given, as the original; the fast mode sizes its window for the bound.
+_MAX_DRAWN_SIGMA = 4.0
+
 # MONAI volumes are (B, C, X, Y, Z); the models want the axial axis first: (B, C, Z, X, Y).
 _TO_MODEL_AXES = (0, 1, 4, 2, 3)
 _FROM_MODEL_AXES = (0, 1, 3, 4, 2)
@@ -421,7 +424,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
         self, tumor_mask: torch.Tensor, blur_sigma: float | list[float] | None
     ) -> tuple[tuple[int, int, int], np.ndarray]:
         """Window size (X, Y, Z) and per-crop starts of the fast mode (see :func:`neighbourhood_windows`)."""
-        largest_sigma = 4.0 if blur_sigma is None else max(np.atleast_1d(np.asarray(blur_sigma, dtype=float)))
+        largest_sigma = _MAX_DRAWN_SIGMA if blur_sigma is None else max(np.atleast_1d(np.asarray(blur_sigma, float)))
         depth, height, width = self.latent_factor
         return neighbourhood_windows(
             (tumor_mask[:, 0] > 0).cpu().numpy(), blend_reach(float(largest_sigma)), stride=(height, width, depth)
@@ -442,7 +445,10 @@ class TumorInpaintPipeline(DiffusionPipeline):
     def _blur_sigmas(blur_sigma, batch: int, generator) -> list[float]:
         if blur_sigma is None:
             generators = generator if isinstance(generator, list) else [generator] * batch
-            return [float(torch.rand(1, generator=g, device=g.device if g else "cpu").item() * 4.0) for g in generators]
+            return [
+                float(torch.rand(1, generator=g, device=g.device if g else "cpu").item() * _MAX_DRAWN_SIGMA)
+                for g in generators
+            ]
         if isinstance(blur_sigma, (int, float)):
             return [float(blur_sigma)] * batch
         if len(blur_sigma) != batch:
