@@ -2,7 +2,8 @@
 
 Prints one JSON line per measurement and a summary line. Times are medians of ``--repeats`` runs (after one warm-up)
 and are also given as a ratio to a same-process reference convolution,
-``F.conv3d(x[1,32,48,48,48], w[32,32,3,3,3], padding=1)``, so that machines of different speed compare.
+``F.conv3d(x[1,32,48,48,48], w[32,32,3,3,3], padding=1)``, so that machines of different speed compare; each run is
+paired with a reference timed just before it and the ratio is the median of the pairs' ratios.
 Peak RSS is measured in fresh subprocesses (``--rss-runs``, median/min/max) that each run one end-to-end early
 tumour and nothing else.
 
@@ -41,14 +42,34 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-def _median_seconds(function, repeats: int) -> float:
+def _seconds(function) -> float:
+    start = time.perf_counter()
     function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return time.perf_counter() - start
+
+
+def _interleaved(measurements: dict, reference, repeats: int) -> tuple[dict, dict, list[float]]:
+    """Median time and median ratio to ``reference`` of each measurement, over ``repeats`` rounds after a warm-up.
+
+    Each run is timed right after the reference convolution (median of 3), and the ratio is taken per pair: on a
+    shared machine the load drifts within seconds (the reference alone moved 28-47 ms in one session), so a ratio of
+    two medians taken minutes apart moves with it.
+    """
+    for function in measurements.values():
         function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in measurements}
+    ratios: dict[str, list[float]] = {name: [] for name in measurements}
+    references = []
+    for _ in range(repeats):
+        for name, function in measurements.items():
+            reference_seconds = statistics.median(_seconds(reference) for _ in range(3))
+            seconds = _seconds(function)
+            references.append(reference_seconds)
+            times[name].append(seconds)
+            ratios[name].append(seconds / reference_seconds)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    median_ratios = {name: statistics.median(values) for name, values in ratios.items()}
+    return medians, median_ratios, references
 
 
 def _released_pipeline(seed: int = 0):
@@ -108,7 +129,7 @@ def main() -> None:
 
     measurements = {}
     with torch.no_grad():
-        measurements["reference_conv3d"] = lambda: F.conv3d(reference_input, reference_weight, padding=1)
+        reference_conv = lambda: F.conv3d(reference_input, reference_weight, padding=1)  # noqa: E731
         measurements["encode"] = lambda: vqmodel.encode(crop.permute(0, 1, 4, 2, 3))
         measurements["unet_step"] = lambda: unet(latents, 3, condition)
         measurements["four_step_loop"] = four_step_loop
@@ -117,11 +138,21 @@ def main() -> None:
         measurements["early_tumor_fast_mode"] = lambda: pipe(
             hu, mask, generator=torch.Generator().manual_seed(0), fast=True
         )
-        results = {name: _median_seconds(function, args.repeats) for name, function in measurements.items()}
+        results, ratios, references = _interleaved(measurements, reference_conv, args.repeats)
 
-    reference = results["reference_conv3d"]
+    reference = statistics.median(references)
+    print(
+        json.dumps(
+            {
+                "name": "reference_conv3d",
+                "median_s": round(reference, 4),
+                "min_s": round(min(references), 4),
+                "max_s": round(max(references), 4),
+            }
+        )
+    )
     for name, seconds in results.items():
-        print(json.dumps({"name": name, "median_s": round(seconds, 4), "x_reference": round(seconds / reference, 1)}))
+        print(json.dumps({"name": name, "median_s": round(seconds, 4), "x_reference": round(ratios[name], 1)}))
 
     # Several fresh processes: glibc keeps freed blocks differently from run to run (±80 MiB seen).
     peaks = []
@@ -147,21 +178,23 @@ def main() -> None:
                 "emulated": bool(os.environ.get("ATEN_CPU_CAPABILITY")),
                 "threads": args.threads,
                 "end_to_end_s": round(end_to_end, 3),
-                "x_reference": round(end_to_end / reference, 1),
+                "x_reference": round(ratios["early_tumor_end_to_end"], 1),
                 "speedup_vs_original_same_isa": None
                 if original_ratio is None
-                else round(original_ratio / (end_to_end / reference), 2),
+                else round(original_ratio / ratios["early_tumor_end_to_end"], 2),
                 "peak_rss_mib": {
                     "median": statistics.median(peaks),
                     "min": min(peaks),
                     "max": max(peaks),
                     "runs": len(peaks),
-                },
+                }
+                if peaks
+                else None,
                 "fast_mode_s": round(results["early_tumor_fast_mode"], 3),
                 "fast_mode_bfloat16": native_bfloat16(torch.device("cpu")),
                 "fast_mode_speedup_vs_original_same_isa": None
                 if original_ratio is None
-                else round(original_ratio / (results["early_tumor_fast_mode"] / reference), 2),
+                else round(original_ratio / ratios["early_tumor_fast_mode"], 2),
                 "torch": torch.__version__,
             }
         )
