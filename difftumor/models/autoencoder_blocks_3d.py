@@ -61,6 +61,27 @@ class SamePadConv3d(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pad(hidden_states))
 
+    def forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with a channels-last result.
+
+        A one-channel input is convolved on CPU as one 2-D convolution of every output plane's ``k`` depth
+        neighbours stacked as channels: oneDNN has no fast 3-D kernel for one input channel (PyTorch falls back to
+        its reference one), and the 2-D kernel writes channels-last directly (3.7x faster at 96³, same sums).
+        """
+        conv = self.conv
+        one_channel = conv.in_channels == 1 and conv.groups == 1 and hidden_states.device.type == "cpu"
+        if not one_channel or conv.stride != (1, 1, 1) or conv.dilation != (1, 1, 1):
+            return self(hidden_states).contiguous(memory_format=torch.channels_last_3d)
+        padded = self.pad(hidden_states)
+        batch, _, padded_depth, padded_height, padded_width = padded.shape
+        taps = conv.kernel_size[0]
+        depth = padded_depth - taps + 1
+        stacked = padded[:, 0].unfold(1, taps, 1).permute(0, 1, 4, 2, 3)  # (B, D, k, H', W'), a view
+        stacked = stacked.reshape(batch * depth, taps, padded_height, padded_width)
+        images = F.conv2d(stacked.contiguous(memory_format=torch.channels_last), conv.weight[:, 0], conv.bias)
+        tokens = images.permute(0, 2, 3, 1).reshape(batch, depth, *images.shape[2:], -1)  # (B, D, H, W, C), a view
+        return tokens.permute(0, 4, 1, 2, 3)
+
 
 class SamePadConvTranspose3d(nn.Module):
     """``ConvTranspose3d`` that exactly multiplies the size by ``stride`` (replicate-pads the input first)."""
@@ -255,8 +276,10 @@ class Encoder3D(nn.Module):
         self.out_channels = channels
         self.gradient_checkpointing = False
 
-    def forward(self, sample: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.conv_in(sample)
+    def forward(self, sample: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        # A one-channel input is contiguous in both layouts, so a convolution cannot see which one the caller chose
+        # (and answers contiguous): ask for channels-last explicitly, or the whole encoder runs in the slow layout.
+        hidden_states = self.conv_in.forward_channels_last(sample) if channels_last else self.conv_in(sample)
         for block in self.down_blocks:
             hidden_states = call_block(self, block.downsample, hidden_states)
             hidden_states = _call_resnet(self, block.resnet, hidden_states)
@@ -299,7 +322,9 @@ class Decoder3D(nn.Module):
         self.conv_out = SamePadConv3d(channels, out_channels, 3, padding_mode=padding_mode)
         self.gradient_checkpointing = False
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        if channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last_3d)
         hidden_states = F.silu(self.norm_in(latents), inplace=True)
         for block in self.up_blocks:
             hidden_states = call_block(self, block.upsample, hidden_states)

@@ -119,7 +119,7 @@ class VQModel3D(AlignedLoadingMixin, ModelMixin, ConfigMixin):
     def _run(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.use_channels_last:
             hidden_states = hidden_states.contiguous(memory_format=torch.channels_last_3d)
-        return module(hidden_states).contiguous()
+        return module(hidden_states, channels_last=self.use_channels_last).contiguous()
 
     @property
     def codebook(self) -> torch.Tensor:

@@ -72,3 +72,18 @@ def test_nearest_codes_ignore_autocast():
     expected = nearest_code_indices(vectors, codebook)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(nearest_code_indices(vectors, codebook), expected)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_channels_last_forward_equals_forward(in_channels):
+    from difftumor.models.autoencoder_blocks_3d import SamePadConv3d
+
+    torch.manual_seed(0)
+    conv = SamePadConv3d(in_channels, 16, 3)
+    x = torch.randn(2, in_channels, 7, 9, 10)
+    with torch.no_grad():
+        expected = conv(x)
+        result = conv.forward_channels_last(x)
+    assert result.shape == expected.shape
+    assert result.is_contiguous(memory_format=torch.channels_last_3d) and not result.is_contiguous()
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-6)
