@@ -87,3 +87,17 @@ def test_channels_last_forward_equals_forward(in_channels):
     assert result.shape == expected.shape
     assert result.is_contiguous(memory_format=torch.channels_last_3d) and not result.is_contiguous()
     torch.testing.assert_close(result, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("out_channels", "mode"), [(1, "replicate"), (2, "reflect"), (1, "constant")])
+def test_convolution_by_taps_equals_the_convolution(out_channels, mode):
+    from difftumor.models.autoencoder_blocks_3d import SamePadConv3d, conv_by_taps
+
+    torch.manual_seed(0)
+    conv = SamePadConv3d(8, out_channels, 3, padding_mode=mode)
+    # 20 planes: one 16-plane slab and a short last one, both volume ends and an inner halo.
+    x = torch.randn(2, 8, 20, 6, 7).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        expected = conv.double()(x.double())
+        result = conv_by_taps(conv, x.double())
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-12)
