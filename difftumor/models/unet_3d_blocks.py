@@ -198,7 +198,22 @@ class DepthAttention(nn.Module):
         self.to_out = nn.Linear(heads * dim_head, channels, bias=False)
 
     def _depth_weights(self, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """``(D, 3·H·d, C)`` projection weights: rotary (and the query scale) folded into queries and keys."""
+        """``(D, 3·H·d, C)`` projection weights: rotary (and the query scale) folded into queries and keys.
+
+        In inference they are kept until the weight changes (a sampler calls the UNet with the same ones at every
+        step; at 192 channels building them is a 14 MB tensor per call). The key holds the rotary tables' shape, not
+        their values: the UNet derives them from the depth alone (``RotaryEmbedding.tables``).
+        """
+        if torch.is_grad_enabled():
+            return self._fold_rotary(cos, sin)
+        weight = self.to_qkv.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, cos.shape, cos.dtype, cos.device)
+        cached = getattr(self, "_depth_weights_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._depth_weights_cache = (key, self._fold_rotary(cos, sin))
+        return cached[1]
+
+    def _fold_rotary(self, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         depth = cos.shape[0]
         query, key, value = self.to_qkv.weight.view(3, self.heads, -1, self.to_qkv.in_features).unbind(0)
         cos, sin = cos[:, None, :, None], sin[:, None, :, None]

@@ -61,3 +61,22 @@ def test_save_load_round_trip_and_gradient_checkpointing(original_small, tmp_pat
     loaded.enable_gradient_checkpointing()
     for a, b in zip(plain, gradients()):
         torch.testing.assert_close(a, b)
+
+
+def test_inference_caches_follow_weight_changes(original_small):
+    # The depth attention keeps its rotary-folded weights between inference calls: loading other weights (or any
+    # in-place update) must take effect at the next call, as in a model that caches nothing.
+    io = load_fixture("unet3d_io.pt")
+    unet = original_small["unet"]
+    torch.manual_seed(0)
+    other = UNet3DInpaintModel.from_config(unet.config).eval()
+    saved = {name: tensor.clone() for name, tensor in unet.state_dict().items()}
+    with torch.no_grad():
+        before = unet(io["x"], io["time"], io["cond"]).sample
+        try:
+            unet.load_state_dict(other.state_dict())
+            changed = unet(io["x"], io["time"], io["cond"]).sample
+            assert torch.equal(changed, other(io["x"], io["time"], io["cond"]).sample)
+        finally:
+            unet.load_state_dict(saved)
+        assert torch.equal(unet(io["x"], io["time"], io["cond"]).sample, before)
