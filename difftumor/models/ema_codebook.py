@@ -42,12 +42,15 @@ def nearest_code_indices(vectors: torch.Tensor, codebook: torch.Tensor, chunk_si
 def _nearest(vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int) -> torch.Tensor:
     codebook_t = codebook.t().contiguous()
     code_norms = codebook_t.pow(2).sum(dim=0, keepdim=True)
+    vector_norms = vectors.pow(2).sum(dim=1, keepdim=True)
     indices = torch.empty(vectors.shape[0], dtype=torch.long, device=vectors.device)
     for start in range(0, vectors.shape[0], chunk_size):
         chunk = vectors[start : start + chunk_size]
-        # In place: fl(−2m + a) equals the original's fl(a − 2m) (negation and doubling are exact).
-        distances = torch.mm(chunk, codebook_t).mul_(-2)
-        distances.add_(chunk.pow(2).sum(dim=1, keepdim=True)).add_(code_norms)
+        distances = torch.mm(chunk, codebook_t)
+        # In place, one pass: fl(a + (−2)·m) equals the original's fl(a − 2m) (doubling and negation are exact,
+        # so a fused multiply-add rounds the same).
+        torch.add(vector_norms[start : start + chunk_size], distances, alpha=-2, out=distances)
+        distances.add_(code_norms)
         # min(dim) returns the first index of the minimum like argmin, and on CPU runs 2x faster (vectorised).
         if distances.device.type == "cpu":
             indices[start : start + chunk_size] = distances.min(dim=1).indices
