@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,8 @@ import torch.nn.functional as F
 from difftumor.pipelines.tumor_inpaint.fast_mode import native_bfloat16
 
 #: The original DiffTumor, early tumour end to end ÷ the reference convolution, per instruction set (measured by
-#: running the authors' code at the released sizes, 2 threads: AVX-512 9.7 s = 332×, AVX2 10.3 s = 242×).
+#: running the authors' code at the released sizes, 2 threads: AVX-512 9.7 s = 332×, AVX2 10.3 s = 242×; a ratio of
+#: medians, where ours is the median of paired ratios — the two agree when the machine's load is steady).
 ORIGINAL_X_REFERENCE = {"AVX512": 332.0, "AVX2": 242.0}
 
 
@@ -42,13 +44,15 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-def _seconds(function) -> float:
+def _seconds(function: Callable[[], object]) -> float:
     start = time.perf_counter()
     function()
     return time.perf_counter() - start
 
 
-def _interleaved(measurements: dict, reference, repeats: int) -> tuple[dict, dict, list[float]]:
+def _interleaved(
+    measurements: dict[str, Callable[[], object]], reference: Callable[[], object], repeats: int
+) -> tuple[dict[str, float], dict[str, float], list[float]]:
     """Median time and median ratio to ``reference`` of each measurement, over ``repeats`` rounds after a warm-up.
 
     Each run is timed right after the reference convolution (median of 3), and the ratio is taken per pair: on a

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpointing import call_block
+from .inference_paths import cpu_float_without_autocast, has_hooks, plain_stride_one, scratch
 from .normalization import GroupNorm, group_norm_scale_shift, uses_accurate_group_norm
-from .winograd import GROUP_PLANES, conv3d_depth_winograd, scratch, supports_depth_winograd
+from .winograd import GROUP_PLANES, conv3d_depth_winograd, supports_depth_winograd
 
 
 def _same_padding(kernel_size: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
@@ -69,8 +70,8 @@ class SamePadConv3d(nn.Module):
         its reference one), and the 2-D kernel writes channels-last directly (3.7x faster at 96³, same sums).
         """
         conv = self.conv
-        one_channel = conv.in_channels == 1 and conv.groups == 1 and hidden_states.device.type == "cpu"
-        if not one_channel or conv.stride != (1, 1, 1) or conv.dilation != (1, 1, 1):
+        one_channel = conv.in_channels == 1 and hidden_states.device.type == "cpu"
+        if not one_channel or not plain_stride_one(conv) or has_hooks(self, conv):
             return self(hidden_states).contiguous(memory_format=torch.channels_last_3d)
         padded = self.pad(hidden_states)
         batch, _, padded_depth, padded_height, padded_width = padded.shape
@@ -145,12 +146,13 @@ class ResnetBlock3D(nn.Module):
         The same function as :meth:`forward` (the convolution of a slab sees the same neighbourhood); slabs of a
         multiple of 4 planes convolve by Winograd F(4, 3) along depth (:mod:`.winograd`, half the multiplications),
         so the outputs agree to float32 rounding, about 2-3x that of the direct convolution. Callers must own
-        ``hidden_states`` (the decoder and encoder do, and call this method directly, so forward hooks registered
-        on the block itself do not fire in inference).
+        ``hidden_states`` (the decoder and encoder do). Any hook on the block or its layers sends the call to
+        :meth:`forward`, whose layers are called as usual.
         """
         # Padding modes whose value at a slab's edge depends only on the halo (not circular: it wraps the volume).
         local_padding = self.conv1.padding_mode in ("replicate", "reflect", "constant")
-        if torch.is_grad_enabled() or not local_padding or not uses_accurate_group_norm(hidden_states):
+        fast = local_padding and uses_accurate_group_norm(hidden_states) and not torch.is_grad_enabled()
+        if not fast or has_hooks(*self.modules()):
             return self.forward(hidden_states)
         middle = self._norm_act_conv_by_slabs(hidden_states, self.norm1, self.conv1, torch.empty_like(hidden_states))
         return self._norm_act_conv_by_slabs(middle, self.norm2, self.conv2, hidden_states, accumulate=True)
@@ -162,7 +164,7 @@ class ResnetBlock3D(nn.Module):
         scale, shift = group_norm_scale_shift(source, norm.num_groups, norm.weight, norm.bias, norm.eps)
         winograd = supports_depth_winograd(conv.conv, source)
         if winograd:
-            step = _WINOGRAD_SLAB_PLANES
+            step = _SLAB_PLANES
         else:
             step = max(_MIN_SLAB_PLANES, _SLAB_VOXELS // (source.shape[3] * source.shape[4]))
 
@@ -234,7 +236,7 @@ def conv_by_taps(conv: SamePadConv3d, source: torch.Tensor) -> torch.Tensor:
         inside.copy_(source[:, :, low:high])
 
     workspace: dict[str, torch.Tensor] = {}
-    for start, stop, padded in padded_slabs(source, conv, _WINOGRAD_SLAB_PLANES, copy_into, workspace):
+    for start, stop, padded in padded_slabs(source, conv, _SLAB_PLANES, copy_into, workspace):
         planes = padded.shape[2]
         for item in range(batch):
             voxels = padded[item].permute(1, 2, 3, 0).reshape(-1, layer.in_channels)  # a view: channels-last
@@ -256,10 +258,14 @@ def _fill_padding_(padded: torch.Tensor, pads: tuple[int, ...], mode: str) -> No
     """
     for axis, (before, after) in zip((4, 3, 2), zip(pads[0::2], pads[1::2])):
         size = padded.shape[axis]
-        for offset in range(before):  # border index before - 1 - offset
+        if mode == "reflect" and max(before, after) >= size - before - after:
+            # F.pad refuses this too; reading on would mirror the other, still unfilled border.
+            raise ValueError(f"reflect padding of {max(before, after)} needs more than {size - before - after} planes")
+        # Border planes read only inside planes (the edge, or their mirror image), so their order does not matter.
+        for offset in range(before):
             target = padded.narrow(axis, before - 1 - offset, 1)
             _fill_one_(target, padded, axis, mode, before, before + 1 + offset)
-        for offset in range(after):  # border index size - after + offset
+        for offset in range(after):
             target = padded.narrow(axis, size - after + offset, 1)
             _fill_one_(target, padded, axis, mode, size - after - 1, size - after - 2 - offset)
 
@@ -279,9 +285,9 @@ def _fill_one_(target: torch.Tensor, padded: torch.Tensor, axis: int, mode: str,
 # AVX-512 (decode 25 % faster than whole-volume layers); oneDNN is 4x slower on slabs of 2-4 planes, hence a floor.
 _SLAB_VOXELS = 16 * 96 * 96
 _MIN_SLAB_PLANES = 8
-# Winograd slabs (a multiple of its 4-plane groups): 8 and 16 planes measured alike at 96² and 48² on AVX2 and
-# AVX-512, 24 or whole 48³ volumes 15-60 % slower.
-_WINOGRAD_SLAB_PLANES = 16
+# Slabs of the Winograd and by-taps paths (a multiple of Winograd's 4-plane groups): 8 and 16 planes measured alike
+# at 96² and 48² on AVX2 and AVX-512, 24 or whole 48³ volumes 15-60 % slower.
+_SLAB_PLANES = 16
 
 
 def _conv_by_taps_applies(conv: SamePadConv3d, hidden_states: torch.Tensor) -> bool:
@@ -289,12 +295,11 @@ def _conv_by_taps_applies(conv: SamePadConv3d, hidden_states: torch.Tensor) -> b
     return (
         not torch.is_grad_enabled()
         and layer.out_channels <= 2
-        and layer.stride == (1, 1, 1)
-        and layer.dilation == (1, 1, 1)
-        and layer.groups == 1
+        and plain_stride_one(layer)
         and conv.padding_mode in ("replicate", "reflect", "constant")
-        and hidden_states.device.type == "cpu"
+        and cpu_float_without_autocast(hidden_states)
         and hidden_states.is_contiguous(memory_format=torch.channels_last_3d)
+        and not has_hooks(conv, layer)
     )
 
 

@@ -40,6 +40,8 @@ def nearest_code_indices(vectors: torch.Tensor, codebook: torch.Tensor, chunk_si
 
 
 def _nearest(vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    # Indices carry no gradient; detached, the in-place and out= arithmetic below is allowed with autograd on.
+    vectors, codebook = vectors.detach(), codebook.detach()
     codebook_t = codebook.t().contiguous()
     code_norms = codebook_t.pow(2).sum(dim=0, keepdim=True)
     vector_norms = vectors.pow(2).sum(dim=1, keepdim=True)

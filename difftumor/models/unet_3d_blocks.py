@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inference_paths import derived_weights
 from .normalization import GroupNorm
 
 
@@ -200,18 +201,13 @@ class DepthAttention(nn.Module):
     def _depth_weights(self, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """``(D, 3·H·d, C)`` projection weights: rotary (and the query scale) folded into queries and keys.
 
-        In inference they are kept until the weight changes (a sampler calls the UNet with the same ones at every
-        step; at 192 channels building them is a 14 MB tensor per call). The key holds the rotary tables' shape, not
-        their values: the UNet derives them from the depth alone (``RotaryEmbedding.tables``).
+        In CPU inference they are kept until the weight or the rotary tables change (a sampler calls the UNet with
+        the same ones at every step; at 192 channels building them is a 14 MB tensor per call).
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or cos.device.type != "cpu":
             return self._fold_rotary(cos, sin)
-        weight = self.to_qkv.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, cos.shape, cos.dtype, cos.device)
-        cached = getattr(self, "_depth_weights_cache", None)
-        if cached is None or cached[0] != key:
-            cached = self._depth_weights_cache = (key, self._fold_rotary(cos, sin))
-        return cached[1]
+        tables = (cos.dtype, cos.shape, cos.numpy().tobytes(), sin.numpy().tobytes())  # 3 KB: cheaper than a fold
+        return derived_weights(self, self.to_qkv.weight, tables, lambda: self._fold_rotary(cos, sin))
 
     def _fold_rotary(self, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         depth = cos.shape[0]
@@ -232,10 +228,12 @@ class DepthAttention(nn.Module):
         columns = self.norm(tokens).transpose(0, 1).reshape(depth, positions, channels)
         weights = self._depth_weights(*rotary).transpose(1, 2)
         blocks = []
-        # By blocks of positions: at the released top level the whole qkv is 42 MB (fresh pages on every call,
-        # out of cache); 128 positions keep it at 9 MB: one attention 3x faster on CPU (AVX2 and AVX-512).
-        for start in range(0, positions, _DEPTH_ATTENTION_POSITIONS):
-            block = columns[:, start : start + _DEPTH_ATTENTION_POSITIONS]
+        # By blocks of positions on CPU: at the released top level the whole qkv is 42 MB (fresh pages on every call,
+        # out of cache); 128 positions keep it at 9 MB: one attention 3x faster (AVX2 and AVX-512). GPUs want the
+        # whole batch at once (blocks measured 3-12x slower on an H200).
+        step = _DEPTH_ATTENTION_POSITIONS if tokens.device.type == "cpu" else positions
+        for start in range(0, positions, step):
+            block = columns[:, start : start + step]
             count = block.shape[1]
             qkv = torch.bmm(block, weights)  # (D, count, 3·H·d)
             query, key, value = (
@@ -301,9 +299,9 @@ class PlaneLinearAttention(nn.Module):
         dim = w_query.shape[0] // self.heads
         w_out = self.to_out.weight.view(channels, self.heads, dim) * self.scale
         blocks = []
-        # A few slices at a time (about 2304 tokens): at 24² the 256-wide queries, keys and values of all slices are
-        # 14 MB each; in blocks they stay in cache (2x faster there, the same at the smaller levels).
-        step = max(1, _PLANE_ATTENTION_TOKENS // positions)
+        # On CPU a few slices at a time (about 2304 tokens): at 24² the 256-wide queries, keys and values of all
+        # slices are 14 MB each; in blocks they stay in cache (2x faster there, the same at the smaller levels).
+        step = max(1, _PLANE_ATTENTION_TOKENS // positions) if tokens.device.type == "cpu" else slices
         for start in range(0, slices, step):
             block = normed[start : start + step]
             count = block.shape[0]

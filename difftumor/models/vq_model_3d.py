@@ -116,7 +116,7 @@ class VQModel3D(AlignedLoadingMixin, ModelMixin, ConfigMixin):
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
-    def _run(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    def _run(self, module: Encoder3D | Decoder3D, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.use_channels_last:
             hidden_states = hidden_states.contiguous(memory_format=torch.channels_last_3d)
         return module(hidden_states, channels_last=self.use_channels_last).contiguous()

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inference_paths import cpu_float_without_autocast, derived_weights, has_hooks, plain_stride_one, scratch
+
 #: F(4, 3) with interpolation points 0, ±1, ±2 and ∞ (Lavin & Gray 2016, section 4.2).
 _INPUT_TRANSFORM = (  # Bᵀ: 6 input planes -> 6 mixed planes
     (4, 0, -5, 0, 1, 0),
@@ -53,16 +55,14 @@ GROUP_PLANES = 4
 
 
 def supports_depth_winograd(conv: nn.Conv3d, x: torch.Tensor) -> bool:
-    """Whether :func:`conv3d_depth_winograd` computes ``conv`` on ``x``: unpadded stride-1 3×3×3, float32/64, CPU."""
+    """Whether :func:`conv3d_depth_winograd` computes ``conv`` on ``x``: unpadded stride-1 3×3×3, float32/64 on CPU,
+    no autocast (which would run the in-plane part in bfloat16) and no hooks on ``conv`` (it is not called)."""
     return (
         conv.kernel_size == (3, 3, 3)
-        and conv.stride == (1, 1, 1)
-        and conv.dilation == (1, 1, 1)
-        and conv.groups == 1
-        and conv.padding == (0, 0, 0)
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
+        and plain_stride_one(conv)
+        and cpu_float_without_autocast(x)
         and conv.weight.dtype == x.dtype
+        and not has_hooks(conv)
     )
 
 
@@ -92,33 +92,14 @@ def depth_winograd_kernels(conv: nn.Conv3d) -> tuple[torch.Tensor, ...]:
     Mixed in float64 and rounded once, so the kernels carry no more error than the weight itself.
     """
     weight = conv.weight
-    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-    cached = getattr(conv, "_depth_winograd_cache", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    kernel_transform = torch.tensor(_KERNEL_TRANSFORM, dtype=torch.float64, device=weight.device)
-    with torch.no_grad():
-        mixed = torch.einsum("md,oidhw->moihw", kernel_transform, weight.detach().double()).to(weight.dtype)
-    kernels = tuple(k.contiguous(memory_format=torch.channels_last) for k in mixed)
-    conv._depth_winograd_cache = (key, kernels)  # type: ignore[attr-defined]
-    return kernels
 
+    def mix() -> tuple[torch.Tensor, ...]:
+        kernel_transform = torch.tensor(_KERNEL_TRANSFORM, dtype=torch.float64, device=weight.device)
+        with torch.no_grad():
+            mixed = torch.einsum("md,oidhw->moihw", kernel_transform, weight.detach().double()).to(weight.dtype)
+        return tuple(k.contiguous(memory_format=torch.channels_last) for k in mixed)
 
-def scratch(
-    workspace: dict[str, torch.Tensor] | None,
-    name: str,
-    shape: tuple[int, ...],
-    like: torch.Tensor,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> torch.Tensor:
-    """A scratch tensor kept in ``workspace`` while its shape stays the same, so that the slabs of one layer reuse
-    it (a fresh 20-30 MB allocation per slab pays its page faults every time: 5 % of a decode)."""
-    buffer = None if workspace is None else workspace.get(name)
-    if buffer is None or tuple(buffer.shape) != tuple(shape) or buffer.dtype != like.dtype:
-        buffer = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
-        if workspace is not None:
-            workspace[name] = buffer
-    return buffer
+    return derived_weights(conv, weight, (weight.dtype, weight.device), mix)
 
 
 def conv3d_depth_winograd(

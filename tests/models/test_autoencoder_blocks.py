@@ -9,12 +9,13 @@ from difftumor.models import autoencoder_blocks_3d
 from difftumor.models.autoencoder_blocks_3d import ResnetBlock3D
 
 
-@pytest.mark.parametrize("depth", [5, 8, 20])
+@pytest.mark.parametrize("depth", [5, 8, 18, 20])
 def test_in_place_slabs_match_the_autograd_path(monkeypatch, depth):
     # 8-plane slabs over 20 planes: two full slabs and a short last one, so both volume ends and inner halos occur;
-    # 5 planes is not a multiple of the Winograd group and takes the direct convolution.
+    # 5 planes is not a multiple of the Winograd group and takes the direct convolution; 18 ends with a direct
+    # 2-plane slab after two Winograd ones.
     monkeypatch.setattr(autoencoder_blocks_3d, "_SLAB_VOXELS", 8 * 6 * 7)
-    monkeypatch.setattr(autoencoder_blocks_3d, "_WINOGRAD_SLAB_PLANES", 8)
+    monkeypatch.setattr(autoencoder_blocks_3d, "_SLAB_PLANES", 8)
     torch.manual_seed(0)
     block = ResnetBlock3D(32).eval()
     for parameter in block.parameters():
@@ -31,7 +32,7 @@ def test_in_place_slabs_match_the_autograd_path(monkeypatch, depth):
     # path's error against float64 by the direct path's, and both by float32 accumulation over 864 products.
     direct_error, slab_error = (direct - exact).abs().max().item(), (result - exact).abs().max().item()
     assert direct_error < 1e-6 * exact.abs().max().item()
-    assert slab_error <= 3 * direct_error
+    assert slab_error <= 10 * direct_error  # measured 1-2.2x here, up to 6x for other weights (test_winograd.py)
     if depth == 5:  # direct convolution on every slab: the same arithmetic as the autograd path
         torch.testing.assert_close(result, direct, rtol=0, atol=2e-6)
 
@@ -101,3 +102,47 @@ def test_convolution_by_taps_equals_the_convolution(out_channels, mode):
         expected = conv.double()(x.double())
         result = conv_by_taps(conv, x.double())
     torch.testing.assert_close(result, expected, rtol=0, atol=1e-12)
+
+
+def test_reflect_padding_too_wide_is_refused_like_f_pad():
+    block = ResnetBlock3D(32, padding_mode="reflect").eval()
+    x = torch.randn(1, 32, 8, 1, 6).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad(), pytest.raises((ValueError, RuntimeError)):
+        block.forward_in_place_(x.clone())
+
+
+def test_hooks_on_bypassed_layers_still_fire():
+    from difftumor.models.vq_model_3d import VQModel3D
+
+    torch.manual_seed(0)
+    vq = VQModel3D(hidden_channels=8, norm_num_groups=4, num_codes=16, latent_channels=4).eval()
+    layers = [vq.encoder.conv_in.conv, vq.decoder.conv_out.conv, vq.decoder.up_blocks[-1].resnets[0].conv1.conv]
+    calls = []
+    for layer in layers:
+        layer.register_forward_hook(lambda module, args, output: calls.append(module))
+    with torch.no_grad():
+        vq.decode(vq.encode(torch.randn(1, 1, 16, 16, 16)).latents)
+    assert all(layer in calls for layer in layers)
+
+
+def test_decode_with_gradients_through_the_quantiser():
+    from difftumor.models.vq_model_3d import VQModel3D
+
+    torch.manual_seed(0)
+    vq = VQModel3D(hidden_channels=8, norm_num_groups=4, num_codes=16, latent_channels=4)
+    latents = vq.encode(torch.randn(1, 1, 16, 16, 16)).latents
+    vq.decode(latents).sample.mean().backward()  # the code search must not break autograd
+    assert vq.decoder.conv_out.conv.weight.grad is not None
+
+
+def test_fast_paths_step_aside_under_autocast():
+    from difftumor.models.autoencoder_blocks_3d import SamePadConv3d, _conv_by_taps_applies
+    from difftumor.models.winograd import supports_depth_winograd
+
+    conv = SamePadConv3d(8, 1, 3)
+    x = torch.randn(1, 8, 8, 6, 6).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        assert _conv_by_taps_applies(conv, x) and supports_depth_winograd(torch.nn.Conv3d(8, 8, 3), x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not _conv_by_taps_applies(conv, x)
+            assert not supports_depth_winograd(torch.nn.Conv3d(8, 8, 3), x)

@@ -80,3 +80,23 @@ def test_inference_caches_follow_weight_changes(original_small):
         finally:
             unet.load_state_dict(saved)
         assert torch.equal(unet(io["x"], io["time"], io["cond"]).sample, before)
+
+
+def test_blocked_attention_equals_whole_attention(monkeypatch):
+    # On CPU the attentions run in blocks of positions / slices; several blocks (and a short last one) must give
+    # what one block gives, to float32 rounding.
+    from difftumor.models import unet_3d_blocks
+
+    torch.manual_seed(0)
+    depth_attention = unet_3d_blocks.DepthAttention(16, 4, 8).eval()
+    plane_attention = unet_3d_blocks.PlaneLinearAttention(16, 4, 8).eval()
+    tokens = torch.randn(2, 6, 5, 7, 16)
+    rotary = unet_3d_blocks.RotaryEmbedding(8).tables(6, tokens.device, tokens.dtype)
+    bias = unet_3d_blocks.RelativePositionBias(4)(6)
+    with torch.no_grad():
+        whole = depth_attention(tokens, bias, rotary), plane_attention(tokens)
+        monkeypatch.setattr(unet_3d_blocks, "_DEPTH_ATTENTION_POSITIONS", 16)  # 70 positions: 5 blocks
+        monkeypatch.setattr(unet_3d_blocks, "_PLANE_ATTENTION_TOKENS", 80)  # 35 per slice: 2 slices per block
+        blocked = depth_attention(tokens, bias, rotary), plane_attention(tokens)
+    for a, b in zip(whole, blocked):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
