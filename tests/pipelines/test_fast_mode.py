@@ -123,3 +123,18 @@ def test_fast_mode_keeps_the_input_outside_and_the_tumour_close(pipe, data_dir, 
     points = decoded_here.nonzero()
     assert (points.max(0).values - points.min(0).values + 1).tolist() == [64, 64, 32]
     assert int(decoded_here.sum()) > 0.99 * 64 * 64 * 32 and not (blended & ~decoded_here).any()
+
+
+def test_full_float32_context_turns_tf32_off_on_cuda_only_and_restores_the_settings():
+    from difftumor.pipelines.tumor_inpaint.pipeline_tumor_inpaint import _full_float32
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+        with _full_float32(torch.device("cpu")):
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with _full_float32(torch.device("cuda")):  # flags only: no GPU needed
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
