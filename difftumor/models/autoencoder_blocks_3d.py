@@ -149,8 +149,7 @@ class ResnetBlock3D(nn.Module):
         ``hidden_states`` (the decoder and encoder do). Any hook on the block or its layers sends the call to
         :meth:`forward`, whose layers are called as usual.
         """
-        # Padding modes whose value at a slab's edge depends only on the halo (not circular: it wraps the volume).
-        local_padding = self.conv1.padding_mode in ("replicate", "reflect", "constant")
+        local_padding = self.conv1.padding_mode in _SLAB_PADDING_MODES
         fast = local_padding and uses_accurate_group_norm(hidden_states) and not torch.is_grad_enabled()
         if not fast or has_hooks(*self.modules()):
             return self.forward(hidden_states)
@@ -163,16 +162,12 @@ class ResnetBlock3D(nn.Module):
     ) -> torch.Tensor:
         scale, shift = group_norm_scale_shift(source, norm.num_groups, norm.weight, norm.bias, norm.eps)
         winograd = supports_depth_winograd(conv.conv, source)
-        if winograd:
-            step = _SLAB_PLANES
-        else:
-            step = max(_MIN_SLAB_PLANES, _SLAB_VOXELS // (source.shape[3] * source.shape[4]))
 
         def normalise_into(inside: torch.Tensor, low: int, high: int) -> None:
             F.silu(torch.addcmul(shift, source[:, :, low:high], scale, out=inside), inplace=True)
 
         workspace: dict[str, torch.Tensor] = {}
-        for start, stop, padded in padded_slabs(source, conv, step, normalise_into, workspace):
+        for start, stop, padded in padded_slabs(source, conv, _SLAB_PLANES, normalise_into, workspace):
             if winograd and (stop - start) % GROUP_PLANES == 0:
                 conv3d_depth_winograd(conv.conv, padded, out[:, :, start:stop], accumulate, workspace)
                 continue
@@ -281,13 +276,12 @@ def _fill_one_(target: torch.Tensor, padded: torch.Tensor, axis: int, mode: str,
         raise ValueError(f"slab padding does not support padding_mode={mode!r}")
 
 
-# Slabs of the in-place residual block: 16 planes at 96² (18 MiB at 32 channels) measured fastest on AVX2 and
-# AVX-512 (decode 25 % faster than whole-volume layers); oneDNN is 4x slower on slabs of 2-4 planes, hence a floor.
-_SLAB_VOXELS = 16 * 96 * 96
-_MIN_SLAB_PLANES = 8
-# Slabs of the Winograd and by-taps paths (a multiple of Winograd's 4-plane groups): 8 and 16 planes measured alike
-# at 96² and 48² on AVX2 and AVX-512, 24 or whole 48³ volumes 15-60 % slower.
+# Output planes per slab of the slab paths, a multiple of Winograd's 4-plane groups: 16 planes at 96² (18 MiB at 32
+# channels) measured fastest for the direct convolution, and 8 and 16 alike for Winograd at 96² and 48² on AVX2 and
+# AVX-512 (24 planes or whole 48³ volumes 15-60 % slower).
 _SLAB_PLANES = 16
+# Padding modes whose value at a slab's edge depends only on the halo (not circular: it wraps the volume).
+_SLAB_PADDING_MODES = ("replicate", "reflect", "constant")
 
 
 def _conv_by_taps_applies(conv: SamePadConv3d, hidden_states: torch.Tensor) -> bool:
@@ -296,7 +290,7 @@ def _conv_by_taps_applies(conv: SamePadConv3d, hidden_states: torch.Tensor) -> b
         not torch.is_grad_enabled()
         and layer.out_channels <= 2
         and plain_stride_one(layer)
-        and conv.padding_mode in ("replicate", "reflect", "constant")
+        and conv.padding_mode in _SLAB_PADDING_MODES
         and cpu_float_without_autocast(hidden_states)
         and hidden_states.is_contiguous(memory_format=torch.channels_last_3d)
         and not has_hooks(conv, layer)

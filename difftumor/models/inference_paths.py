@@ -10,6 +10,7 @@ offloading, PEFT wrappers and user hooks act through ``__call__``).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -55,20 +56,22 @@ def scratch(
 
 # Derived weights per module, outside the module: they are neither saved, pickled nor deep-copied with it, and go
 # when it goes.
-_DERIVED: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, int, Any, Any]] = weakref.WeakKeyDictionary()
+_DERIVED: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, tuple, Any, Any]] = weakref.WeakKeyDictionary()
 
 
-def derived_weights(owner: nn.Module, weight: torch.Tensor, extra_key: Any, compute) -> Any:
-    """``compute()``, kept for ``owner`` until ``weight`` is replaced or changed in place, or ``extra_key`` changes.
+def derived_weights(owner: nn.Module, weight: torch.Tensor, extra_key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept for ``owner`` until ``weight`` is replaced or changed, or ``extra_key`` changes.
 
-    The weight is recognised by identity and its version counter (bumped by every in-place update:
-    ``load_state_dict``, optimiser steps, ``.data.copy_``), not by address, which a freed tensor can hand on.
+    The weight is recognised by identity, version counter (bumped by every in-place update: ``load_state_dict``,
+    optimiser steps, ``.data.copy_``), storage, dtype and device (``.to``, ``.half()`` and ``.data =`` swap the
+    storage of the same parameter without bumping its version).
     """
+    state = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
     cached = _DERIVED.get(owner)
     if cached is not None:
-        reference, version, key, value = cached
-        if reference() is weight and version == weight._version and key == extra_key:
+        reference, cached_state, key, value = cached
+        if reference() is weight and cached_state == state and key == extra_key:
             return value
     value = compute()
-    _DERIVED[owner] = (weakref.ref(weight), weight._version, extra_key, value)
+    _DERIVED[owner] = (weakref.ref(weight), state, extra_key, value)
     return value

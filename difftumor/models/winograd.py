@@ -99,7 +99,7 @@ def depth_winograd_kernels(conv: nn.Conv3d) -> tuple[torch.Tensor, ...]:
             mixed = torch.einsum("md,oidhw->moihw", kernel_transform, weight.detach().double()).to(weight.dtype)
         return tuple(k.contiguous(memory_format=torch.channels_last) for k in mixed)
 
-    return derived_weights(conv, weight, (weight.dtype, weight.device), mix)
+    return derived_weights(conv, weight, None, mix)
 
 
 def conv3d_depth_winograd(

@@ -14,7 +14,6 @@ def test_in_place_slabs_match_the_autograd_path(monkeypatch, depth):
     # 8-plane slabs over 20 planes: two full slabs and a short last one, so both volume ends and inner halos occur;
     # 5 planes is not a multiple of the Winograd group and takes the direct convolution; 18 ends with a direct
     # 2-plane slab after two Winograd ones.
-    monkeypatch.setattr(autoencoder_blocks_3d, "_SLAB_VOXELS", 8 * 6 * 7)
     monkeypatch.setattr(autoencoder_blocks_3d, "_SLAB_PLANES", 8)
     torch.manual_seed(0)
     block = ResnetBlock3D(32).eval()

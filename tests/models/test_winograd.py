@@ -58,6 +58,10 @@ def test_kernels_follow_weight_updates():
         conv.weight.mul_(2)  # an in-place update (optimizer step, load_state_dict) must not leave stale kernels
         conv3d_depth_winograd(conv, padded, out)
         expected = conv(padded)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+        conv.weight.data = conv.weight.flip(0).clone()  # a storage swap bumps no version counter
+        conv3d_depth_winograd(conv, padded, out)
+        expected = conv(padded)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
 
 
