@@ -20,6 +20,10 @@ FIXTURES = DATA / "original_difftumor"
 
 torch.set_num_threads(2)
 
+#: Where the pipeline and released-size parity tests run their models (inputs and references stay on the CPU):
+#: ``DIFFTUMOR_TEST_DEVICE=cuda python -m pytest tests/pipelines ...`` on a machine with a GPU. CI has none: "cpu".
+DEVICE = torch.device(os.environ.get("DIFFTUMOR_TEST_DEVICE", "cpu"))
+
 
 def pytest_configure(config):  # noqa: D103
     config.addinivalue_line("markers", "slow: longer end-to-end tests (still part of CI)")

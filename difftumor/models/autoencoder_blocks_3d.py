@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import transposed_conv
 from .checkpointing import call_block
 from .inference_paths import cpu_float_without_autocast, has_hooks, plain_stride_one, scratch
 from .normalization import GroupNorm, group_norm_scale_shift, uses_accurate_group_norm
@@ -104,7 +105,13 @@ class SamePadConvTranspose3d(nn.Module):
         )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.convt(F.pad(hidden_states, self.padding, mode=self.padding_mode))
+        padded = F.pad(hidden_states, self.padding, mode=self.padding_mode)
+        layer = self.convt
+        if padded.is_cuda and transposed_conv.ENABLED_ON_CUDA and not torch.is_grad_enabled() and not has_hooks(layer):
+            # Deterministic and fast on cuDNN (see models/transposed_conv.py).
+            by_phases = transposed_conv.conv_transpose3d_by_phases
+            return by_phases(padded, layer.weight, layer.bias, layer.stride, layer.padding)
+        return layer(padded)
 
 
 class ResnetBlock3D(nn.Module):

@@ -15,7 +15,7 @@ from difftumor.cli.main import main as cli
 from difftumor.conversion import infer_unet_kwargs, unet_from_original, vqmodel_from_original
 from difftumor.conversion.checkpoints import load_checkpoint_safely, read_autoencoder_checkpoint
 from difftumor.errors import DiffTumorInputError
-from tests.conftest import DATA, load_fixture
+from tests.conftest import DATA, DEVICE, load_fixture
 from tests.helpers.noise_tape import replay_ddpm_noise
 from tests.helpers.released_formats import (
     RELEASED_VQGAN_CFG,
@@ -113,7 +113,7 @@ def test_convert_command_writes_a_pipeline_that_reproduces_the_original(small_re
         "vqmodel",
     ]
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
-    pipe = TumorInpaintPipeline.from_pretrained(out)
+    pipe = TumorInpaintPipeline.from_pretrained(out).to(DEVICE)
     assert pipe.config.organ == "liver" and pipe.config.tumor_stage == "early"
     assert pipe.scheduler.config.num_train_timesteps == 4 and pipe.config.default_num_inference_steps == 4
 

@@ -16,8 +16,10 @@ import torch
 from difftumor import UNet3DInpaintModel, VQModel3D
 from difftumor.assets import DEMO_CASE
 from difftumor.models.normalization import accurate_group_norm
+from difftumor.pipelines.tumor_inpaint.pipeline_tumor_inpaint import reproducible_float32
 from difftumor.schedulers import make_scheduler
 from difftumor.windowing import to_window
+from tests.conftest import DEVICE
 
 TOLERANCE = 1e-4
 
@@ -41,6 +43,7 @@ def test_group_norm_is_accurate_in_channels_last(channels, size, groups):
 
 
 def test_released_size_encode_decode_unet_and_loop_match_float64(crop):
+    """float32 on :data:`DEVICE` (without TF32 on a GPU, as the pipeline runs its models) against float64 on the CPU."""
     torch.manual_seed(0)
     vq32 = VQModel3D().eval()
     unet32 = UNet3DInpaintModel().eval()
@@ -48,11 +51,12 @@ def test_released_size_encode_decode_unet_and_loop_match_float64(crop):
     vq64.load_state_dict(vq32.state_dict())
     unet64 = UNet3DInpaintModel.from_config(unet32.config).eval().double()
     unet64.load_state_dict(unet32.state_dict())
-    with torch.no_grad():
-        latents32 = vq32.encode(crop).latents
+    vq32, unet32 = vq32.to(DEVICE), unet32.to(DEVICE)
+    with torch.no_grad(), reproducible_float32(DEVICE):
+        latents32 = vq32.encode(crop.to(DEVICE)).latents.cpu()
         latents64 = vq64.encode(crop.double()).latents
         assert (latents32.double() - latents64).abs().max() < TOLERANCE
-        decoded32 = vq32.decode(latents32, force_not_quantize=True).sample
+        decoded32 = vq32.decode(latents32.to(DEVICE), force_not_quantize=True).sample.cpu()
         decoded64 = vq64.decode(latents64, force_not_quantize=True).sample
         assert (decoded32.double() - decoded64).abs().max() < TOLERANCE
 
@@ -64,7 +68,7 @@ def test_released_size_encode_decode_unet_and_loop_match_float64(crop):
         scheduler.set_timesteps(4)
         unet_error = 0.0
         for t in scheduler.timesteps:
-            out32 = unet32(sample32, t, condition).sample
+            out32 = unet32(sample32.to(DEVICE), t, condition.to(DEVICE)).sample.cpu()
             out64 = unet64(sample64, t, condition.double()).sample
             unet_error = max(unet_error, (out32.double() - out64).abs().max().item())
             assert unet_error < TOLERANCE

@@ -10,11 +10,12 @@ from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_mod
 from difftumor import TumorInpaintPipeline
 from difftumor.assets import BUNDLED_PIPELINE
 from difftumor.errors import DiffTumorInputError
+from tests.conftest import DEVICE
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipeline = TumorInpaintPipeline.from_pretrained(BUNDLED_PIPELINE)
+    pipeline = TumorInpaintPipeline.from_pretrained(BUNDLED_PIPELINE).to(DEVICE)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

@@ -11,8 +11,14 @@ import torch
 from difftumor import TumorInpaintPipeline
 from difftumor.assets import BUNDLED_PIPELINE
 from difftumor.pipelines.tumor_inpaint import fast_mode
-from difftumor.pipelines.tumor_inpaint.fast_mode import MIN_WINDOW, WINDOW_MARGIN, blend_reach, neighbourhood_windows
+from difftumor.pipelines.tumor_inpaint.blending import blur_radius, tumour_boxes
+from difftumor.pipelines.tumor_inpaint.fast_mode import MIN_WINDOW, WINDOW_MARGIN, neighbourhood_windows
 from difftumor.windowing import to_window
+from tests.conftest import DEVICE
+
+
+def _windows(masks: np.ndarray, reach: int, stride: tuple[int, int, int]):
+    return neighbourhood_windows(tumour_boxes(torch.from_numpy(masks)), masks.shape[1:], reach, stride)
 
 
 @pytest.mark.parametrize("stride", [(4, 4, 4), (8, 8, 2), (16, 16, 16)])
@@ -25,8 +31,8 @@ def test_windows_hold_tumour_blur_and_margin_on_the_latent_grid(stride):
             low = rng.integers(0, np.array(shape) - 4)
             extent = rng.integers(1, 24, size=3)
             mask[tuple(slice(int(a), int(a + e)) for a, e in zip(low, extent))] = True
-        reach = blend_reach(float(rng.uniform(0, 4)))
-        size, starts = neighbourhood_windows(masks, reach, stride)
+        reach = blur_radius(float(rng.uniform(0, 4)))
+        size, starts = _windows(masks, reach, stride)
         assert all(s % f == 0 and s <= n for s, f, n in zip(size, stride, shape))
         assert all(s >= min(MIN_WINDOW, n) for s, n in zip(size, shape))
         assert (starts % np.array(stride) == 0).all()
@@ -41,7 +47,7 @@ def test_windows_hold_tumour_blur_and_margin_on_the_latent_grid(stride):
 def test_a_large_tumour_gets_a_larger_window():
     masks = np.zeros((1, 96, 96, 96), dtype=bool)
     masks[0, 30:70, 30:50, 40:50] = True
-    size, _ = neighbourhood_windows(masks, blend_reach(4.0), stride=(4, 4, 4))
+    size, _ = _windows(masks, blur_radius(4.0), stride=(4, 4, 4))
     # x: [30 − 24, 70 + 24) = [6, 94) widened to the grid [4, 96) = 92; y: [6, 74) -> [4, 76) = 72; z: 58 < 64.
     assert size == (92, 72, MIN_WINDOW)
 
@@ -49,7 +55,7 @@ def test_a_large_tumour_gets_a_larger_window():
 def test_an_empty_mask_and_a_small_crop_are_handled():
     masks = np.zeros((2, 96, 40, 96), dtype=bool)
     masks[1, 0:5, 0:5, 90:96] = True
-    size, starts = neighbourhood_windows(masks, blend_reach(2.0), stride=(4, 4, 4))
+    size, starts = _windows(masks, blur_radius(2.0), stride=(4, 4, 4))
     assert size == (64, 40, 64) and starts[1].tolist() == [0, 0, 32]
 
 
@@ -83,7 +89,7 @@ def test_bad_fast_settings_are_refused(pipe):
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipeline = TumorInpaintPipeline.from_pretrained(BUNDLED_PIPELINE)
+    pipeline = TumorInpaintPipeline.from_pretrained(BUNDLED_PIPELINE).to(DEVICE)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -125,16 +131,17 @@ def test_fast_mode_keeps_the_input_outside_and_the_tumour_close(pipe, data_dir, 
     assert int(decoded_here.sum()) > 0.99 * 64 * 64 * 32 and not (blended & ~decoded_here).any()
 
 
-def test_full_float32_context_turns_tf32_off_on_cuda_only_and_restores_the_settings():
-    from difftumor.pipelines.tumor_inpaint.pipeline_tumor_inpaint import _full_float32
+def test_reproducible_float32_sets_cuda_flags_only_and_restores_them():
+    from difftumor.pipelines.tumor_inpaint.pipeline_tumor_inpaint import reproducible_float32
 
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    cudnn = torch.backends.cudnn
+    before = (torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic)
     try:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
-        with _full_float32(torch.device("cpu")):
-            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-        with _full_float32(torch.device("cuda")):  # flags only: no GPU needed
-            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic = True, True, False
+        with reproducible_float32(torch.device("cpu")):
+            assert cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32 and not cudnn.deterministic
+        with reproducible_float32(torch.device("cuda")):  # flags only: no GPU needed
+            assert not cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32 and cudnn.deterministic
+        assert cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32 and not cudnn.deterministic
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic = before

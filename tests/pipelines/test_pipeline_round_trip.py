@@ -8,13 +8,14 @@ import torch
 from difftumor import TumorInpaintPipeline
 from difftumor.errors import DiffTumorInputError
 from difftumor.schedulers import make_scheduler
+from tests.conftest import DEVICE
 
 
 @pytest.fixture()
 def small_pipeline(original_small):
     return TumorInpaintPipeline(
         original_small["vqmodel"], original_small["unet"], make_scheduler("ddpm", 4), organ="liver", tumor_stage="early"
-    )
+    ).to(DEVICE)
 
 
 def _crop_and_mask(seed=0):
@@ -43,7 +44,7 @@ def test_same_seed_same_result_and_untouched_voxels_keep_their_hu(small_pipeline
 def test_save_and_load_round_trip_is_bit_exact(small_pipeline, tmp_path):
     hu, mask = _crop_and_mask(1)
     small_pipeline.save_pretrained(tmp_path / "pipe")
-    loaded = TumorInpaintPipeline.from_pretrained(tmp_path / "pipe")
+    loaded = TumorInpaintPipeline.from_pretrained(tmp_path / "pipe").to(DEVICE)
     assert type(loaded.scheduler) is type(small_pipeline.scheduler)
     a = small_pipeline(hu, mask, generator=torch.Generator().manual_seed(3))
     b = loaded(hu, mask, generator=torch.Generator().manual_seed(3))
@@ -91,3 +92,11 @@ def test_bad_inputs_are_reported(small_pipeline):
     small_pipeline.scheduler = HeunDiscreteScheduler.from_config(small_pipeline.scheduler.config)
     with pytest.raises(DiffTumorInputError, match="heun needs a model trained with T >= 20"):
         small_pipeline(hu, mask)
+
+
+def test_outputs_are_on_the_inputs_device(small_pipeline):
+    """Blending runs on the pipeline's device; every output goes back where the input was."""
+    hu, mask = _crop_and_mask()
+    for inputs in ((hu, mask), (hu.to(DEVICE), mask.to(DEVICE))):
+        out = small_pipeline(*inputs, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+        assert {value.device for value in out.values()} == {inputs[0].device}

@@ -17,6 +17,7 @@ from difftumor import TumorInpaintPipeline
 from difftumor.assets import BUNDLED_PIPELINE, DEMO_CASE
 from difftumor.errors import DiffTumorInputError
 from difftumor.schedulers import available_schedulers, make_scheduler
+from tests.conftest import DEVICE
 
 #: Broken samplers were 110–160 HU off. Samplers that work: the deterministic ones agree within ~7 HU of each other
 #: (:data:`DETERMINISTIC_MARGIN_HU`), and differ from the ancestral DDPM by up to ~55 HU on this crop with the
@@ -27,7 +28,7 @@ DETERMINISTIC_MARGIN_HU = 15.0
 
 @pytest.fixture(scope="module")
 def case():
-    pipe = TumorInpaintPipeline.from_pretrained(BUNDLED_PIPELINE)
+    pipe = TumorInpaintPipeline.from_pretrained(BUNDLED_PIPELINE).to(DEVICE)
     ct = np.asanyarray(nib.load(str(DEMO_CASE / "ct.nii.gz")).dataobj).astype(np.float32)
     organs = np.asanyarray(nib.load(str(DEMO_CASE / "organs.nii.gz")).dataobj)
     centre = np.round(np.argwhere(organs == 5).mean(0)).astype(int) + 24
@@ -70,7 +71,7 @@ def released_t200():
     torch.manual_seed(0)
     pipe = TumorInpaintPipeline(
         VQModel3D().eval(), UNet3DInpaintModel().eval(), make_scheduler("ddim", 200), default_num_inference_steps=50
-    )
+    ).to(DEVICE)
     pipe.set_progress_bar_config(disable=True)
     ct = np.asanyarray(nib.load(str(DEMO_CASE / "ct.nii.gz")).dataobj).astype(np.float32)
     organs = np.asanyarray(nib.load(str(DEMO_CASE / "organs.nii.gz")).dataobj)

@@ -29,13 +29,8 @@ WINDOW_MARGIN = 8
 MIN_WINDOW = 64
 
 
-def blend_reach(sigma: float) -> int:
-    """Voxels beyond the tumour that the blending blur reaches (scipy's Gaussian, truncated at 4σ)."""
-    return int(4.0 * sigma + 0.5)
-
-
 def neighbourhood_windows(
-    masks: np.ndarray, reach: int, stride: tuple[int, int, int]
+    boxes: np.ndarray, shape: tuple[int, int, int], reach: int, stride: tuple[int, int, int]
 ) -> tuple[tuple[int, int, int], np.ndarray]:
     """One window size for the batch and each crop's window start.
 
@@ -43,27 +38,29 @@ def neighbourhood_windows(
     crop's edges), with its start and end on the latent grid.
 
     Args:
-        masks: ``(B, X, Y, Z)`` bool tumour masks.
-        reach: voxels the blend reaches beyond the tumour (:func:`blend_reach` of the largest σ).
+        boxes: ``(B, 2, 3)`` the tumours' ``[low, high)`` voxel boxes (:func:`~.blending.tumour_boxes`; empty masks
+            have ``low = high`` and get a centred window).
+        shape: the crops' size ``(X, Y, Z)``.
+        reach: voxels the blend reaches beyond the tumour (:func:`~.blending.blur_radius` of the largest σ).
         stride: the autoencoder's down-sampling per axis: window sizes and starts are multiples of it, so that the
             window is a block of the crop's latent cells (crop sizes are multiples of it too).
 
     Returns:
         ``(size, starts)``: window size ``(X, Y, Z)`` (at most the crop's) and ``(B, 3)`` int starts.
     """
-    shape = np.array(masks.shape[1:])
+    shape = np.array(shape)
     step = np.array(stride)
     needed = []  # per crop: the [low, high) voxels that must be decoded, widened to the latent grid
-    for mask in masks:
-        points = np.argwhere(mask)
-        low, high = (points.min(0), points.max(0) + 1) if len(points) else (shape // 2, shape // 2)
+    for low, high in boxes:
+        if not (high > low).all():
+            low, high = shape // 2, shape // 2
         low = np.maximum(low - reach - WINDOW_MARGIN, 0) // step * step
         high = np.minimum(-(-np.minimum(high + reach + WINDOW_MARGIN, shape) // step) * step, shape)
         needed.append((low, high))
     extent = np.max([high - low for low, high in needed], axis=0)
     floor = -(-MIN_WINDOW // step) * step
     size = np.minimum(np.maximum(extent, floor), shape)
-    starts = np.zeros((len(masks), 3), dtype=np.int64)
+    starts = np.zeros((len(boxes), 3), dtype=np.int64)
     for index, (low, high) in enumerate(needed):
         # Centre the window's spare room around what is needed, on the grid, inside the crop.
         spare = (size - (high - low)) // 2 // step * step

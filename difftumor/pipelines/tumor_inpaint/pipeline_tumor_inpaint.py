@@ -27,8 +27,9 @@ from ...models.vq_model_3d import VQModel3D
 # named in model_index.json), so every component module a saved pipeline may name is imported with this one.
 from ...schedulers import precise as _precise_schedulers  # noqa: F401
 from ...schedulers.registry import refusal
-from ...windowing import from_window, to_window
-from .fast_mode import blend_reach, fast_precision, neighbourhood_windows
+from ...windowing import to_window
+from .blending import blend_into_hu, blend_weights, blur_radius, tumour_boxes
+from .fast_mode import fast_precision, neighbourhood_windows
 
 _DIFFUSERS_SHIM = '''"""Lets plain diffusers load this folder:
 
@@ -278,15 +279,6 @@ class TumorInpaintPipeline(DiffusionPipeline):
             small_mask = F.interpolate(signed_mask, size=latents.shape[2:], mode="nearest")
         return torch.cat([latents, small_mask.to(latents.dtype)], dim=1)
 
-    @staticmethod
-    def blend_weights(tumor_mask: np.ndarray, sigma: float) -> np.ndarray:
-        """Gaussian-blurred tumour mask (scipy, float64, reflect, truncate 4) — exactly zero beyond ``4σ`` voxels of
-        the tumour, so everything farther away is left untouched."""
-        weights = tumor_mask.astype(np.float64)
-        if sigma > 0:
-            weights = ndimage.gaussian_filter(weights, sigma=sigma)
-        return weights
-
     # -- call ------------------------------------------------------------------------------------------------
 
     # Long by design, as every diffusers pipeline's __call__: checks, encoding, the sampling loop with its callbacks
@@ -355,11 +347,13 @@ class TumorInpaintPipeline(DiffusionPipeline):
         batch = image.shape[0]
         low, high = self.config.window
 
-        # Full float32 on CUDA for the models: TF32 convolutions (PyTorch's default on Ampere and later) moved single
-        # voxels of a painted crop by up to 30 HU against the CPU on an H200; without them, 0.0009 HU.
-        with _full_float32(torch.device(device)):
+        # On CUDA: full float32 (PyTorch's default TF32 moved voxels by 30 HU) and deterministic cuDNN algorithms.
+        with reproducible_float32(torch.device(device)):
             window_image = to_window(image.float(), low, high).permute(*_TO_MODEL_AXES).to(device, dtype)
-            model_mask = (tumor_mask > 0).permute(*_TO_MODEL_AXES).to(device, dtype)
+            tumour = (tumor_mask > 0).to(device)
+            # Read back now, while the device is idle: the boxes place the fast window and bound the blend's blur.
+            boxes = tumour_boxes(tumour[:, 0])
+            model_mask = tumour.permute(*_TO_MODEL_AXES).to(dtype)
             condition = self.encode_condition(window_image, model_mask)
 
             latent_shape = (batch, self.unet.config.sample_channels, *condition.shape[2:])
@@ -389,32 +383,38 @@ class TumorInpaintPipeline(DiffusionPipeline):
                         condition = (returned or {}).get("condition", condition)
                     progress_bar.update()
 
-            windows = self._fast_windows(tumor_mask, blur_sigma) if fast else None
+            windows = self._fast_windows(boxes, image.shape[2:], blur_sigma) if fast else None
             to_decode = latents if windows is None else self._latent_window(latents, *windows)
             # Through decode (offload hooks fire on it); its nearest-code search stays float32 under autocast.
             with fast_precision(torch.device(device)) if fast else contextlib.nullcontext():
                 decoded = self.vqmodel.decode(self.vqmodel.denormalize_latents(to_decode)).sample
-        decoded = decoded.permute(*_FROM_MODEL_AXES).float().cpu()
+        # Blending runs where the models ran (on a GPU, nothing waits on the host); the outputs go where the input was.
+        decoded = decoded.permute(*_FROM_MODEL_AXES).float()
         if windows is not None:
-            decoded = _paste(to_window(image.float().cpu(), low, high), decoded, *windows)
+            # The input's window scale computed where the input is: the same values whatever the pipeline's device.
+            decoded = _paste(to_window(image.float(), low, high).to(device), decoded, *windows)
 
         sigmas = self._blur_sigmas(blur_sigma, batch, generator)
-        masks = (tumor_mask > 0).cpu().numpy()
-        weights = np.stack([self.blend_weights(masks[i, 0], sigmas[i])[None] for i in range(batch)])
+        weights = blend_weights(tumour, sigmas, boxes)
         if suppress_stride_pattern:
             depth, height, width = self.latent_factor  # model (Z, X, Y) -> crop (X, Y, Z)
+            on_host, regions = decoded.cpu().numpy(), (weights > 0).cpu().numpy()
             decoded = torch.from_numpy(
                 np.stack(
                     [
-                        remove_stride_pattern(decoded[i, 0].numpy(), weights[i, 0] > 0, (height, width, depth))[None]
+                        remove_stride_pattern(on_host[i, 0], regions[i, 0], (height, width, depth))[None]
                         for i in range(batch)
                     ]
                 )
-            )
-        images = blend_into_hu(image.float().cpu(), decoded, torch.from_numpy(weights), low, high)
+            ).to(device)
+        images = blend_into_hu(image.float().to(device), decoded, weights, low, high)
+        output_device = image.device
 
         output = TumorInpaintPipelineOutput(
-            images=images, decoded=decoded, blend_weights=torch.from_numpy(weights).float(), latents=latents
+            images=images.to(output_device),
+            decoded=decoded.to(output_device),
+            blend_weights=weights.float().to(output_device),
+            latents=latents.to(output_device),
         )
         if output_type == "np":
             output = TumorInpaintPipelineOutput(
@@ -424,13 +424,13 @@ class TumorInpaintPipeline(DiffusionPipeline):
         return output if return_dict else output.to_tuple()
 
     def _fast_windows(
-        self, tumor_mask: torch.Tensor, blur_sigma: float | list[float] | None
+        self, boxes: np.ndarray, shape: tuple[int, ...], blur_sigma: float | list[float] | None
     ) -> tuple[tuple[int, int, int], np.ndarray]:
         """Window size (X, Y, Z) and per-crop starts of the fast mode (see :func:`neighbourhood_windows`)."""
         largest_sigma = _MAX_DRAWN_SIGMA if blur_sigma is None else max(np.atleast_1d(np.asarray(blur_sigma, float)))
         depth, height, width = self.latent_factor
         return neighbourhood_windows(
-            (tumor_mask[:, 0] > 0).cpu().numpy(), blend_reach(float(largest_sigma)), stride=(height, width, depth)
+            boxes, tuple(shape), blur_radius(float(largest_sigma)), stride=(height, width, depth)
         )
 
     def _latent_window(self, latents: torch.Tensor, size: tuple[int, int, int], starts: np.ndarray) -> torch.Tensor:
@@ -498,8 +498,14 @@ def remove_stride_pattern(decoded: np.ndarray, region: np.ndarray, period: tuple
 
 
 @contextlib.contextmanager
-def _full_float32(device: torch.device) -> Iterator[None]:
-    """cuDNN convolutions and cuBLAS products without TF32 on a CUDA ``device`` (the caller's settings restored)."""
+def reproducible_float32(device: torch.device) -> Iterator[None]:
+    """On a CUDA ``device``: cuDNN convolutions and cuBLAS products in full float32 (no TF32) with cuDNN's
+    deterministic algorithms, the caller's settings restored after. Elsewhere a no-op.
+
+    TF32 moved single voxels of a painted crop by up to 30 HU against the CPU on an H200 (0.0009 HU without it), and
+    cuDNN's default transposed-convolution algorithms accumulate with atomics: two calls with one seed differed by
+    1e-4 HU in 4 % of the voxels.
+    """
     if device.type != "cuda":
         yield
         return
@@ -507,9 +513,7 @@ def _full_float32(device: torch.device) -> Iterator[None]:
     cudnn = torch.backends.cudnn
     try:
         torch.backends.cuda.matmul.allow_tf32 = False
-        with cudnn.flags(
-            enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
-        ):
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=True, allow_tf32=False):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
@@ -524,18 +528,3 @@ def step_kwargs(scheduler: Any, generator: torch.Generator | list[torch.Generato
     if "eta" in accepted:
         kwargs["eta"] = 0.0
     return kwargs
-
-
-def blend_into_hu(
-    image: torch.Tensor, decoded: torch.Tensor, weights: torch.Tensor, low: float, high: float
-) -> torch.Tensor:
-    """Blend decoded crops into HU crops: ``(1 − w)·image + w·decoded_HU`` where ``w > 0``, the input elsewhere.
-
-    The decoded crop (window scale [-1, 1]) is clamped to the window before mapping back to HU, as the original
-    clamps it; the input keeps its own HU even outside the window, so bone or air near a tumour keeps its value
-    wherever the weight is 0. Computed in float64 like the original's blend.
-    """
-    decoded_hu = from_window(decoded.double().clamp(-1, 1), low, high)
-    weights = weights.double()
-    blended = (1 - weights) * image.double() + weights * decoded_hu
-    return torch.where(weights > 0, blended, image.double()).to(image.dtype)
