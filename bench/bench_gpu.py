@@ -119,15 +119,17 @@ def main() -> None:
         crops, masks = hu.repeat(batch, 1, 1, 1, 1).cuda(), mask.repeat(batch, 1, 1, 1, 1).cuda()
         # The exact path also with cuDNN's own (deterministic) transposed convolutions, for the phase form's gain.
         for fast, phases in ((False, True), (False, False), (True, True)):
-            transposed_conv.ENABLED_ON_CUDA = phases
-            with torch.no_grad():
-                seconds = _seconds(
-                    lambda crops=crops, masks=masks, fast=fast: gpu(
-                        crops, masks, generator=torch.Generator().manual_seed(0), fast=fast
-                    ),
-                    args.repeats,
-                )
-            transposed_conv.ENABLED_ON_CUDA = True
+            transposed_conv.DEVICE_TYPES = {"cuda"} if phases else set()
+            try:
+                with torch.no_grad():
+                    seconds = _seconds(
+                        lambda crops=crops, masks=masks, fast=fast: gpu(
+                            crops, masks, generator=torch.Generator().manual_seed(0), fast=fast
+                        ),
+                        args.repeats,
+                    )
+            finally:
+                transposed_conv.DEVICE_TYPES = {"cuda"}
             print(
                 json.dumps(
                     {

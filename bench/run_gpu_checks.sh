@@ -15,4 +15,9 @@ DIFFTUMOR_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -
     tests/schedulers/test_samplers_on_real_ct.py \
     "tests/conversion/test_conversion.py::test_convert_command_writes_a_pipeline_that_reproduces_the_original" \
     2>&1 | tee "$out/pytest_cuda.log" | tail -25
-timeout "${BENCH_TIMEOUT:-300}" python3 bench/bench_gpu.py --batches 1 8 32 --repeats "${REPEATS:-5}" --profile "${PROFILE:-8}" 2>&1 | tee "$out/bench_gpu.log"
+tests=${PIPESTATUS[0]}
+timeout "${BENCH_TIMEOUT:-300}" python3 bench/bench_gpu.py --batches 1 8 32 --repeats "${REPEATS:-5}" \
+    --profile "${PROFILE:-8}" 2>&1 | tee "$out/bench_gpu.log"
+bench=${PIPESTATUS[0]}
+echo "tests exit $tests, bench exit $bench"
+exit $(( tests != 0 ? tests : bench ))

@@ -107,7 +107,7 @@ class SamePadConvTranspose3d(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         padded = F.pad(hidden_states, self.padding, mode=self.padding_mode)
         layer = self.convt
-        if padded.is_cuda and transposed_conv.ENABLED_ON_CUDA and not torch.is_grad_enabled() and not has_hooks(layer):
+        if padded.device.type in transposed_conv.DEVICE_TYPES and not torch.is_grad_enabled() and not has_hooks(layer):
             # Deterministic and fast on cuDNN (see models/transposed_conv.py).
             by_phases = transposed_conv.conv_transpose3d_by_phases
             return by_phases(padded, layer.weight, layer.bias, layer.stride, layer.padding)

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-#: Whether :class:`~.autoencoder_blocks_3d.SamePadConvTranspose3d` uses the phase form on CUDA in inference (a switch
-#: for benchmarks: ``bench/bench_gpu.py`` times both).
-ENABLED_ON_CUDA = True
+#: Device types on which :class:`~.autoencoder_blocks_3d.SamePadConvTranspose3d` uses the phase form in inference
+#: (``bench/bench_gpu.py`` empties it to time cuDNN's own; tests add ``"cpu"`` to check the dispatch).
+DEVICE_TYPES = {"cuda"}
 
 
 def conv_transpose3d_by_phases(
@@ -29,7 +29,10 @@ def conv_transpose3d_by_phases(
     stride: Sequence[int],
     padding: Sequence[int],
 ) -> torch.Tensor:
-    """``F.conv_transpose3d(x, weight, bias, stride, padding)`` (no output padding, dilation or groups).
+    """``F.conv_transpose3d(x, weight, bias, stride, padding)`` (no output padding, dilation or groups), for kernels at
+    least as long as the stride (every phase has taps) and outputs at least one stride long.
+
+    The result is contiguous (``NCDHW``) whatever ``x``'s layout: the GPU figures in BENCHMARKS.md were measured so.
 
     Args:
         x: ``(B, C_in, D, H, W)``.
@@ -42,6 +45,11 @@ def conv_transpose3d_by_phases(
     """
     kernel = weight.shape[2:]
     sizes = [(n - 1) * s - 2 * p + k for n, s, p, k in zip(x.shape[2:], stride, padding, kernel)]
+    if any(k < s or size < s for k, s, size in zip(kernel, stride, sizes)):
+        raise ValueError(
+            f"phase form needs kernel >= stride and output >= stride per axis (kernel {tuple(kernel)}, stride "
+            f"{tuple(stride)}, output {tuple(sizes)}): use F.conv_transpose3d"
+        )
     out = None
     for phase in itertools.product(*(range(s) for s in stride)):
         taps, windows, outputs = [], [], []

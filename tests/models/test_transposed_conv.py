@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from difftumor.models import transposed_conv
 from difftumor.models.autoencoder_blocks_3d import SamePadConvTranspose3d
 from difftumor.models.transposed_conv import conv_transpose3d_by_phases
 from difftumor.pipelines.tumor_inpaint.pipeline_tumor_inpaint import reproducible_float32
@@ -32,15 +33,38 @@ def test_equals_the_transposed_convolution_in_float64(kernel, stride, padding, s
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
 
 
-def test_the_layer_gives_the_same_in_inference_and_with_autograd():
-    """On CUDA inference takes the phase form and autograd cuDNN's transposed convolution; on a CPU both are the
-    transposed convolution."""
+def test_the_layer_uses_it_in_inference_only_and_gives_the_same(monkeypatch):
+    """Inference without hooks takes the phase form on the listed devices (CUDA; here also this test's device),
+    autograd and hooked layers the transposed convolution — with the same result."""
+    calls = []
+    original = transposed_conv.conv_transpose3d_by_phases
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transposed_conv, "conv_transpose3d_by_phases", counted)
+    monkeypatch.setattr(transposed_conv, "DEVICE_TYPES", {"cuda", DEVICE.type})
     torch.manual_seed(0)
     layer = SamePadConvTranspose3d(8, 4, 4, stride=(1, 2, 2)).to(DEVICE)
     x = torch.randn(1, 8, 6, 7, 8, device=DEVICE)
     with reproducible_float32(DEVICE):
         with torch.no_grad():
             inference = layer(x)
+        assert len(calls) == 1
         training = layer(x.requires_grad_()).detach()
+        assert len(calls) == 1
+        handle = layer.convt.register_forward_hook(lambda *args: None)
+        with torch.no_grad():
+            hooked = layer(x)
+        handle.remove()
+        assert len(calls) == 1
     assert inference.shape == (1, 4, 6, 14, 16)
     torch.testing.assert_close(inference, training, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hooked, training, rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_shorter_than_the_stride_are_refused():
+    x, weight = torch.randn(1, 2, 4, 4, 4), torch.randn(2, 3, 1, 2, 2)
+    with pytest.raises(ValueError, match="kernel >= stride"):
+        conv_transpose3d_by_phases(x, weight, None, (2, 2, 2), (0, 0, 0))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from difftumor.pipelines.tumor_inpaint.blending import blend_weights, blur_radius, gaussian_blur_mask, tumour_boxes
+from difftumor.pipelines.tumor_inpaint.blending import blend_weights, blur_radius, gaussian_blur_mask, tumor_boxes
 from tests.conftest import DEVICE
 
 
@@ -49,5 +49,14 @@ def test_boxes_are_the_masks_bounding_boxes_and_empty_masks_are_marked():
     masks = torch.zeros(3, 20, 30, 40, dtype=torch.bool, device=DEVICE)
     masks[0, 3:7, 0:30, 39] = True
     masks[1, 19, 5, 6] = True
-    boxes = tumour_boxes(masks)
+    boxes = tumor_boxes(masks)
     assert boxes.tolist() == [[[3, 0, 39], [7, 30, 40]], [[19, 5, 6], [20, 6, 7]], [[0, 0, 0], [0, 0, 0]]]
+
+
+def test_the_callers_mask_is_left_as_it_was():
+    mask = torch.zeros(16, 16, 16, dtype=torch.float64, device=DEVICE)
+    mask[6:9, 6:9, 6:9] = 1
+    before = mask.clone()
+    assert not torch.equal(gaussian_blur_mask(mask, 2.0), before)
+    assert torch.equal(mask, before)
+    assert torch.equal(gaussian_blur_mask(mask, 1e-16), before)  # SciPy leaves σ ≤ 1e-15 unfiltered

@@ -11,14 +11,14 @@ import torch
 from difftumor import TumorInpaintPipeline
 from difftumor.assets import BUNDLED_PIPELINE
 from difftumor.pipelines.tumor_inpaint import fast_mode
-from difftumor.pipelines.tumor_inpaint.blending import blur_radius, tumour_boxes
+from difftumor.pipelines.tumor_inpaint.blending import blur_radius, tumor_boxes
 from difftumor.pipelines.tumor_inpaint.fast_mode import MIN_WINDOW, WINDOW_MARGIN, neighbourhood_windows
 from difftumor.windowing import to_window
 from tests.conftest import DEVICE
 
 
 def _windows(masks: np.ndarray, reach: int, stride: tuple[int, int, int]):
-    return neighbourhood_windows(tumour_boxes(torch.from_numpy(masks)), masks.shape[1:], reach, stride)
+    return neighbourhood_windows(tumor_boxes(torch.from_numpy(masks)), masks.shape[1:], reach, stride)
 
 
 @pytest.mark.parametrize("stride", [(4, 4, 4), (8, 8, 2), (16, 16, 16)])

@@ -19,6 +19,8 @@ from ...windowing import from_window
 
 #: SciPy's default truncation of the Gaussian, in σ.
 TRUNCATE = 4.0
+#: SciPy leaves an axis unfiltered at this σ or below.
+_SCIPY_SMALLEST_SIGMA = 1e-15
 
 
 def blur_radius(sigma: float) -> int:
@@ -26,7 +28,7 @@ def blur_radius(sigma: float) -> int:
     return int(TRUNCATE * sigma + 0.5)
 
 
-def tumour_boxes(masks: torch.Tensor) -> np.ndarray:
+def tumor_boxes(masks: torch.Tensor) -> np.ndarray:
     """Bounding boxes of ``(B, X, Y, Z)`` bool masks as ``(B, 2, 3)`` int64 ``[low, high)`` per axis, reduced on the
     masks' device and read back in one transfer; an empty mask's box is ``low = high = 0``."""
     bounds = []
@@ -72,31 +74,31 @@ def gaussian_blur_mask(mask: torch.Tensor, sigma: float, box: np.ndarray | None 
     """``scipy.ndimage.gaussian_filter(mask.double(), σ)`` of one ``(X, Y, Z)`` mask, float64 on the mask's device.
 
     Equal to SciPy's up to float64 rounding of the sums (≤ 1e-15 apart); exactly 0 beyond ``int(4σ + 0.5)`` voxels of
-    the mask, like SciPy's. ``σ = 0`` returns the mask (SciPy skips the filter). ``box``: the mask's
-    :func:`tumour_boxes` entry, when already known.
+    the mask, like SciPy's. ``σ ≤ 1e-15`` returns the mask (SciPy skips the filter there). ``box``: the mask's
+    :func:`tumor_boxes` entry, when already known.
     """
-    weights = mask.to(torch.float64)
-    box = tumour_boxes(mask[None])[0] if box is None else box
-    if sigma <= 0 or not (box[1] > box[0]).all():
+    weights = mask.to(torch.float64, copy=True)  # written into below: never the caller's tensor
+    box = tumor_boxes(mask[None])[0] if box is None else box
+    if sigma <= _SCIPY_SMALLEST_SIGMA or not (box[1] > box[0]).all():
         return weights
     radius = blur_radius(sigma)
     low = np.maximum(box[0] - radius, 0).tolist()
     high = np.minimum(box[1] + radius, mask.shape).tolist()
-    box = weights[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+    region = weights[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
     kernel = gaussian_kernel(sigma, mask.device)
     for axis in range(3):
-        box = _blur_along(box, axis, kernel, low[axis], mask.shape[axis])
-    weights[low[0] : high[0], low[1] : high[1], low[2] : high[2]] = box
+        region = _blur_along(region, axis, kernel, low[axis], mask.shape[axis])
+    weights[low[0] : high[0], low[1] : high[1], low[2] : high[2]] = region
     return weights
 
 
 def blend_weights(tumor_masks: torch.Tensor, sigmas: Sequence[float], boxes: np.ndarray | None = None) -> torch.Tensor:
     """Blurred tumour masks ``(B, 1, X, Y, Z)`` float64 in [0, 1], one σ (voxels) per crop, on the masks' device.
 
-    ``boxes``: the masks' :func:`tumour_boxes`, when already known (each computed box costs a device round trip).
+    ``boxes``: the masks' :func:`tumor_boxes`, when already known (each computed box costs a device round trip).
     """
     masks = tumor_masks[:, 0] > 0
-    boxes = tumour_boxes(masks) if boxes is None else boxes
+    boxes = tumor_boxes(masks) if boxes is None else boxes
     return torch.stack([gaussian_blur_mask(m, s, b)[None] for m, s, b in zip(masks, sigmas, boxes)])
 
 

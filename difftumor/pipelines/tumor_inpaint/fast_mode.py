@@ -38,7 +38,7 @@ def neighbourhood_windows(
     crop's edges), with its start and end on the latent grid.
 
     Args:
-        boxes: ``(B, 2, 3)`` the tumours' ``[low, high)`` voxel boxes (:func:`~.blending.tumour_boxes`; empty masks
+        boxes: ``(B, 2, 3)`` the tumours' ``[low, high)`` voxel boxes (:func:`~.blending.tumor_boxes`; empty masks
             have ``low = high`` and get a centred window).
         shape: the crops' size ``(X, Y, Z)``.
         reach: voxels the blend reaches beyond the tumour (:func:`~.blending.blur_radius` of the largest σ).

@@ -28,7 +28,7 @@ from ...models.vq_model_3d import VQModel3D
 from ...schedulers import precise as _precise_schedulers  # noqa: F401
 from ...schedulers.registry import refusal
 from ...windowing import to_window
-from .blending import blend_into_hu, blend_weights, blur_radius, tumour_boxes
+from .blending import blend_into_hu, blend_weights, blur_radius, tumor_boxes
 from .fast_mode import fast_precision, neighbourhood_windows
 
 _DIFFUSERS_SHIM = '''"""Lets plain diffusers load this folder:
@@ -90,6 +90,8 @@ class TumorInpaintPipelineOutput(BaseOutput):
         blend_weights (`torch.Tensor` of shape `(B, 1, X, Y, Z)`, float32, [0, 1]): the blurred tumour masks used for
             blending (0 where the input was kept).
         latents (`torch.Tensor` of shape `(B, C, D/f, X/f, Y/f)`): final normalised latents of the sampler.
+
+    Every tensor is on the device the input ``image`` came on (the CPU for NumPy input).
     """
 
     images: torch.Tensor
@@ -327,7 +329,8 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 ``callback_on_step_end_tensor_inputs`` (``"latents"`` by default) and may return replacements.
 
         Returns:
-            :class:`TumorInpaintPipelineOutput` (HU crops, decoded crops, blend weights, final latents).
+            :class:`TumorInpaintPipelineOutput` (HU crops, decoded crops, blend weights, final latents), on the
+            input's device; the models and the blend run on the pipeline's.
         """
         if output_type not in ("pt", "np"):
             raise DiffTumorInputError(f"output_type {output_type!r} is not supported", "use 'pt' or 'np'")
@@ -352,7 +355,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
             window_image = to_window(image.float(), low, high).permute(*_TO_MODEL_AXES).to(device, dtype)
             tumour = (tumor_mask > 0).to(device)
             # Read back now, while the device is idle: the boxes place the fast window and bound the blend's blur.
-            boxes = tumour_boxes(tumour[:, 0])
+            boxes = tumor_boxes(tumour[:, 0])
             model_mask = tumour.permute(*_TO_MODEL_AXES).to(dtype)
             condition = self.encode_condition(window_image, model_mask)
 
@@ -388,14 +391,15 @@ class TumorInpaintPipeline(DiffusionPipeline):
             # Through decode (offload hooks fire on it); its nearest-code search stays float32 under autocast.
             with fast_precision(torch.device(device)) if fast else contextlib.nullcontext():
                 decoded = self.vqmodel.decode(self.vqmodel.denormalize_latents(to_decode)).sample
-        # Blending runs where the models ran (on a GPU, nothing waits on the host); the outputs go where the input was.
+            # Blending runs where the models ran (on a GPU nothing waits on the host), its float64 blur with the same
+            # deterministic algorithms; the outputs go where the input was.
+            sigmas = self._blur_sigmas(blur_sigma, batch, generator)
+            weights = blend_weights(tumour, sigmas, boxes)
         decoded = decoded.permute(*_FROM_MODEL_AXES).float()
         if windows is not None:
             # The input's window scale computed where the input is: the same values whatever the pipeline's device.
             decoded = _paste(to_window(image.float(), low, high).to(device), decoded, *windows)
 
-        sigmas = self._blur_sigmas(blur_sigma, batch, generator)
-        weights = blend_weights(tumour, sigmas, boxes)
         if suppress_stride_pattern:
             depth, height, width = self.latent_factor  # model (Z, X, Y) -> crop (X, Y, Z)
             on_host, regions = decoded.cpu().numpy(), (weights > 0).cpu().numpy()
