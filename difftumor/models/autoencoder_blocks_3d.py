@@ -31,6 +31,34 @@ def _same_padding(kernel_size: Sequence[int], stride: Sequence[int]) -> tuple[in
     return tuple(pads)
 
 
+def pad_volume(hidden_states: torch.Tensor, pads: tuple[int, ...], mode: str) -> torch.Tensor:
+    """``F.pad(hidden_states, pads, mode=mode)`` for ``(B, C, D, H, W)``.
+
+    For channels-last CPU tensors in inference, the inside is copied into a fresh channels-last tensor and the border
+    filled from it (:func:`_fill_padding_`): PyTorch's replication padding of a channels-last 32-channel 32 × 64²
+    window took 3.6 ms against 0.9 ms (the fast mode's window decode pads 25 times).
+    """
+    channels_last = not hidden_states.is_contiguous() and hidden_states.is_contiguous(
+        memory_format=torch.channels_last_3d
+    )
+    if not (
+        channels_last
+        and hidden_states.device.type == "cpu"
+        and mode in _SLAB_PADDING_MODES
+        and not torch.is_grad_enabled()
+    ):
+        return F.pad(hidden_states, pads, mode=mode)
+    batch, channels, *sizes = hidden_states.shape
+    before, after = pads[4::-2], pads[5::-2]  # (D, H, W) order
+    shape = (batch, channels, *(n + b + a for n, b, a in zip(sizes, before, after)))
+    like = {"dtype": hidden_states.dtype, "device": hidden_states.device}
+    padded = torch.empty(shape, **like, memory_format=torch.channels_last_3d)
+    inside = (slice(None), slice(None), *(slice(b, b + n) for b, n in zip(before, sizes)))
+    padded[inside].copy_(hidden_states)
+    _fill_padding_(padded, pads, mode)
+    return padded
+
+
 def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
     if isinstance(value, int):
         return (value, value, value)
@@ -57,7 +85,7 @@ class SamePadConv3d(nn.Module):
     def pad(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The explicitly padded input the convolution runs on (``hidden_states`` itself when no padding)."""
         if any(self.padding):
-            hidden_states = F.pad(hidden_states, self.padding, mode=self.padding_mode)
+            hidden_states = pad_volume(hidden_states, self.padding, self.padding_mode)
         return hidden_states
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -105,7 +133,7 @@ class SamePadConvTranspose3d(nn.Module):
         )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(hidden_states, self.padding, mode=self.padding_mode)
+        padded = pad_volume(hidden_states, self.padding, self.padding_mode)
         layer = self.convt
         if padded.device.type in transposed_conv.DEVICE_TYPES and not torch.is_grad_enabled() and not has_hooks(layer):
             # Deterministic and fast on cuDNN (see models/transposed_conv.py).

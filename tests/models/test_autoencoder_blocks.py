@@ -145,3 +145,23 @@ def test_fast_paths_step_aside_under_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not _conv_by_taps_applies(conv, x)
             assert not supports_depth_winograd(torch.nn.Conv3d(8, 8, 3), x)
+
+
+@pytest.mark.parametrize("mode", ["replicate", "reflect", "constant"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pad_volume_is_f_pad_and_keeps_channels_last(mode, dtype, monkeypatch):
+    """Its own fill for channels-last CPU tensors in inference (F.pad is not called), equal to F.pad."""
+    from difftumor.models.autoencoder_blocks_3d import pad_volume
+
+    generator = torch.Generator().manual_seed(0)
+    cases = []
+    for pads in ((1, 1, 1, 1, 1, 1), (2, 1, 1, 2, 0, 3), (1, 2, 0, 0, 1, 1)):
+        x = torch.randn(2, 5, 6, 7, 8, generator=generator).to(dtype)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        cases.append((x, pads, torch.nn.functional.pad(x, pads, mode=mode)))
+    monkeypatch.setattr(autoencoder_blocks_3d.F, "pad", None)
+    for x, pads, expected in cases:
+        with torch.no_grad():
+            padded = pad_volume(x, pads, mode)
+        assert torch.equal(padded, expected)
+        assert padded.is_contiguous(memory_format=torch.channels_last_3d)
