@@ -41,8 +41,12 @@ def pad_volume(hidden_states: torch.Tensor, pads: tuple[int, ...], mode: str) ->
     channels_last = not hidden_states.is_contiguous() and hidden_states.is_contiguous(
         memory_format=torch.channels_last_3d
     )
+    plain_pads = len(pads) == 6 and min(pads) >= 0
+    if mode == "reflect" and plain_pads:  # too wide: F.pad raises its own error
+        plain_pads = all(max(pads[2 * i : 2 * i + 2]) < hidden_states.shape[4 - i] for i in range(3))
     if not (
         channels_last
+        and plain_pads
         and hidden_states.device.type == "cpu"
         and mode in _SLAB_PADDING_MODES
         and not torch.is_grad_enabled()

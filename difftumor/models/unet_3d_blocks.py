@@ -206,12 +206,17 @@ class DepthAttention(nn.Module):
         """
         if torch.is_grad_enabled() or cos.device.type != "cpu":
             return self._fold_rotary(cos, sin)
-        tables = (cos.dtype, cos.shape, cos.numpy().tobytes(), sin.numpy().tobytes())  # 3 KB: cheaper than a fold
+        # 3 KB, cheaper than a fold; float64 holds every dtype's values exactly (NumPy has no bfloat16).
+        tables = (cos.dtype, cos.shape, cos.double().numpy().tobytes(), sin.double().numpy().tobytes())
         return derived_weights(self, self.to_qkv.weight, tables, lambda: self._fold_rotary(cos, sin))
 
     def _fold_rotary(self, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         depth = cos.shape[0]
         query, key, value = self.to_qkv.weight.view(3, self.heads, -1, self.to_qkv.in_features).unbind(0)
+        unrotated = query.shape[1] - cos.shape[1]
+        if unrotated:  # heads wider than the rotary (32): the rest of each head passes unrotated, as in the original
+            cos = torch.cat([cos, cos.new_ones(depth, unrotated)], dim=1)
+            sin = torch.cat([sin, sin.new_zeros(depth, unrotated)], dim=1)
         cos, sin = cos[:, None, :, None], sin[:, None, :, None]
         rotated_query = (cos * query + sin * _pair_rotation(query)) * self.scale
         rotated_key = cos * key + sin * _pair_rotation(key)
@@ -229,8 +234,8 @@ class DepthAttention(nn.Module):
         weights = self._depth_weights(*rotary).transpose(1, 2)
         blocks = []
         # By blocks of positions on CPU: at the released top level the whole qkv is 42 MB (fresh pages on every call,
-        # out of cache); 64 positions keep it at 4.7 MB: one attention 3x faster (AVX2 and AVX-512). GPUs want the
-        # whole batch at once (blocks measured 3-12x slower on an H200).
+        # out of cache); 64 positions keep it at 4.7 MB (blocks of 128 made one attention 3x faster than none).
+        # GPUs want the whole batch at once (blocks measured 3-12x slower on an H200).
         step = _DEPTH_ATTENTION_POSITIONS if tokens.device.type == "cpu" else positions
         for start in range(0, positions, step):
             block = columns[:, start : start + step]
@@ -289,9 +294,10 @@ class PlaneLinearAttention(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # The same sums as ``(softmax_n(k)ᵀ v)ᵀ softmax_d(q)`` per head, arranged so that nothing 256 channels wide is
         # permuted: keys and values are projected straight into head-major ``(slice, head, position, d)`` (one
-        # broadcast product from the 24-wide input), so each head's context is one batched product with no copy and
-        # no cross-head blocks (1/8 of the FLOPs of a product over all head pairs); the output projection and scale
-        # are folded into the context, so the 256-wide per-position output is never materialised.
+        # broadcast product, which copies only the narrow input, once per head), so each head's context is one
+        # batched product with no cross-head blocks (1/8 of the FLOPs of a product over all head pairs); the output
+        # projection and scale are folded into the context, so the 256-wide per-position output is never
+        # materialised.
         batch, depth, height, width, channels = tokens.shape
         slices, positions = batch * depth, height * width
         normed = self.norm(tokens).reshape(slices, positions, channels)

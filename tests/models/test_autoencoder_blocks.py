@@ -165,3 +165,16 @@ def test_pad_volume_is_f_pad_and_keeps_channels_last(mode, dtype, monkeypatch):
             padded = pad_volume(x, pads, mode)
         assert torch.equal(padded, expected)
         assert padded.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_pad_volume_leaves_what_it_does_not_handle_to_f_pad():
+    from difftumor.models.autoencoder_blocks_3d import pad_volume
+
+    x = torch.randn(1, 2, 3, 4, 5).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad(), pytest.raises(RuntimeError):  # F.pad's own error for reflect wider than the axis
+        pad_volume(x, (1, 1, 1, 1, 3, 3), "reflect")
+    with torch.no_grad():
+        assert torch.equal(pad_volume(x, (1, 1), "constant"), torch.nn.functional.pad(x, (1, 1), mode="constant"))
+    grad = x.clone().requires_grad_()
+    pad_volume(grad, (1, 1, 1, 1, 1, 1), "replicate").sum().backward()
+    assert grad.grad is not None

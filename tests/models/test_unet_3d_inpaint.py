@@ -94,9 +94,49 @@ def test_blocked_attention_equals_whole_attention(monkeypatch):
     rotary = unet_3d_blocks.RotaryEmbedding(8).tables(6, tokens.device, tokens.dtype)
     bias = unet_3d_blocks.RelativePositionBias(4)(6)
     with torch.no_grad():
+        monkeypatch.setattr(unet_3d_blocks, "_DEPTH_ATTENTION_POSITIONS", 10**6)  # one block, as on a GPU
+        monkeypatch.setattr(unet_3d_blocks, "_PLANE_ATTENTION_TOKENS", 10**6)
         whole = depth_attention(tokens, bias, rotary), plane_attention(tokens)
         monkeypatch.setattr(unet_3d_blocks, "_DEPTH_ATTENTION_POSITIONS", 16)  # 70 positions: 5 blocks
         monkeypatch.setattr(unet_3d_blocks, "_PLANE_ATTENTION_TOKENS", 80)  # 35 per slice: 2 slices per block
         blocked = depth_attention(tokens, bias, rotary), plane_attention(tokens)
     for a, b in zip(whole, blocked):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim_head", [8, 64])
+def test_depth_attention_rotates_the_first_32_channels_of_each_head(dim_head):
+    """Against a plain computation: rotary on the first min(32, d) channels of the scaled queries and the keys (the
+    rest of a wider head unrotated), the position bias, softmax over depth — in float64, grad on and off; and a
+    bfloat16 model runs in inference."""
+    from difftumor.models import unet_3d_blocks
+
+    torch.manual_seed(0)
+    heads, channels, depth = 2, 12, 5
+    attention = unet_3d_blocks.DepthAttention(channels, heads, dim_head).eval().double()
+    tokens = torch.randn(1, depth, 3, 4, channels, dtype=torch.float64)
+    rotary = unet_3d_blocks.RotaryEmbedding(min(32, dim_head)).tables(depth, tokens.device, tokens.dtype)
+    bias = unet_3d_blocks.RelativePositionBias(heads)(depth).double()
+
+    normed = attention.norm(tokens)
+    q, k, v = attention.to_qkv(normed).view(1, depth, 3, 4, 3, heads, dim_head).unbind(4)
+    width = rotary[0].shape[1]
+    cos, sin = (t.view(depth, 1, 1, 1, width) for t in rotary)
+
+    def rotate(x):
+        part = x[..., :width]
+        pairs = part.unflatten(-1, (-1, 2))
+        turned = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        return torch.cat([part * cos + turned * sin, x[..., width:]], dim=-1)
+
+    q, k = rotate(q * attention.scale), rotate(k)
+    logits = torch.einsum("bihwnd,bjhwnd->bhwnij", q, k) + bias
+    out = torch.einsum("bhwnij,bjhwnd->bihwnd", logits.softmax(-1), v).flatten(-2)
+    expected = tokens + attention.to_out(out)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(tokens, bias, rotary), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(attention(tokens, bias, rotary), expected, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        low = attention.to(torch.bfloat16)
+        tables = tuple(t.to(torch.bfloat16) for t in rotary)
+        assert torch.isfinite(low(tokens.to(torch.bfloat16), bias.to(torch.bfloat16), tables)).all()
