@@ -105,8 +105,9 @@ def main() -> None:
     times: dict[str, list[float]] = {"reference": [], "current": []}
     with torch.no_grad():
         difference = (reference(sample, 3, condition).sample - current(sample, 3, condition).sample).abs().max()
-        for _ in range(args.repeats):
-            for name, model in (("reference", reference), ("current", current)):
+        for repeat in range(args.repeats):
+            pair = (("reference", reference), ("current", current))
+            for name, model in pair[:: 1 if repeat % 2 == 0 else -1]:
                 start = time.perf_counter()
                 model(sample, 3, condition)
                 times[name].append(time.perf_counter() - start)
