@@ -43,7 +43,10 @@ def pad_volume(hidden_states: torch.Tensor, pads: tuple[int, ...], mode: str) ->
     )
     plain_pads = len(pads) == 6 and min(pads) >= 0
     if mode == "reflect" and plain_pads:  # too wide: F.pad raises its own error
-        plain_pads = all(max(pads[2 * i : 2 * i + 2]) < hidden_states.shape[4 - i] for i in range(3))
+        plain_pads = all(
+            _reflect_fits(before, after, size)
+            for before, after, size in zip(pads[0::2], pads[1::2], hidden_states.shape[:1:-1])
+        )
     if not (
         channels_last
         and plain_pads
@@ -52,15 +55,32 @@ def pad_volume(hidden_states: torch.Tensor, pads: tuple[int, ...], mode: str) ->
         and not torch.is_grad_enabled()
     ):
         return F.pad(hidden_states, pads, mode=mode)
-    batch, channels, *sizes = hidden_states.shape
-    before, after = pads[4::-2], pads[5::-2]  # (D, H, W) order
-    shape = (batch, channels, *(n + b + a for n, b, a in zip(sizes, before, after)))
-    like = {"dtype": hidden_states.dtype, "device": hidden_states.device}
-    padded = torch.empty(shape, **like, memory_format=torch.channels_last_3d)
-    inside = (slice(None), slice(None), *(slice(b, b + n) for b, n in zip(before, sizes)))
-    padded[inside].copy_(hidden_states)
+    padded, inside = _padded_buffer(hidden_states, hidden_states.shape[2:], pads)
+    inside.copy_(hidden_states)
     _fill_padding_(padded, pads, mode)
     return padded
+
+
+def _padded_buffer(
+    like: torch.Tensor,
+    sizes: Sequence[int],
+    pads: Sequence[int],
+    workspace: dict[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A channels-last ``(B, C, *sizes)`` tensor padded by ``pads`` (``F.pad`` order), and the view of its inside.
+
+    With a ``workspace`` the buffer is the reused scratch tensor ``"padded"`` (:func:`scratch`); unfilled either way.
+    """
+    before, after = pads[4::-2], pads[5::-2]  # (D, H, W) order
+    shape = (*like.shape[:2], *(n + b + a for n, b, a in zip(sizes, before, after)))
+    padded = scratch(workspace, "padded", shape, like, torch.channels_last_3d)
+    inside = padded[(slice(None), slice(None), *(slice(b, b + n) for b, n in zip(before, sizes)))]
+    return padded, inside
+
+
+def _reflect_fits(before: int, after: int, inside: int) -> bool:
+    """Whether reflect padding of ``before``/``after`` planes around ``inside`` planes reads only inside planes."""
+    return max(before, after) < inside
 
 
 def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
@@ -232,19 +252,17 @@ def padded_slabs(
     (no per-slab allocation, whose page faults cost every time, and no separate padding pass).
     ``fill(inside, low, high)`` writes (a function of) source planes ``low:high`` into ``inside``.
     """
-    batch, channels, depth, height, width = source.shape
-    pad_w0, pad_w1, pad_h0, pad_h1, front, back = conv.padding  # F.pad order: W, H, then D
+    depth, height, width = source.shape[2:]
+    *in_plane, front, back = conv.padding  # F.pad order: W, H, then D
     for start in range(0, depth, step):
         stop = min(start + step, depth)
         low, high = max(start - front, 0), min(stop + back, depth)
         # The convolution's padding in-plane always, along depth only where the slab touches the volume's ends
         # (elsewhere the halo is real data).
-        depth_pad = (front if start == 0 else 0, back if stop == depth else 0)
-        shape = (batch, channels, high - low + sum(depth_pad), height + pad_h0 + pad_h1, width + pad_w0 + pad_w1)
-        padded = scratch(workspace, "padded", shape, source, torch.channels_last_3d)
-        inside = padded[:, :, depth_pad[0] : shape[2] - depth_pad[1], pad_h0 : shape[3] - pad_h1]
-        fill(inside[..., pad_w0 : shape[4] - pad_w1], low, high)
-        _fill_padding_(padded, (pad_w0, pad_w1, pad_h0, pad_h1, *depth_pad), conv.padding_mode)
+        pads = (*in_plane, front if start == 0 else 0, back if stop == depth else 0)
+        padded, inside = _padded_buffer(source, (high - low, height, width), pads, workspace)
+        fill(inside, low, high)
+        _fill_padding_(padded, pads, conv.padding_mode)
         yield start, stop, padded
 
 
@@ -292,7 +310,7 @@ def _fill_padding_(padded: torch.Tensor, pads: tuple[int, ...], mode: str) -> No
     """
     for axis, (before, after) in zip((4, 3, 2), zip(pads[0::2], pads[1::2])):
         size = padded.shape[axis]
-        if mode == "reflect" and max(before, after) >= size - before - after:
+        if mode == "reflect" and not _reflect_fits(before, after, size - before - after):
             # F.pad refuses this too; reading on would mirror the other, still unfilled border.
             raise ValueError(f"reflect padding of {max(before, after)} needs more than {size - before - after} planes")
         # Border planes read only inside planes (the edge, or their mirror image), so their order does not matter.

@@ -63,7 +63,8 @@ def _blur_along(box: torch.Tensor, axis: int, kernel: torch.Tensor, start: int, 
     wanted = _reflected(torch.arange(start - radius, start + length + radius, device=box.device), size) - start
     inside = (wanted >= 0) & (wanted < length)
     # One zero slot past the box stands for every position outside it.
-    padded = torch.cat([box.movedim(axis, -1), box.new_zeros((*box.movedim(axis, -1).shape[:-1], 1))], dim=-1)
+    along = box.movedim(axis, -1)
+    padded = torch.cat([along, along.new_zeros((*along.shape[:-1], 1))], dim=-1)
     lines = padded.index_select(-1, torch.where(inside, wanted, length))
     rows = lines.reshape(-1, 1, lines.shape[-1])
     filtered = F.conv1d(rows, kernel.view(1, 1, -1)).reshape(*lines.shape[:-1], length)

@@ -352,7 +352,10 @@ class TumorInpaintPipeline(DiffusionPipeline):
 
         # On CUDA: full float32 (PyTorch's default TF32 moved voxels by 30 HU) and deterministic cuDNN algorithms.
         with reproducible_float32(torch.device(device)):
-            window_image = to_window(image.float(), low, high).permute(*_TO_MODEL_AXES).to(device, dtype)
+            # Window scale computed where the input is (the same values whatever the pipeline's device); the fast
+            # mode pastes this crop-space copy back outside its window.
+            window_crop = to_window(image.float(), low, high)
+            window_image = window_crop.permute(*_TO_MODEL_AXES).to(device, dtype)
             tumour = (tumor_mask > 0).to(device)
             # Read back now, while the device is idle: the boxes place the fast window and bound the blend's blur.
             boxes = tumor_boxes(tumour[:, 0])
@@ -397,8 +400,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
             weights = blend_weights(tumour, sigmas, boxes)
         decoded = decoded.permute(*_FROM_MODEL_AXES).float()
         if windows is not None:
-            # The input's window scale computed where the input is: the same values whatever the pipeline's device.
-            decoded = _paste(to_window(image.float(), low, high).to(device), decoded, *windows)
+            decoded = _paste(window_crop.to(device), decoded, *windows)
 
         if suppress_stride_pattern:
             depth, height, width = self.latent_factor  # model (Z, X, Y) -> crop (X, Y, Z)
