@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inference_paths import derived_weights
-from .normalization import GroupNorm
+from .inference_paths import derived_weights, has_hooks
+from .normalization import GroupNorm, group_norm_scale_shift, uses_accurate_group_norm
 
 
 def _as_slices(tokens: torch.Tensor) -> torch.Tensor:
@@ -95,6 +95,30 @@ class TokenGroupNorm(GroupNorm):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return super().forward(tokens.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
 
+    def modulated_silu(
+        self, tokens: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``silu(norm(tokens) · (scale + 1) + shift)``, ``scale`` and ``shift`` ``(B, 1, 1, 1, C)`` (or neither).
+
+        Where the accurate GroupNorm applies (CPU float32), the modulation is folded into the normalisation's
+        per-channel scale and shift, so normalising, modulating and activating is one fused multiply-add and one
+        activation pass over the tokens instead of four passes (at the released top level the block's passes cost
+        more than its convolutions; fresh 1.3 MB temporaries each).
+        """
+        volume = tokens.permute(0, 4, 1, 2, 3)
+        in_place = not torch.is_grad_enabled()
+        if not uses_accurate_group_norm(volume) or has_hooks(self):  # hooks act through __call__
+            hidden = self(tokens)
+            if scale is not None:
+                hidden = hidden * (scale + 1) + shift
+            return F.silu(hidden, inplace=in_place and scale is not None)
+        norm_scale, norm_shift = group_norm_scale_shift(volume, self.num_groups, self.weight, self.bias, self.eps)
+        if scale is not None:
+            factor = (scale + 1).reshape(norm_scale.shape)
+            norm_scale = norm_scale * factor
+            norm_shift = torch.addcmul(shift.reshape(norm_shift.shape), norm_shift, factor)
+        return F.silu(torch.addcmul(norm_shift, volume, norm_scale), inplace=in_place).permute(0, 2, 3, 4, 1)
+
 
 class ResnetBlockInPlane(nn.Module):
     """Two ``conv(1×3×3) -> GroupNorm -> SiLU`` blocks plus a residual; the time embedding scales and shifts the
@@ -117,12 +141,11 @@ class ResnetBlockInPlane(nn.Module):
         self.conv_shortcut = nn.Linear(in_channels, out_channels) if in_channels != out_channels else None
 
     def forward(self, tokens: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.norm1(self.conv1(tokens))
+        scale = shift = None
         if self.time_emb_proj is not None and temb is not None:
             scale, shift = self.time_emb_proj(F.silu(temb))[:, None, None, None, :].chunk(2, dim=-1)
-            hidden = hidden * (scale + 1) + shift
-        hidden = F.silu(hidden)
-        hidden = F.silu(self.norm2(self.conv2(hidden)))
+        hidden = self.norm1.modulated_silu(self.conv1(tokens), scale, shift)
+        hidden = self.norm2.modulated_silu(self.conv2(hidden))
         residual = self.conv_shortcut(tokens) if self.conv_shortcut is not None else tokens
         return hidden + residual
 
@@ -293,18 +316,19 @@ class PlaneLinearAttention(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # The same sums as ``(softmax_n(k)ᵀ v)ᵀ softmax_d(q)`` per head, arranged so that nothing 256 channels wide is
-        # permuted: keys and values are projected straight into head-major ``(slice, head, position, d)`` (one
-        # broadcast product, which copies only the narrow input, once per head), so each head's context is one
-        # batched product with no cross-head blocks (1/8 of the FLOPs of a product over all head pairs); the output
-        # projection and scale are folded into the context, so the 256-wide per-position output is never
-        # materialised.
+        # permuted: keys and values are projected straight into head-major ``(slice, head, position, d)`` (broadcast
+        # products, which copy only the narrow input, once per head), so each head's context is one batched product
+        # with no cross-head blocks (1/8 of the FLOPs of a product over all head pairs); the output projection and
+        # scale are folded into the context, so the 256-wide per-position output is never materialised. Keys and
+        # values are two products, not one of both: the keys' softmax over positions then reads a contiguous tensor
+        # (a strided half of a joint one is copied first; the module runs 1.2x faster this way, same values).
         batch, depth, height, width, channels = tokens.shape
         slices, positions = batch * depth, height * width
         normed = self.norm(tokens).reshape(slices, positions, channels)
         w_query, w_key, w_value = self.to_qkv.weight.chunk(3)
         dim = w_query.shape[0] // self.heads
         w_out = self.to_out.weight.view(channels, self.heads, dim) * self.scale
-        w_key_value = torch.cat([w_key.view(self.heads, dim, -1), w_value.view(self.heads, dim, -1)], 1).transpose(1, 2)
+        w_key, w_value = (w.view(self.heads, dim, -1).transpose(1, 2) for w in (w_key, w_value))
         blocks = []
         # On CPU a few slices at a time (about 2304 tokens): at 24² the 256-wide queries, keys and values of all
         # slices are 14 MB each; in blocks they stay in cache (2x faster there, the same at the smaller levels).
@@ -313,8 +337,8 @@ class PlaneLinearAttention(nn.Module):
             block = normed[start : start + step]
             count = block.shape[0]
             query = torch.matmul(block, w_query.t()).view(count, positions, self.heads, -1).softmax(dim=-1)
-            key_value = torch.matmul(block[:, None], w_key_value)  # (count, heads, positions, 2d)
-            key, value = key_value[..., :dim].softmax(dim=2), key_value[..., dim:]
+            key = torch.matmul(block[:, None], w_key).softmax(dim=2)  # (count, heads, positions, d)
+            value = torch.matmul(block[:, None], w_value)
             context = torch.matmul(key.transpose(2, 3), value)  # (count, heads, d, e)
             folded = torch.einsum("shde,che->shdc", context, w_out).reshape(count, self.heads * dim, channels)
             blocks.append(torch.baddbmm(self.to_out.bias.view(1, 1, -1), query.reshape(count, positions, -1), folded))

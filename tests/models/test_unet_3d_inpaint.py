@@ -140,3 +140,33 @@ def test_depth_attention_rotates_the_first_32_channels_of_each_head(dim_head):
         low = attention.to(torch.bfloat16)
         tables = tuple(t.to(torch.bfloat16) for t in rotary)
         assert torch.isfinite(low(tokens.to(torch.bfloat16), bias.to(torch.bfloat16), tables)).all()
+
+
+def test_resnet_block_folds_the_time_modulation_into_its_group_norm():
+    """The CPU float32 block (modulation folded into the normalisation, one fused pass) computes the plain
+    norm → ·(scale + 1) + shift → SiLU composition: against float64, grad on and off, and a hook on a norm sends the
+    call through the module as usual."""
+    from difftumor.models.unet_3d_blocks import ResnetBlockInPlane
+
+    torch.manual_seed(0)
+    block = ResnetBlockInPlane(12, 16, temb_channels=8, norm_num_groups=4).eval()
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.normal_(0, 0.5)
+    tokens, temb = torch.randn(2, 5, 6, 7, 12), torch.randn(2, 8)
+    reference = block.double()(tokens.double(), temb.double())  # float64: the plain composition
+    block.float()
+    with torch.no_grad():
+        fused = block(tokens, temb)
+    with_grad = block(tokens, temb)
+    calls = []
+    handle = block.norm1.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.no_grad():
+            hooked = block(tokens, temb)
+    finally:
+        handle.remove()
+    assert calls == [1]
+    for result in (fused, with_grad, hooked):
+        torch.testing.assert_close(result.double(), reference, rtol=0, atol=2e-5)
+    torch.testing.assert_close(with_grad, fused, rtol=0, atol=0)
