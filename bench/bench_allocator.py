@@ -3,7 +3,8 @@
 The setting is per process and cannot be undone, so the A/B runs pairs of fresh processes back to back — one with
 glibc's defaults (``DIFFTUMOR_KEEP_FREED_MEMORY=0``), one with the pipeline's setting — alternating which goes first.
 Each process times one warm-up and ``--calls`` calls of the exact and the fast path (random released-size weights,
-as ``bench_models.py``) and counts the kernel's minor page faults per call; the reference convolution of
+as ``bench_models.py``) and counts per call the kernel's minor page faults and the CPU time spent in the kernel
+(``ru_stime``, all threads: what the faults cost, less noisy than wall time); the reference convolution of
 ``bench_models.py`` is timed in each too (it allocates its 14 MB output on every call as well). Ratios are per pair.
 
     python bench/bench_allocator.py --pairs 4 --threads 2
@@ -46,15 +47,18 @@ def _child(calls: int, threads: int) -> None:
         result["reference_s"] = statistics.median(references)
         for mode in ("exact", "fast"):
             pipe(hu, mask, generator=torch.Generator().manual_seed(0), fast=mode == "fast")  # warm-up
-            seconds, faults = [], []
+            seconds, faults, kernel = [], [], []
             for _ in range(calls):
-                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                before = resource.getrusage(resource.RUSAGE_SELF)
                 start = time.perf_counter()
                 pipe(hu, mask, generator=torch.Generator().manual_seed(0), fast=mode == "fast")
                 seconds.append(time.perf_counter() - start)
-                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                faults.append(after.ru_minflt - before.ru_minflt)
+                kernel.append(after.ru_stime - before.ru_stime)  # CPU time in the kernel, all threads
             result[f"{mode}_s"] = statistics.median(seconds)
             result[f"{mode}_faults"] = statistics.median(faults)
+            result[f"{mode}_kernel_cpu_s"] = round(statistics.median(kernel), 3)
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result))
 
@@ -96,7 +100,7 @@ def main() -> None:
             "kept_s": round(statistics.median(run[key] for run in runs[True]), 3),
             "speedup_per_pair": [round(ratio, 2) for ratio in ratios],
         }
-    for key in ("exact_faults", "fast_faults", "peak_rss_mib"):
+    for key in ("exact_faults", "exact_kernel_cpu_s", "fast_faults", "fast_kernel_cpu_s", "peak_rss_mib"):
         summary[key] = {
             "default": [run[key] for run in runs[False]],
             "kept": [run[key] for run in runs[True]],
