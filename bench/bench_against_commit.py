@@ -4,10 +4,11 @@ On a shared machine the load drifts by 10-30 % within minutes, so two runs of a 
 resolve a 5-10 % change; this runs both versions round by round in one process (alternating which goes first) and
 reports the median of the per-round ratios with its quartiles. The other commit's ``difftumor`` package is
 extracted with ``git archive`` under the name ``difftumor_ref`` (its modules import each other relatively); both
-get the same random released-size weights and inputs. Process-wide settings (the allocator, threads) are shared, so
-this measures code only.
+get the same random released-size weights and inputs. Process-wide settings (threads, and the allocator with
+``--keep-freed-memory``) are shared, so this measures code only.
 
     python bench/bench_against_commit.py --rev 210df04 --target unet --rounds 20 --threads 2
+    python bench/bench_against_commit.py --rev 210df04 --target unet --rounds 20 --threads 2 --keep-freed-memory
     python bench/bench_against_commit.py --rev 210df04 --target pipeline --rounds 8 --threads 2
 """
 
@@ -29,6 +30,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_models import _crop_and_mask  # noqa: E402
 
 
 def _reference_package(rev: str, into: Path) -> str:
@@ -36,7 +39,10 @@ def _reference_package(rev: str, into: Path) -> str:
     commit = subprocess.run(["git", "rev-parse", rev], cwd=REPO, capture_output=True, text=True, check=True)
     archive = subprocess.run(["git", "archive", rev, "difftumor"], cwd=REPO, capture_output=True, check=True)
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
-        tar.extractall(into, filter="data")
+        try:
+            tar.extractall(into, filter="data")
+        except TypeError:  # Python < 3.10.12 / 3.11.4: no filters (the archive is our own repository's)
+            tar.extractall(into)
     (into / "difftumor").rename(into / "difftumor_ref")
     sys.path.insert(0, str(into))
     return commit.stdout.strip()
@@ -63,10 +69,7 @@ def _jobs(target: str, package: str, state: dict[str, dict[str, torch.Tensor]]):
     vqmodel.load_state_dict(state["vq"])
     pipe = pipeline_class(vqmodel, unet, schedulers.make_scheduler("ddpm", 4))
     pipe.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(0)
-    hu = torch.rand(1, 1, 96, 96, 96, generator=generator) * 300 - 50
-    mask = torch.zeros(1, 1, 96, 96, 96, dtype=torch.bool)
-    mask[0, 0, 40:52, 42:54, 44:54] = True
+    hu, mask = _crop_and_mask()
     fast = target == "fast"
     return lambda: pipe(hu, mask, generator=torch.Generator().manual_seed(0), fast=fast).images
 
@@ -77,8 +80,18 @@ def main() -> None:
     parser.add_argument("--target", choices=("unet", "pipeline", "fast"), default="unet")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true", help="turn difftumor.allocator's setting on first (both versions)"
+    )
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (quartiles of the per-round ratios)")
     torch.set_num_threads(args.threads)
+    kept = False
+    if args.keep_freed_memory:
+        from difftumor.allocator import keep_freed_memory
+
+        kept = keep_freed_memory()
     with tempfile.TemporaryDirectory() as folder:
         commit = _reference_package(args.rev, Path(folder))
         from difftumor import UNet3DInpaintModel, VQModel3D
@@ -104,6 +117,7 @@ def main() -> None:
                 "reference_commit": commit,
                 "capability": torch.backends.cpu.get_cpu_capability(),
                 "threads": args.threads,
+                "keep_freed_memory": kept,
                 "rounds": args.rounds,
                 "this_s": round(statistics.median(seconds["this"]), 4),
                 "reference_s": round(statistics.median(seconds["ref"]), 4),

@@ -31,6 +31,9 @@ from bench_models import _cpu_model, _crop_and_mask, _released_pipeline  # noqa:
 
 
 def _child(calls: int, threads: int) -> None:
+    from difftumor.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before anything is timed (the parent's environment variable decides)
     torch.set_num_threads(threads)
     pipe = _released_pipeline()
     pipe.set_progress_bar_config(disable=True)

@@ -5,7 +5,8 @@ and are also given as a ratio to a same-process reference convolution,
 ``F.conv3d(x[1,32,48,48,48], w[32,32,3,3,3], padding=1)``, so that machines of different speed compare; each run is
 paired with a reference timed just before it and the ratio is the median of the pairs' ratios.
 Peak RSS is measured in fresh subprocesses (``--rss-runs``, median/min/max) that each run one end-to-end early
-tumour and nothing else.
+tumour and nothing else. Freed memory is kept for reuse as ``difftumor synthesize`` does on CPU
+(``difftumor.allocator``; ``DIFFTUMOR_KEEP_FREED_MEMORY=0`` measures glibc's defaults).
 
     python bench/bench_models.py --threads 2 --repeats 5
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/bench_models.py ...   # AVX2 kernels on AVX-512
@@ -26,6 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from difftumor.allocator import keep_freed_memory
 from difftumor.pipelines.tumor_inpaint.fast_mode import native_bfloat16
 
 #: The original DiffTumor, early tumour end to end ÷ the reference convolution, per instruction set (measured by
@@ -96,6 +98,7 @@ def _crop_and_mask(seed: int = 0):
 
 def end_to_end_once() -> None:
     """One early tumour on a 96³ crop (the subprocess body of the peak-RSS measurement)."""
+    keep_freed_memory()
     pipe = _released_pipeline()
     pipe.set_progress_bar_config(disable=True)
     hu, mask = _crop_and_mask()
@@ -112,6 +115,8 @@ def main() -> None:
     parser.add_argument("--peak-rss-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # As `difftumor synthesize` runs on CPU (difftumor.allocator); DIFFTUMOR_KEEP_FREED_MEMORY=0 for glibc's defaults.
+    kept = keep_freed_memory()
     if args.peak_rss_only:
         end_to_end_once()
         return
@@ -199,6 +204,7 @@ def main() -> None:
                 "fast_mode_speedup_vs_original_same_isa": None
                 if original_ratio is None
                 else round(original_ratio / ratios["early_tumor_fast_mode"], 2),
+                "keep_freed_memory": kept,
                 "torch": torch.__version__,
             }
         )

@@ -1,22 +1,32 @@
-"""Let the process reuse the memory it frees (glibc), so that CPU inference does not page-fault through fresh memory.
+"""Opt-in: let a process reuse the memory it frees (glibc), so that CPU synthesis does not page-fault through fresh
+memory on every call.
 
 PyTorch's CPU allocator keeps no cache: every tensor is a ``malloc`` and every free a ``free``. glibc hands blocks
-above its mmap threshold (128 KiB, raised on the fly to at most 32 MiB) straight back to the operating system and
-trims the free top of its heap, so the next call gets fresh pages, each one zeroed by the kernel on first touch. A
-released-size early tumour allocates its 96³ activations (up to 113 MB each) again on every call: 145,000–250,000
-minor page faults per call, 45,000 in fast mode (``bench/bench_models.py`` counts them). With both thresholds raised,
-freed blocks stay in the heap and are reused: no faults after the first call, 1.07–1.12× faster end to end on a
-2-core Xeon (BENCHMARKS.md). The price: after the work the process keeps its peak memory instead of returning it
-(peak RSS is unchanged; it is what ``ru_maxrss`` reports either way).
+above its mmap threshold (128 KiB, raised on the fly to at most 32 MiB) straight back to the kernel and trims the free
+top of its heap, so the next call gets fresh pages, each zeroed by the kernel on first touch. A released-size early
+tumour allocates its 96³ activations (up to 113 MB each) afresh on every call: 98,000–250,000 minor page faults and
+0.25–0.40 s of kernel CPU time per call, 29,000–64,000 faults in fast mode (``bench/bench_allocator.py``). With both
+thresholds raised, freed blocks stay in the heap and the next call reuses them: no faults after the first call, a
+few percent to 1.2× faster end to end on a 2-core Xeon (BENCHMARKS.md; the wall-time gain is within that machine's
+noise, the kernel time is not).
 
-The pipeline turns this on for CPU calls and the ``difftumor`` command for its process;
-``DIFFTUMOR_KEEP_FREED_MEMORY=0`` leaves glibc's defaults alone. Other C libraries (macOS, musl) are left as they are.
+The costs, which is why a library never does this by itself:
+- the process keeps its peak memory after the work instead of returning it;
+- large and small blocks then share one heap, and a small block left in a large freed hole makes the next large
+  block extend the heap: a loop that frees 64 MiB and keeps 4 KiB grows without bound, and a long loop of pipeline
+  calls that keeps pieces of each result drifts upwards (627 → 784 MiB over 36 calls with the bundled pipeline,
+  against 541–610 MiB with glibc's defaults);
+- it is process-wide, and only the main thread's heap (glibc's main arena) follows it.
+
+``difftumor synthesize`` and ``difftumor demo`` turn it on for their own short-lived processes; from Python, call
+:func:`keep_freed_memory` in a process dedicated to synthesis. ``DIFFTUMOR_KEEP_FREED_MEMORY=0`` turns it off, and it
+is skipped when the environment already tunes glibc's allocator (``MALLOC_*`` variables, ``GLIBC_TUNABLES``). Other C
+libraries (macOS, musl, Windows) are left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -29,6 +39,8 @@ _KEEP_BYTES = 1 << 30
 #: glibc before 2.26 refuses mmap thresholds above half its 64 MiB heap size.
 _FALLBACK_MMAP_BYTES = 32 << 20
 _OPT_OUT = {"0", "false", "no", "off"}
+#: A user's own allocator tuning wins over ours.
+_USER_TUNING = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 
 _applied: bool | None = None
 
@@ -36,13 +48,16 @@ _applied: bool | None = None
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process, so freed memory is reused instead of returned.
 
-    Returns whether the process now keeps its freed memory: ``False`` off glibc or with
-    ``DIFFTUMOR_KEEP_FREED_MEMORY=0`` (the environment is read on every call until the setting is made).
+    Returns whether the process now keeps its freed memory: ``False`` off glibc, with
+    ``DIFFTUMOR_KEEP_FREED_MEMORY=0`` or when the environment tunes glibc's allocator itself (the environment is read
+    on every call until the setting is made). See the module docstring for what it costs.
     """
     global _applied
     if _applied is not None:
         return _applied
     if os.environ.get("DIFFTUMOR_KEEP_FREED_MEMORY", "").strip().lower() in _OPT_OUT:
+        return False
+    if any(name in os.environ for name in _USER_TUNING):
         return False
     libc = _glibc()
     if libc is None:
@@ -55,10 +70,11 @@ def keep_freed_memory() -> bool:
 
 
 def _glibc() -> ctypes.CDLL | None:
+    """The C library this process runs on, if it is glibc (``CDLL(None)``: no search, no ``ldconfig``)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
     # musl also exports mallopt (as a no-op); only glibc has gnu_get_libc_version.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-from ..allocator import keep_freed_memory
 from ..errors import DiffTumorInputError
 from . import convert, data, demo, hub, realism, segment, synthesize, train  # noqa: F401 — registers the commands
 from .app import app, err_console
@@ -19,7 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    keep_freed_memory()  # every command's CPU work reuses freed memory instead of faulting in fresh pages
     try:
         app(args=argv, prog_name="difftumor", standalone_mode=True)
     except SystemExit as exit_:

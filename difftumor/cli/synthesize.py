@@ -63,6 +63,12 @@ def make_synthesizer(
         if not torch.cuda.is_available():
             raise DiffTumorInputError("CUDA is not available on this machine", "use --device cpu")
     if name == "diffusion":
+        if device == "cpu":
+            from ..allocator import keep_freed_memory
+
+            # This process exists for the synthesis and ends with it: keeping freed memory saves every call's page
+            # faults through fresh activations, and the memory it holds goes when the command exits.
+            keep_freed_memory()
         if scheduler:
             from ..schedulers import make_scheduler
 

@@ -19,10 +19,15 @@ from torch.nn.modules import module as _module
 
 
 def has_hooks(*modules: nn.Module) -> bool:
-    """Whether calling any of ``modules`` would run a hook (their own or a global one)."""
-    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+    """Whether calling any of ``modules`` would run a hook (their own or a global one, forward or backward)."""
+    if (
+        _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+        or _module._global_backward_hooks
+        or _module._global_backward_pre_hooks
+    ):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules)
 
 
 def plain_stride_one(layer: nn.Conv3d) -> bool:

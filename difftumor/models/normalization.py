@@ -26,10 +26,19 @@ def uses_accurate_group_norm(x: torch.Tensor) -> bool:
 
 
 def group_norm_scale_shift(
-    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    modulation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)`` of shape ``(B, C, 1, 1, 1)`` with which GroupNorm of a channels-last ``x`` ``(B, C, D, H, W)``
-    is ``x · scale + shift``; the statistics are computed accurately (see the module docstring)."""
+    is ``x · scale + shift``; the statistics are computed accurately (see the module docstring).
+
+    ``modulation``: ``(m_scale, m_shift)`` with ``B`` or 1 rows of ``C`` values each (any shape of that size per row,
+    e.g. ``(B, 1, 1, 1, C)``), folded in so that ``x · scale + shift`` is ``GroupNorm(x) · (m_scale + 1) + m_shift``.
+    """
     batch, channels = x.shape[:2]
     per_group = channels // num_groups
     tokens = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, channels)  # a view of the same memory
@@ -51,7 +60,11 @@ def group_norm_scale_shift(
     if bias is not None:
         shift = shift + bias.double().view(1, num_groups, per_group)
     view = (batch, channels, 1, 1, 1)
-    return scale.reshape(view).to(x.dtype), shift.expand(batch, num_groups, per_group).reshape(view).to(x.dtype)
+    scale, shift = scale.reshape(view).to(x.dtype), shift.expand(batch, num_groups, per_group).reshape(view).to(x.dtype)
+    if modulation is not None:
+        factor = (modulation[0] + 1).reshape(-1, channels, 1, 1, 1)  # B or 1 rows: broadcasts either way
+        scale, shift = scale * factor, torch.addcmul(modulation[1].reshape(-1, channels, 1, 1, 1), shift, factor)
+    return scale, shift
 
 
 def accurate_group_norm(

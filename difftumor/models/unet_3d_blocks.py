@@ -98,25 +98,26 @@ class TokenGroupNorm(GroupNorm):
     def modulated_silu(
         self, tokens: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``silu(norm(tokens) · (scale + 1) + shift)``, ``scale`` and ``shift`` ``(B, 1, 1, 1, C)`` (or neither).
+        """``silu(norm(tokens) · (scale + 1) + shift)`` for tokens ``(B, D, H, W, C)``, same shape out; ``scale`` and
+        ``shift`` ``(B or 1, 1, 1, 1, C)``, or neither.
 
         Where the accurate GroupNorm applies (CPU float32), the modulation is folded into the normalisation's
-        per-channel scale and shift, so normalising, modulating and activating is one fused multiply-add and one
-        activation pass over the tokens instead of four passes (at the released top level the block's passes cost
-        more than its convolutions; fresh 1.3 MB temporaries each).
+        per-channel scale and shift (:func:`~.normalization.group_norm_scale_shift`), so normalising, modulating and
+        activating is one fused multiply-add and one activation pass over the tokens instead of four passes, and
+        three fewer temporaries of the tokens' size.
         """
         volume = tokens.permute(0, 4, 1, 2, 3)
+        # In place only without autograd (SiLU's backward needs its input) and only on tensors made here.
         in_place = not torch.is_grad_enabled()
         if not uses_accurate_group_norm(volume) or has_hooks(self):  # hooks act through __call__
-            hidden = self(tokens)
+            hidden = self(tokens)  # may be an output a hook kept: never overwritten
             if scale is not None:
                 hidden = hidden * (scale + 1) + shift
             return F.silu(hidden, inplace=in_place and scale is not None)
-        norm_scale, norm_shift = group_norm_scale_shift(volume, self.num_groups, self.weight, self.bias, self.eps)
-        if scale is not None:
-            factor = (scale + 1).reshape(norm_scale.shape)
-            norm_scale = norm_scale * factor
-            norm_shift = torch.addcmul(shift.reshape(norm_shift.shape), norm_shift, factor)
+        modulation = None if scale is None else (scale, shift)
+        norm_scale, norm_shift = group_norm_scale_shift(
+            volume, self.num_groups, self.weight, self.bias, self.eps, modulation
+        )
         return F.silu(torch.addcmul(norm_shift, volume, norm_scale), inplace=in_place).permute(0, 2, 3, 4, 1)
 
 

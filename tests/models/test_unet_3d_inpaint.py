@@ -142,31 +142,47 @@ def test_depth_attention_rotates_the_first_32_channels_of_each_head(dim_head):
         assert torch.isfinite(low(tokens.to(torch.bfloat16), bias.to(torch.bfloat16), tables)).all()
 
 
-def test_resnet_block_folds_the_time_modulation_into_its_group_norm():
+def test_resnet_block_folds_the_time_modulation_into_its_group_norm(monkeypatch):
     """The CPU float32 block (modulation folded into the normalisation, one fused pass) computes the plain
-    norm → ·(scale + 1) + shift → SiLU composition: against float64, grad on and off, and a hook on a norm sends the
-    call through the module as usual."""
-    from difftumor.models.unet_3d_blocks import ResnetBlockInPlane
+    norm → ·(scale + 1) + shift → SiLU composition: against float64, grad on and off, with one time embedding for the
+    whole batch too; forward and backward hooks on a norm send the call through the module as usual."""
+    from difftumor.models import normalization, unet_3d_blocks
 
     torch.manual_seed(0)
-    block = ResnetBlockInPlane(12, 16, temb_channels=8, norm_num_groups=4).eval()
+    block = unet_3d_blocks.ResnetBlockInPlane(12, 16, temb_channels=8, norm_num_groups=4).eval()
     with torch.no_grad():
         for parameter in block.parameters():
             parameter.normal_(0, 0.5)
     tokens, temb = torch.randn(2, 5, 6, 7, 12), torch.randn(2, 8)
-    reference = block.double()(tokens.double(), temb.double())  # float64: the plain composition
+    references = {rows: block.double()(tokens.double(), temb[:rows].double()) for rows in (2, 1)}
     block.float()
-    with torch.no_grad():
-        fused = block(tokens, temb)
-    with_grad = block(tokens, temb)
-    calls = []
-    handle = block.norm1.register_forward_hook(lambda *args: calls.append(1))
-    try:
+
+    folded = []
+    plain = normalization.group_norm_scale_shift
+
+    def spy(*args, **kwargs):
+        folded.append(args[-1] if len(args) == 6 else kwargs.get("modulation"))
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(unet_3d_blocks, "group_norm_scale_shift", spy)
+    for rows, reference in references.items():
+        folded.clear()
         with torch.no_grad():
+            fused = block(tokens, temb[:rows])
+        assert len(folded) == 2 and folded[0] is not None and folded[1] is None  # the fused path ran, norm1 modulated
+        with_grad = block(tokens, temb[:rows])
+        torch.testing.assert_close(fused.double(), reference, rtol=0, atol=2e-5)
+        torch.testing.assert_close(with_grad, fused, rtol=0, atol=0)
+
+    calls = []
+    for register in (block.norm1.register_forward_hook, block.norm1.register_full_backward_hook):
+        handle = register(lambda *args: calls.append(1))
+        try:
+            folded.clear()
             hooked = block(tokens, temb)
-    finally:
-        handle.remove()
-    assert calls == [1]
-    for result in (fused, with_grad, hooked):
-        torch.testing.assert_close(result.double(), reference, rtol=0, atol=2e-5)
-    torch.testing.assert_close(with_grad, fused, rtol=0, atol=0)
+            hooked.sum().backward()
+        finally:
+            handle.remove()
+        assert len(folded) == 1  # only norm2 (no hook) took the fused path
+        torch.testing.assert_close(hooked.detach().double(), references[2], rtol=0, atol=2e-5)
+    assert calls == [1, 1]

@@ -19,7 +19,6 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from scipy import ndimage
 
-from ...allocator import keep_freed_memory
 from ...errors import DiffTumorInputError
 from ...models.unet_3d_inpaint import UNet3DInpaintModel
 from ...models.vq_model_3d import VQModel3D
@@ -348,8 +347,6 @@ class TumorInpaintPipeline(DiffusionPipeline):
         if blur_sigma is not None and float(np.min(blur_sigma)) < 0:
             raise DiffTumorInputError(f"blur_sigma must be >= 0, got {blur_sigma}", "pass σ in voxels, e.g. 2.0")
         device, dtype = self._execution_device, self.unet.dtype
-        if torch.device(device).type == "cpu":
-            keep_freed_memory()  # no page faults through fresh 96³ activations on every call (see difftumor.allocator)
         batch = image.shape[0]
         low, high = self.config.window
 
