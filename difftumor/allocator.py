@@ -5,7 +5,7 @@ PyTorch's CPU allocator keeps no cache: every tensor is a ``malloc`` and every f
 above its mmap threshold (128 KiB, raised on the fly to at most 32 MiB) straight back to the kernel and trims the free
 top of its heap, so the next call gets fresh pages, each zeroed by the kernel on first touch. A released-size early
 tumour allocates its 96³ activations (up to 113 MB each) afresh on every call: 98,000–250,000 minor page faults and
-0.25–0.40 s of kernel CPU time per call, 29,000–64,000 faults in fast mode (``bench/bench_allocator.py``). With both
+0.25–0.49 s of kernel CPU time per call, 14,000–64,000 faults in fast mode (``bench/bench_allocator.py``). With both
 thresholds raised, freed blocks stay in the heap and the next call reuses them: no faults after the first call, a
 few percent to 1.2× faster end to end on a 2-core Xeon (BENCHMARKS.md; the wall-time gain is within that machine's
 noise, the kernel time is not).
@@ -13,9 +13,10 @@ noise, the kernel time is not).
 The costs, which is why a library never does this by itself:
 - the process keeps its peak memory after the work instead of returning it;
 - large and small blocks then share one heap, and a small block left in a large freed hole makes the next large
-  block extend the heap: a loop that frees 64 MiB and keeps 4 KiB grows without bound, and a long loop of pipeline
-  calls that keeps pieces of each result drifts upwards (627 → 784 MiB over 36 calls with the bundled pipeline,
-  against 541–610 MiB with glibc's defaults);
+  block extend the heap: a loop that frees 64 MiB and keeps 4 KiB each time grows without bound (with glibc's
+  defaults the 64 MiB are mmapped and it does not). Realistic loops fragment either way: 80 calls of the bundled
+  pipeline at 96³ that each keep a 12³ piece of the result went 634 → 935 MiB kept, 546 → 933 MiB (peak 999) with
+  glibc's defaults;
 - it is process-wide, and only the main thread's heap (glibc's main arena) follows it.
 
 ``difftumor synthesize`` and ``difftumor demo`` turn it on for their own short-lived processes; from Python, call

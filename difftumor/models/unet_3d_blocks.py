@@ -322,7 +322,8 @@ class PlaneLinearAttention(nn.Module):
         # with no cross-head blocks (1/8 of the FLOPs of a product over all head pairs); the output projection and
         # scale are folded into the context, so the 256-wide per-position output is never materialised. Keys and
         # values are two products, not one of both: the keys' softmax over positions then reads a contiguous tensor
-        # (a strided half of a joint one is copied first; the module runs 1.2x faster this way, same values).
+        # (a strided half of a joint one is copied first: the released top level took 19.6 vs 14.7 ms on AVX-512, 28 vs
+        # 23 ms with AVX2 kernels; same values).
         batch, depth, height, width, channels = tokens.shape
         slices, positions = batch * depth, height * width
         normed = self.norm(tokens).reshape(slices, positions, channels)
