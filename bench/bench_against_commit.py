@@ -5,7 +5,8 @@ resolve a 5-10 % change; this runs both versions round by round in one process (
 reports the median of the per-round ratios with its quartiles. The other commit's ``difftumor`` package is
 extracted with ``git archive`` under the name ``difftumor_ref`` (its modules import each other relatively); both
 get the same random released-size weights and inputs. Process-wide settings (threads, and the allocator with
-``--keep-freed-memory``) are shared, so this measures code only.
+``--keep-freed-memory``) are shared, so this measures code only (except against ef9e99b and 5b10d6a, whose pipeline
+turned the allocator setting on by itself at its first call).
 
     python bench/bench_against_commit.py --rev 210df04 --target unet --rounds 20 --threads 2
     python bench/bench_against_commit.py --rev 210df04 --target unet --rounds 20 --threads 2 --keep-freed-memory

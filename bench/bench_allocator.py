@@ -1,7 +1,7 @@
 """What keeping freed memory (``difftumor.allocator``) changes for a released-size early tumour on CPU.
 
 The setting is per process and cannot be undone, so the A/B runs pairs of fresh processes back to back — one with
-glibc's defaults (``DIFFTUMOR_KEEP_FREED_MEMORY=0``), one with the pipeline's setting — alternating which goes first.
+glibc's defaults (``DIFFTUMOR_KEEP_FREED_MEMORY=0``), one with ``keep_freed_memory()`` — alternating which goes first.
 Each process times one warm-up and ``--calls`` calls of the exact and the fast path (random released-size weights,
 as ``bench_models.py``) and counts per call the kernel's minor page faults and the CPU time spent in the kernel
 (``ru_stime``, all threads: what the faults cost, less noisy than wall time); the reference convolution of
@@ -33,13 +33,13 @@ from bench_models import _cpu_model, _crop_and_mask, _released_pipeline  # noqa:
 def _child(calls: int, threads: int) -> None:
     from difftumor.allocator import keep_freed_memory
 
-    keep_freed_memory()  # before anything is timed (the parent's environment variable decides)
+    applied = keep_freed_memory()  # before anything is timed (the parent's environment variable decides)
     torch.set_num_threads(threads)
     pipe = _released_pipeline()
     pipe.set_progress_bar_config(disable=True)
     hu, mask = _crop_and_mask()
     reference_input, reference_weight = torch.randn(1, 32, 48, 48, 48), torch.randn(32, 32, 3, 3, 3)
-    result: dict[str, object] = {}
+    result: dict[str, object] = {"applied": applied}
     with torch.no_grad():
         F.conv3d(reference_input, reference_weight, padding=1)
         references = []
@@ -70,7 +70,10 @@ def _run(keep: bool, calls: int, threads: int) -> dict[str, float]:
     env = {**os.environ, "DIFFTUMOR_KEEP_FREED_MEMORY": "1" if keep else "0"}
     command = [sys.executable, __file__, "--child", "--calls", str(calls), "--threads", str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["applied"] != keep:  # e.g. MALLOC_* or GLIBC_TUNABLES in the environment, or not glibc
+        raise SystemExit(f"keep_freed_memory() gave {result['applied']} where {keep} was wanted: check the environment")
+    return result
 
 
 def main() -> None:

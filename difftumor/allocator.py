@@ -7,8 +7,8 @@ top of its heap, so the next call gets fresh pages, each zeroed by the kernel on
 tumour allocates its 96³ activations (up to 113 MB each) afresh on every call: 98,000–250,000 minor page faults and
 0.25–0.49 s of kernel CPU time per call, 14,000–64,000 faults in fast mode (``bench/bench_allocator.py``). With both
 thresholds raised, freed blocks stay in the heap and the next call reuses them: no faults after the first call, a
-few percent to 1.2× faster end to end on a 2-core Xeon (BENCHMARKS.md; the wall-time gain is within that machine's
-noise, the kernel time is not).
+median wall-time gain of 1.00–1.11× per call on a 2-core Xeon, within that machine's load noise (per pair 0.72–1.54×;
+BENCHMARKS.md) — the kernel time saved is not noise.
 
 The costs, which is why a library never does this by itself:
 - the process keeps its peak memory after the work instead of returning it;
@@ -17,12 +17,14 @@ The costs, which is why a library never does this by itself:
   defaults the 64 MiB are mmapped and it does not). Realistic loops fragment either way: 80 calls of the bundled
   pipeline at 96³ that each keep a 12³ piece of the result went 634 → 935 MiB kept, 546 → 933 MiB (peak 999) with
   glibc's defaults;
-- it is process-wide, and only the main thread's heap (glibc's main arena) follows it.
+- it is process-wide; in threads other than the main one (glibc's per-thread arenas, 64 MiB heaps) blocks larger
+  than those heaps are still mmapped and faulted in on every call.
 
 ``difftumor synthesize`` and ``difftumor demo`` turn it on for their own short-lived processes; from Python, call
 :func:`keep_freed_memory` in a process dedicated to synthesis. ``DIFFTUMOR_KEEP_FREED_MEMORY=0`` turns it off, and it
-is skipped when the environment already tunes glibc's allocator (``MALLOC_*`` variables, ``GLIBC_TUNABLES``). Other C
-libraries (macOS, musl, Windows) are left alone.
+is skipped when the environment already tunes these parameters (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_``, or ``glibc.malloc.`` tunables in ``GLIBC_TUNABLES``). Other C libraries
+(macOS, musl, Windows) are left alone.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ _KEEP_BYTES = 1 << 30
 #: glibc before 2.26 refuses mmap thresholds above half its 64 MiB heap size.
 _FALLBACK_MMAP_BYTES = 32 << 20
 _OPT_OUT = {"0", "false", "no", "off"}
-#: A user's own allocator tuning wins over ours.
-_USER_TUNING = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+#: A user's own tuning of these glibc parameters wins over ours (the environment aliases, and any ``glibc.malloc.``
+#: tunable in ``GLIBC_TUNABLES``).
+_USER_TUNING = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 _applied: bool | None = None
 
@@ -58,7 +61,7 @@ def keep_freed_memory() -> bool:
         return _applied
     if os.environ.get("DIFFTUMOR_KEEP_FREED_MEMORY", "").strip().lower() in _OPT_OUT:
         return False
-    if any(name in os.environ for name in _USER_TUNING):
+    if any(name in os.environ for name in _USER_TUNING) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     libc = _glibc()
     if libc is None:

@@ -9,6 +9,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# CLI tests run `difftumor synthesize/demo` in this process: glibc defaults here (test_allocator sets it per case).
+os.environ.setdefault("DIFFTUMOR_KEEP_FREED_MEMORY", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

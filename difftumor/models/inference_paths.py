@@ -19,15 +19,17 @@ from torch.nn.modules import module as _module
 
 
 def has_hooks(*modules: nn.Module) -> bool:
-    """Whether calling any of ``modules`` would run a hook (their own or a global one, forward or backward)."""
-    if (
-        _module._global_forward_hooks
-        or _module._global_forward_pre_hooks
-        or _module._global_backward_hooks
-        or _module._global_backward_pre_hooks
-    ):
+    """Whether calling any of ``modules`` would run a hook (their own or a global one; backward hooks only count
+    with autograd on, the only time they can fire)."""
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules)
+    backward = torch.is_grad_enabled()
+    if backward and (_module._global_backward_hooks or _module._global_backward_pre_hooks):
+        return True
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or (backward and (m._backward_hooks or m._backward_pre_hooks))
+        for m in modules
+    )
 
 
 def plain_stride_one(layer: nn.Conv3d) -> bool:

@@ -51,8 +51,8 @@ print(json.dumps({"before": before, "applied": applied, "after": mmapped_bytes_h
 
 def _run(**environment: str) -> dict:
     env = {name: value for name, value in os.environ.items() if not name.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
-    env.pop("DIFFTUMOR_KEEP_FREED_MEMORY", None)
-    env.pop("THP_MEM_ALLOC_ENABLE", None)
+    for name in ("DIFFTUMOR_KEEP_FREED_MEMORY", "THP_MEM_ALLOC_ENABLE", "LD_PRELOAD"):  # LD_PRELOAD: jemalloc etc.
+        env.pop(name, None)
     env.update(environment)
     result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -66,7 +66,14 @@ def test_kept_memory_serves_large_blocks_from_the_heap():
     assert state["after"] < 64 * MIB  # from the heap, kept and reused after a free
 
 
-@pytest.mark.parametrize("environment", [{"DIFFTUMOR_KEEP_FREED_MEMORY": "0"}, {"MALLOC_TOP_PAD_": "131072"}])
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {"DIFFTUMOR_KEEP_FREED_MEMORY": "0"},
+        {"MALLOC_TOP_PAD_": "131072"},
+        {"GLIBC_TUNABLES": "glibc.malloc.top_pad=131072"},
+    ],
+)
 def test_the_opt_out_and_a_users_own_tuning_leave_glibc_alone(environment):
     state = _run(**environment)
     assert state["applied"] is False
@@ -77,7 +84,7 @@ def test_other_c_libraries_are_left_alone(monkeypatch):
     from difftumor import allocator
 
     monkeypatch.setattr(allocator, "_applied", None)
-    for name in ("DIFFTUMOR_KEEP_FREED_MEMORY", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+    for name in [name for name in os.environ if name.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DIFFTUMOR_KEEP_FREED_MEMORY", "off")
     monkeypatch.setattr(allocator, "_glibc", lambda: pytest.fail("the opt-out must not touch the C library"))
