@@ -68,12 +68,23 @@ def group_norm_scale_shift(
 
 
 def accurate_group_norm(
-    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    modulation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``F.group_norm`` for ``(B, C, *spatial)``; channels-last float32 CPU tensors take the accurate path."""
+    """``F.group_norm`` for ``(B, C, *spatial)``, then ``· (m_scale + 1) + m_shift`` when a ``modulation`` is given
+    (shapes as in :func:`group_norm_scale_shift`); channels-last float32 CPU tensors take the accurate path, where the
+    modulation is folded into its one fused multiply-add."""
     if not uses_accurate_group_norm(x):
-        return F.group_norm(x, num_groups, weight, bias, eps)
-    scale, shift = group_norm_scale_shift(x, num_groups, weight, bias, eps)
+        normalised = F.group_norm(x, num_groups, weight, bias, eps)
+        if modulation is None:
+            return normalised
+        view = (-1, x.shape[1], *(1,) * (x.dim() - 2))
+        return normalised * (modulation[0].reshape(view) + 1) + modulation[1].reshape(view)
+    scale, shift = group_norm_scale_shift(x, num_groups, weight, bias, eps, modulation)
     return torch.addcmul(shift, x, scale)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inference_paths import derived_weights, has_hooks
-from .normalization import GroupNorm, group_norm_scale_shift, uses_accurate_group_norm
+from .normalization import GroupNorm, accurate_group_norm
 
 
 def _as_slices(tokens: torch.Tensor) -> torch.Tensor:
@@ -102,23 +102,21 @@ class TokenGroupNorm(GroupNorm):
         ``shift`` ``(B or 1, 1, 1, 1, C)``, or neither.
 
         Where the accurate GroupNorm applies (CPU float32), the modulation is folded into the normalisation's
-        per-channel scale and shift (:func:`~.normalization.group_norm_scale_shift`), so normalising, modulating and
+        per-channel scale and shift (:func:`~.normalization.accurate_group_norm`), so normalising, modulating and
         activating is one fused multiply-add and one activation pass over the tokens instead of four passes, and
         three fewer temporaries of the tokens' size.
         """
-        volume = tokens.permute(0, 4, 1, 2, 3)
         # In place only without autograd (SiLU's backward needs its input) and only on tensors made here.
         in_place = not torch.is_grad_enabled()
-        if not uses_accurate_group_norm(volume) or has_hooks(self):  # hooks act through __call__
+        if has_hooks(self):  # hooks act through __call__
             hidden = self(tokens)  # may be an output a hook kept: never overwritten
             if scale is not None:
                 hidden = hidden * (scale + 1) + shift
             return F.silu(hidden, inplace=in_place and scale is not None)
         modulation = None if scale is None else (scale, shift)
-        norm_scale, norm_shift = group_norm_scale_shift(
-            volume, self.num_groups, self.weight, self.bias, self.eps, modulation
-        )
-        return F.silu(torch.addcmul(norm_shift, volume, norm_scale), inplace=in_place).permute(0, 2, 3, 4, 1)
+        volume = tokens.permute(0, 4, 1, 2, 3)
+        hidden = accurate_group_norm(volume, self.num_groups, self.weight, self.bias, self.eps, modulation)
+        return F.silu(hidden, inplace=in_place).permute(0, 2, 3, 4, 1)
 
 
 class ResnetBlockInPlane(nn.Module):
