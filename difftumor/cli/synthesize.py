@@ -132,7 +132,11 @@ def synthesize(
         typer.Option(help="Synthesizer setting KEY=VALUE (repeatable), e.g. recipe=hu2023, intensity=native."),
     ] = None,
 ) -> None:
-    """Synthesise tumours into a healthy CT; writes ct.nii.gz, label.nii.gz, tumors.json and preview.png."""
+    """Synthesise tumours into a healthy CT; writes ct.nii.gz, label.nii.gz, tumors.json and preview.png.
+
+    On CPU the diffusion synthesizer keeps freed memory for the next tumour (faster; held until the command ends).
+    DIFFTUMOR_KEEP_FREED_MEMORY=0 turns that off.
+    """
     from ..atomic import check_output_folder
     from ..synthesis.cases import CaseRequest, synthesize_case, validate_request
 
