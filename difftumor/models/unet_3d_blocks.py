@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inference_paths import derived_weights, has_hooks
+from .inference_paths import cpu_float_without_autocast, derived_weights, has_hooks
 from .normalization import GroupNorm, accurate_group_norm
 
 
@@ -210,6 +210,10 @@ class DepthAttention(nn.Module):
     per-depth projection weights (``R_f · W_q``): the projection of each slice already yields rotated queries and
     keys, and no elementwise pass over the 32-channels-per-head activations is needed. The per-position attention
     is then a strided batched matrix product over ``(position, head)`` pairs with no reshuffling of activations.
+
+    Where the tokens are narrower than a head (the released 24- and 48-channel levels), values are never projected:
+    ``W_out Σ_j p_ij (W_v x_j) = (W_out W_v) Σ_j p_ij x_j`` per head, so the attention mixes the tokens themselves and
+    one ``C × C`` product of weights per head maps them out (``_mixes_tokens``).
     """
 
     def __init__(self, channels: int, heads: int, dim_head: int):
@@ -220,19 +224,20 @@ class DepthAttention(nn.Module):
         self.to_qkv = nn.Linear(channels, heads * dim_head * 3, bias=False)
         self.to_out = nn.Linear(heads * dim_head, channels, bias=False)
 
-    def _depth_weights(self, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """``(D, H·3·d, C)`` projection weights: rotary (and the query scale) folded into queries and keys.
+    def _depth_weights(self, cos: torch.Tensor, sin: torch.Tensor, values: bool = True) -> torch.Tensor:
+        """``(D, H·3·d, C)`` projection weights (``(D, H·2·d, C)`` without ``values``): rotary (and the query scale)
+        folded into queries and keys.
 
         In CPU inference they are kept until the weight or the rotary tables change (a sampler calls the UNet with
         the same ones at every step; at 192 channels building them is a 14 MB tensor per call).
         """
         if torch.is_grad_enabled() or cos.device.type != "cpu":
-            return self._fold_rotary(cos, sin)
+            return self._fold_rotary(cos, sin, values)
         # 3 KB, cheaper than a fold; float64 holds every dtype's values exactly (NumPy has no bfloat16).
-        tables = (cos.dtype, cos.shape, cos.double().numpy().tobytes(), sin.double().numpy().tobytes())
-        return derived_weights(self, self.to_qkv.weight, tables, lambda: self._fold_rotary(cos, sin))
+        tables = (cos.dtype, cos.shape, cos.double().numpy().tobytes(), sin.double().numpy().tobytes(), values)
+        return derived_weights(self, self.to_qkv.weight, tables, lambda: self._fold_rotary(cos, sin, values))
 
-    def _fold_rotary(self, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _fold_rotary(self, cos: torch.Tensor, sin: torch.Tensor, values: bool = True) -> torch.Tensor:
         depth = cos.shape[0]
         query, key, value = self.to_qkv.weight.view(3, self.heads, -1, self.to_qkv.in_features).unbind(0)
         unrotated = query.shape[1] - cos.shape[1]
@@ -244,7 +249,7 @@ class DepthAttention(nn.Module):
         rotated_key = cos * key + sin * _pair_rotation(key)
         # Output rows ordered (head, q/k/v, d) — not the checkpoint's (q/k/v, head, d) — so that each head's
         # queries, keys and values of all positions form one strided batch (position · head) with no copy.
-        parts = (rotated_query, rotated_key, value.expand(depth, *value.shape))
+        parts = (rotated_query, rotated_key) + ((value.expand(depth, *value.shape),) if values else ())
         return torch.stack(parts, dim=2).reshape(depth, -1, self.to_qkv.in_features)
 
     def forward(
@@ -252,8 +257,15 @@ class DepthAttention(nn.Module):
     ) -> torch.Tensor:
         batch, depth, height, width, channels = tokens.shape
         positions, heads = batch * height * width, self.heads
+        dim = self.to_out.in_features // heads
+        # to_out's own call where hooks act through it (offloading, adapters); its weight is read directly otherwise.
+        mixes_tokens = _mixes_tokens(depth, channels, dim) and not has_hooks(self.to_out)
         columns = self.norm(tokens).transpose(0, 1).reshape(depth, positions, channels)
-        weights = self._depth_weights(*rotary).transpose(1, 2)
+        weights = self._depth_weights(*rotary, values=not mixes_tokens).transpose(1, 2)
+        if mixes_tokens:  # (H·C, C): per head W_v,hᵀ W_out,hᵀ, stacked; 0.3 MFLOP at the released top level
+            w_value = self.to_qkv.weight.view(3, heads, dim, channels)[2]
+            w_mix = torch.einsum("hec,khe->hck", w_value, self.to_out.weight.view(channels, heads, dim))
+            w_mix = w_mix.reshape(heads * channels, channels)
         blocks = []
         # By blocks of positions on CPU: at the released top level the whole qkv is 42 MB (fresh pages on every call,
         # out of cache); 64 positions keep it at 4.7 MB (blocks of 128 made one attention 3x faster than none).
@@ -262,17 +274,29 @@ class DepthAttention(nn.Module):
         for start in range(0, positions, step):
             block = columns[:, start : start + step]
             count = block.shape[1]
-            qkv = torch.bmm(block, weights)  # (D, count, H·3·d)
-            query, key, value = (
-                part.reshape(depth, count * heads, -1).transpose(0, 1)  # (count·H, D, d): a strided view
-                for part in qkv.view(depth, count, heads, 3, -1).unbind(3)
-            )
-            logits = torch.bmm(query, key.transpose(1, 2)).view(count, heads, depth, depth) + position_bias
-            attended = torch.bmm(logits.softmax(dim=-1).view(count * heads, depth, depth), value)
-            attended = attended.view(count, heads, depth, -1).permute(2, 0, 1, 3).reshape(depth, count, -1)
-            blocks.append(self.to_out(attended))
+            projected = torch.bmm(block, weights)  # (D, count, H·(2 or 3)·d)
+            parts = [  # (count·H, D, d) each: strided views
+                part.reshape(depth, count * heads, -1).transpose(0, 1)
+                for part in projected.view(depth, count, heads, 2 if mixes_tokens else 3, -1).unbind(3)
+            ]
+            logits = torch.bmm(parts[0], parts[1].transpose(1, 2)).view(count, heads, depth, depth) + position_bias
+            probabilities = logits.softmax(dim=-1)
+            if mixes_tokens:
+                mixed = torch.bmm(probabilities.view(count, heads * depth, depth), block.transpose(0, 1))
+                mixed = mixed.view(count, heads, depth, channels).permute(2, 0, 1, 3).reshape(depth, count, -1)
+                blocks.append(torch.matmul(mixed, w_mix))
+            else:
+                attended = torch.bmm(probabilities.view(count * heads, depth, depth), parts[2])
+                attended = attended.view(count, heads, depth, -1).permute(2, 0, 1, 3).reshape(depth, count, -1)
+                blocks.append(self.to_out(attended))
         out = torch.cat(blocks, dim=1)  # (D, positions, C): small, and autograd-friendly unlike out=
         return tokens + out.view(depth, batch, height, width, channels).transpose(0, 1)
+
+
+def _mixes_tokens(depth: int, channels: int, dim: int) -> bool:
+    """Whether :class:`DepthAttention` mixes the tokens and maps them out with ``W_out W_v`` rather than mixing
+    projected values: multiply-adds per position and head ``D·D·C + D·C·C`` against ``D·C·d + D·D·d + D·d·C``."""
+    return channels * (depth + channels) < dim * (2 * channels + depth)
 
 
 #: Positions per block of :class:`DepthAttention`: 64 was 3-9 % faster per UNet evaluation than 128 (the best while
@@ -315,34 +339,58 @@ class PlaneLinearAttention(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # The same sums as ``(softmax_n(k)ᵀ v)ᵀ softmax_d(q)`` per head, arranged so that nothing 256 channels wide is
-        # permuted: keys and values are projected straight into head-major ``(slice, head, position, d)`` (broadcast
-        # products, which copy only the narrow input, once per head), so each head's context is one batched product
-        # with no cross-head blocks (1/8 of the FLOPs of a product over all head pairs); the output projection and
-        # scale are folded into the context, so the 256-wide per-position output is never materialised. Keys and
-        # values are two products, not one of both: the keys' softmax over positions then reads a contiguous tensor
-        # (a strided half of a joint one is copied first: the released top level took 19.6 vs 14.7 ms on AVX-512, 28 vs
-        # 23 ms with AVX2 kernels; same values).
+        # permuted and the 256-wide per-position output is never materialised: the output projection and scale are
+        # folded into each head's ``d × C`` context, and one batched product with the queries gives the output. The
+        # context is ``kᵀ (x W_vᵀ) W_out'``; where the slices hold more positions than channels (the released 24²
+        # and 12² levels) it is cheaper as ``(kᵀ x)(W_vᵀ W_out')`` — no values at all, and the ``C × C`` product of
+        # weights made once per call —, elsewhere (6², 3²) in the written order (``_folds_values``).
         batch, depth, height, width, channels = tokens.shape
         slices, positions = batch * depth, height * width
         normed = self.norm(tokens).reshape(slices, positions, channels)
         w_query, w_key, w_value = self.to_qkv.weight.chunk(3)
         dim = w_query.shape[0] // self.heads
         w_out = self.to_out.weight.view(channels, self.heads, dim) * self.scale
-        w_key, w_value = (w.view(self.heads, dim, -1).transpose(1, 2) for w in (w_key, w_value))
+        values_folded = _folds_values(positions, channels, dim)
+        if values_folded:
+            w_fold = torch.einsum("hec,khe->hck", w_value.view(self.heads, dim, channels), w_out)  # (H, C, C)
         blocks = []
-        # On CPU a few slices at a time (about 2304 tokens): at 24² the 256-wide queries, keys and values of all
-        # slices are 14 MB each; in blocks they stay in cache (2x faster there, the same at the smaller levels).
+        # On CPU a few slices at a time (about 2304 tokens): at 24² the 256-wide queries and keys of all slices are
+        # 14 MB each; in blocks they stay in cache (2x faster there, the same at the smaller levels).
         step = max(1, _PLANE_ATTENTION_TOKENS // positions) if tokens.device.type == "cpu" else slices
         for start in range(0, slices, step):
             block = normed[start : start + step]
             count = block.shape[0]
-            query = torch.matmul(block, w_query.t()).view(count, positions, self.heads, -1).softmax(dim=-1)
-            key = torch.matmul(block[:, None], w_key).softmax(dim=2)  # (count, heads, positions, d)
-            value = torch.matmul(block[:, None], w_value)
-            context = torch.matmul(key.transpose(2, 3), value)  # (count, heads, d, e)
-            folded = torch.einsum("shde,che->shdc", context, w_out).reshape(count, self.heads * dim, channels)
+            query = _softmax_(torch.matmul(block, w_query.t()).view(count, positions, self.heads, -1), dim=-1)
+            key = _softmax_(torch.matmul(block, w_key.t()), dim=1)  # (count, positions, H·d)
+            if values_folded:
+                summed = torch.bmm(key.transpose(1, 2), block).view(count, self.heads, dim, channels)
+                folded = torch.matmul(summed, w_fold)
+            else:
+                value = torch.matmul(block, w_value.t())
+                key, value = (t.view(count, positions, self.heads, -1).transpose(1, 2) for t in (key, value))
+                context = torch.matmul(key.transpose(2, 3), value)  # (count, heads, d, e)
+                folded = torch.einsum("shde,che->shdc", context, w_out)
+            folded = folded.reshape(count, self.heads * dim, channels)
             blocks.append(torch.baddbmm(self.to_out.bias.view(1, 1, -1), query.reshape(count, positions, -1), folded))
         return tokens + torch.cat(blocks).view(tokens.shape)
+
+
+def _folds_values(positions: int, channels: int, dim: int) -> bool:
+    """Whether :class:`PlaneLinearAttention` computes each head's context as ``(kᵀ x)(W_vᵀ W_out')`` rather than
+    ``(kᵀ (x W_vᵀ)) W_out'``: multiply-adds per slice and head ``d·N·C + d·C²`` against ``N·C·d + d·N·d + d·d·C``."""
+    return channels * channels < dim * (positions + channels)
+
+
+def _softmax_(scores: torch.Tensor, dim: int) -> torch.Tensor:
+    """``scores.softmax(dim)``, in place in CPU float inference (``scores`` must be a temporary of the caller's).
+
+    There as ``exp(s − max) / sum`` in three in-place passes: PyTorch's CPU softmax kernel took 2–3x as long on the
+    plane attention's short rows (32 head channels; 576 positions with 256-wide rows).
+    """
+    if torch.is_grad_enabled() or not cpu_float_without_autocast(scores):
+        return scores.softmax(dim)
+    scores.sub_(scores.amax(dim, keepdim=True)).exp_()
+    return scores.div_(scores.sum(dim, keepdim=True))
 
 
 #: Tokens per block of :class:`PlaneLinearAttention` (4 slices at 24², 16 at 12²; measured fastest on AVX2 and

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -104,12 +106,16 @@ def test_blocked_attention_equals_whole_attention(monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("mixes_tokens", [True, False])
 @pytest.mark.parametrize("dim_head", [8, 64])
-def test_depth_attention_rotates_the_first_32_channels_of_each_head(dim_head):
+def test_depth_attention_rotates_the_first_32_channels_of_each_head(monkeypatch, dim_head, mixes_tokens):
     """Against a plain computation: rotary on the first min(32, d) channels of the scaled queries and the keys (the
-    rest of a wider head unrotated), the position bias, softmax over depth — in float64, grad on and off; and a
-    bfloat16 model runs in inference."""
+    rest of a wider head unrotated), the position bias, softmax over depth — in float64, grad on and off, mixing
+    projected values or the tokens themselves (then mapped out by ``W_out W_v``); a bfloat16 model runs in
+    inference; a hook on the output projection fires (the tokens are then not mixed)."""
     from difftumor.models import unet_3d_blocks
+
+    monkeypatch.setattr(unet_3d_blocks, "_mixes_tokens", lambda *_: mixes_tokens)
 
     torch.manual_seed(0)
     heads, channels, depth = 2, 12, 5
@@ -136,10 +142,46 @@ def test_depth_attention_rotates_the_first_32_channels_of_each_head(dim_head):
     with torch.no_grad():
         torch.testing.assert_close(attention(tokens, bias, rotary), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(attention(tokens, bias, rotary), expected, rtol=0, atol=1e-12)
+    calls = []
+    handle = attention.to_out.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        torch.testing.assert_close(attention(tokens, bias, rotary), expected, rtol=0, atol=1e-12)
+    handle.remove()
+    assert calls
     with torch.no_grad():
         low = attention.to(torch.bfloat16)
         tables = tuple(t.to(torch.bfloat16) for t in rotary)
         assert torch.isfinite(low(tokens.to(torch.bfloat16), bias.to(torch.bfloat16), tables)).all()
+
+
+@pytest.mark.parametrize("fold_values", [True, False])
+def test_plane_linear_attention_matches_a_plain_computation(monkeypatch, fold_values):
+    """Both association orders of each head's context (``(kᵀ x)(W_vᵀ W_out)`` and ``(kᵀ (x W_vᵀ)) W_out``) against
+    the original's formula written out — queries soft-maxed over their head channels, keys over positions, output
+    ``W_out ((k vᵀ)ᵀ q) · d^-0.5 + b`` — in float64 with grad on and off (in-place softmax), and in float32 with
+    logits beyond its exponential's range."""
+    from difftumor.models import unet_3d_blocks
+
+    monkeypatch.setattr(unet_3d_blocks, "_folds_values", lambda *_: fold_values)
+    torch.manual_seed(0)
+    heads, dim, channels = 3, 8, 10
+    attention = unet_3d_blocks.PlaneLinearAttention(channels, heads, dim).eval().double()
+    torch.nn.init.normal_(attention.to_out.bias)
+    with torch.no_grad():  # float32 exp overflows beyond 88: the softmax must subtract its maximum
+        attention.to_qkv.weight *= 60  # logits up to 127
+    tokens = torch.randn(2, 3, 4, 5, channels, dtype=torch.float64) * 3
+
+    sequences = attention.norm(tokens).reshape(6, 20, channels)
+    q, k, v = (t.view(6, 20, heads, dim) for t in attention.to_qkv(sequences).chunk(3, dim=-1))
+    q, k = q.softmax(dim=-1), k.softmax(dim=1)
+    context = torch.einsum("snhd,snhe->shde", k, v)
+    out = torch.einsum("shde,snhd->snhe", context, q).flatten(2) * attention.scale
+    expected = tokens + attention.to_out(out).view(tokens.shape)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(tokens), expected, rtol=0, atol=1e-12)
+        single = copy.deepcopy(attention).float()(tokens.float())
+        torch.testing.assert_close(single.double(), expected, rtol=0, atol=1e-4)  # 2.2e-5 measured
+    torch.testing.assert_close(attention(tokens), expected, rtol=0, atol=1e-12)
 
 
 def test_resnet_block_folds_the_time_modulation_into_its_group_norm(monkeypatch):
