@@ -131,6 +131,23 @@ def test_fast_mode_keeps_the_input_outside_and_the_tumour_close(pipe, data_dir, 
     assert int(decoded_here.sum()) > 0.99 * 64 * 64 * 32 and not (blended & ~decoded_here).any()
 
 
+def test_fast_mode_sizes_its_window_for_the_drawn_sigma(pipe, data_dir, monkeypatch):
+    """With the blur's σ left to the pipeline, it is drawn before decoding (the same σ as the exact path: equal blend
+    weights) and the window reaches as far as that σ's blur, not the bound's."""
+    from difftumor.pipelines.tumor_inpaint import pipeline_tumor_inpaint as module
+
+    drawn, reaches = [], []
+    draw, windows = module.TumorInpaintPipeline._blur_sigmas, module.neighbourhood_windows
+    recorded = staticmethod(lambda *a: drawn.append(draw(*a)) or drawn[-1])
+    monkeypatch.setattr(module.TumorInpaintPipeline, "_blur_sigmas", recorded)
+    monkeypatch.setattr(module, "neighbourhood_windows", lambda *a, **k: reaches.append(a[2]) or windows(*a, **k))
+    crop, mask = _liver_crop(data_dir)
+    exact = pipe(crop, mask, generator=torch.Generator().manual_seed(3))
+    fast = pipe(crop, mask, generator=torch.Generator().manual_seed(3), fast=True)
+    assert drawn[0] == drawn[1] and torch.equal(fast.blend_weights, exact.blend_weights)
+    assert reaches == [blur_radius(drawn[1][0])] and reaches[0] < blur_radius(4.0)
+
+
 def test_reproducible_float32_sets_cuda_flags_only_and_restores_them():
     from difftumor.pipelines.tumor_inpaint.pipeline_tumor_inpaint import reproducible_float32
 

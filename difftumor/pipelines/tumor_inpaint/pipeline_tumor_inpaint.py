@@ -71,7 +71,7 @@ def _as_batch(value: Any, name: str) -> torch.Tensor:
     return value[None, None] if value.dim() == 3 else value
 
 
-# Blur σ (voxels) is drawn from U(0, 4) when not given, as the original; the fast mode sizes its window for the bound.
+# Blur σ (voxels) is drawn from U(0, 4) when not given, as the original (after the sampler, from the same generator).
 _MAX_DRAWN_SIGMA = 4.0
 
 # MONAI volumes are (B, C, X, Y, Z); the models want the axial axis first: (B, C, Z, X, Y).
@@ -389,14 +389,15 @@ class TumorInpaintPipeline(DiffusionPipeline):
                         condition = (returned or {}).get("condition", condition)
                     progress_bar.update()
 
-            windows = self._fast_windows(boxes, image.shape[2:], blur_sigma) if fast else None
+            # σ drawn before decoding (which draws nothing, so both paths get the same σ) for the fast mode's window.
+            sigmas = self._blur_sigmas(blur_sigma, batch, generator)
+            windows = self._fast_windows(boxes, image.shape[2:], sigmas) if fast else None
             to_decode = latents if windows is None else self._latent_window(latents, *windows)
             # Through decode (offload hooks fire on it); its nearest-code search stays float32 under autocast.
             with fast_precision(torch.device(device)) if fast else contextlib.nullcontext():
                 decoded = self.vqmodel.decode(self.vqmodel.denormalize_latents(to_decode)).sample
             # Blending runs where the models ran (on a GPU nothing waits on the host), its float64 blur with the same
             # deterministic algorithms; the outputs go where the input was.
-            sigmas = self._blur_sigmas(blur_sigma, batch, generator)
             weights = blend_weights(tumour, sigmas, boxes)
         decoded = decoded.permute(*_FROM_MODEL_AXES).float()
         if windows is not None:
@@ -430,14 +431,11 @@ class TumorInpaintPipeline(DiffusionPipeline):
         return output if return_dict else output.to_tuple()
 
     def _fast_windows(
-        self, boxes: np.ndarray, shape: tuple[int, ...], blur_sigma: float | list[float] | None
+        self, boxes: np.ndarray, shape: tuple[int, ...], sigmas: list[float]
     ) -> tuple[tuple[int, int, int], np.ndarray]:
         """Window size (X, Y, Z) and per-crop starts of the fast mode (see :func:`neighbourhood_windows`)."""
-        largest_sigma = _MAX_DRAWN_SIGMA if blur_sigma is None else max(np.atleast_1d(np.asarray(blur_sigma, float)))
         depth, height, width = self.latent_factor
-        return neighbourhood_windows(
-            boxes, tuple(shape), blur_radius(float(largest_sigma)), stride=(height, width, depth)
-        )
+        return neighbourhood_windows(boxes, tuple(shape), blur_radius(max(sigmas)), stride=(height, width, depth))
 
     def _latent_window(self, latents: torch.Tensor, size: tuple[int, int, int], starts: np.ndarray) -> torch.Tensor:
         """The part of whole-crop latents ``(B, C, Z/f, X/f, Y/f)`` under each crop's window."""
