@@ -2,8 +2,8 @@
 
 `difftumor synthesize` paints ``--count`` early tumours into patient A (1 mm copy) and the LiTS upper half twice with
 the same seed — exact and ``--option fast=true`` — so that both runs place the same tumours with the same blur and the
-same initial noise (the fast mode uses the window's part of the whole crop's noise; the DDPM steps' own noise
-differs, so the two runs are two draws of the same tumour, not the same draw). Reported per case:
+same noise (the fast mode encodes and samples the whole crop as the exact path does: the final latents are equal, and
+the runs differ only in the decode — the window's GroupNorm statistics, and bfloat16 where native). Reported per case:
 
 - per tumour, mean HU inside the tumour (exact, fast, difference) and the mean |ΔHU| over the blended voxels;
 - for scale, the same differences between two *exact* runs whose seeds differ only in the sampler's noise

@@ -48,15 +48,17 @@ def test_a_large_tumour_gets_a_larger_window():
     masks = np.zeros((1, 96, 96, 96), dtype=bool)
     masks[0, 30:70, 30:50, 40:50] = True
     size, _ = _windows(masks, blur_radius(4.0), stride=(4, 4, 4))
-    # x: [30 − 24, 70 + 24) = [6, 94) widened to the grid [4, 96) = 92; y: [6, 74) -> [4, 76) = 72; z: 58 < 64.
-    assert size == (92, 72, MIN_WINDOW)
+    # x: [30 − 24, 70 + 24) = [6, 94) widened to the grid [4, 96) = 92; y: [6, 74) -> [4, 76) = 72;
+    # z: [16, 74) -> [16, 76) = 60, above the floor.
+    assert MIN_WINDOW < 60 and size == (92, 72, 60)
 
 
 def test_an_empty_mask_and_a_small_crop_are_handled():
     masks = np.zeros((2, 96, 40, 96), dtype=bool)
     masks[1, 0:5, 0:5, 90:96] = True
     size, starts = _windows(masks, blur_radius(2.0), stride=(4, 4, 4))
-    assert size == (64, 40, 64) and starts[1].tolist() == [0, 0, 32]
+    # The floor (48) on x and z, the whole 40 on y; the second window is pushed inside the crop at its corner.
+    assert size == (48, 40, 48) and starts[1].tolist() == [0, 0, 48]
 
 
 def test_bfloat16_only_where_native(monkeypatch):
@@ -119,16 +121,16 @@ def test_fast_mode_keeps_the_input_outside_and_the_tumour_close(pipe, data_dir, 
     exact_contrast = float(healthy - exact.images[0, 0][tumour].mean())
     fast_contrast = float(healthy - fast.images[0, 0][tumour].mean())
     assert exact_contrast > 30  # a real tumour to compare
-    # The window's GroupNorm statistics make this crop's tumour 4-6 HU lighter (of ~80 HU contrast; six exact draws
-    # spread over 8 HU): the contrast is kept within 15 %.
+    # The window's GroupNorm statistics make this crop's tumour 3 HU darker (of ~96 HU contrast; six exact draws
+    # spread over 19 HU): the contrast is kept within 15 %.
     assert 0.85 < fast_contrast / exact_contrast < 1.15
     assert float((fast.images - exact.images).abs()[0, 0][blended].max()) < 25.0
-    # The decoded crop is a decode on a 64 × 64 × 32 window around the tumour (covering the blend) and the input
-    # (window scale) elsewhere.
+    # The decoded crop is a decode on a 48 × 48 × 32 window around the tumour (the floor; covering the blend) and the
+    # input (window scale) elsewhere.
     decoded_here = fast.decoded[0, 0] != to_window(torch.from_numpy(crop), *pipe.config.window)
     points = decoded_here.nonzero()
-    assert (points.max(0).values - points.min(0).values + 1).tolist() == [64, 64, 32]
-    assert int(decoded_here.sum()) > 0.99 * 64 * 64 * 32 and not (blended & ~decoded_here).any()
+    assert (points.max(0).values - points.min(0).values + 1).tolist() == [48, 48, 32]
+    assert int(decoded_here.sum()) > 0.99 * 48 * 48 * 32 and not (blended & ~decoded_here).any()
 
 
 def test_fast_mode_sizes_its_window_for_the_drawn_sigma(pipe, data_dir, monkeypatch):

@@ -317,7 +317,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 the pattern that repeats with the decoder's up-sampling stride (a regular dot grid that a briefly
                 trained autoencoder leaves; see :func:`remove_stride_pattern`). Off reproduces the original.
             fast (`bool`, defaults to `False`): decode only the tumour's neighbourhood — a window of the crop that
-                holds the tumour, the blur's reach and a margin, at least 64 voxels a side (≈ 30 % of a 96³ decode)
+                holds the tumour, the blur's reach and a margin, at least 48 voxels a side (≈ 12 % of a 96³ decode)
                 — in bfloat16 where the hardware has it (AVX512-BF16/AMX CPUs, CUDA), float32 otherwise. Encoding
                 and denoising are unchanged (whole crop, float32). The tumour is close to, not equal to,
                 the exact path's (see :mod:`difftumor.pipelines.tumor_inpaint.fast_mode`); ``decoded`` holds the
