@@ -32,14 +32,13 @@ sys.path.insert(0, str(REPO / "scripts"))
 from realism_check import default_cases, link_real_lesions  # noqa: E402
 
 
-def synthesize(ct: Path, mask: Path, label: int, out: Path, count: int, seed: int, *options: str) -> None:
+def synthesize(ct: Path, mask: Path, label: int, out: Path, count: int, seed: int, *arguments: str) -> None:
+    """``difftumor synthesize`` into ``out`` (skipped when it holds a finished run), with extra CLI ``arguments``."""
     if (out / "tumors.json").exists():
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     command = ["difftumor", "synthesize", str(ct), "--organ-mask", str(mask), "--organ-label", str(label)]
-    command += ["--organ", "liver", "--count", str(count), "--seed", str(seed), "--out", str(out)]
-    for option in options:
-        command += ["--option", option]
+    command += ["--organ", "liver", "--count", str(count), "--seed", str(seed), "--out", str(out), *arguments]
     subprocess.run(command, check=True)
 
 
@@ -88,33 +87,24 @@ def _realism_summary(report: dict) -> dict:
     return summary
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--count", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    arguments = parser.parse_args()
-    os.environ["OMP_NUM_THREADS"] = str(arguments.threads)
-    out = arguments.out.resolve()
+def paint_and_compare(
+    out: Path, count: int, seed: int, runs: dict[str, tuple[str, ...]], reference: str, candidate: str, noise: str
+) -> dict:
+    """Paint each default case once per run (``difftumor synthesize`` arguments), then compare ``candidate`` and
+    ``noise`` (the reference with the sampler's noise re-drawn) tumour by tumour with ``reference``, and the realism of
+    ``reference`` and ``candidate`` against the real LiTS lesions."""
     real = link_real_lesions(out)
-    cases = default_cases(out)
     report = {}
-    for name, ct_path, mask_path, label in cases:
+    for name, ct_path, mask_path, label in default_cases(out):
         folder = out / name
-        runs = {
-            "exact": (),
-            "exact_other_noise": ("noise_seed=1",),
-            "fast": ("fast=true",),
-        }
-        for run, options in runs.items():
-            synthesize(ct_path, mask_path, label, folder / run, arguments.count, arguments.seed, *options)
+        for run, arguments in runs.items():
+            synthesize(ct_path, mask_path, label, folder / run, count, seed, *arguments)
         original = np.asarray(nib.load(str(ct_path)).dataobj, dtype=np.float64)
         report[name] = {
-            "exact_vs_fast": compare(folder / "exact", folder / "fast", original),
-            "exact_vs_exact_other_noise": compare(folder / "exact", folder / "exact_other_noise", original),
+            f"{reference}_vs_{candidate}": compare(folder / reference, folder / candidate, original),
+            f"{reference}_vs_{noise}": compare(folder / reference, folder / noise, original),
         }
-        for run in ("exact", "fast"):  # one report each: realism groups lesions by synthesizer, not by folder
+        for run in (reference, candidate):  # one report each: realism groups lesions by synthesizer, not by folder
             realism = folder / f"realism_{run}"
             subprocess.run(
                 ["difftumor", "realism", "--synthetic", str(folder / run), "--real", str(real)]
@@ -123,6 +113,25 @@ def main() -> int:
             )
             summary = json.loads((realism / "realism.json").read_text())
             report[name][f"realism_{run}"] = _realism_summary(summary)
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--count", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    arguments = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(arguments.threads)
+    runs = {
+        "exact": (),
+        "exact_other_noise": ("--option", "noise_seed=1"),
+        "fast": ("--option", "fast=true"),
+    }
+    report = paint_and_compare(
+        arguments.out.resolve(), arguments.count, arguments.seed, runs, "exact", "fast", "exact_other_noise"
+    )
     print(json.dumps(report, indent=1))
     print("command: python bench/bench_fast_mode.py " + " ".join(sys.argv[1:]))
     return 0

@@ -136,6 +136,16 @@ def main() -> None:
         for t in scheduler.timesteps:
             sample = scheduler.step(unet(sample, t, condition).sample, t, sample).prev_sample
 
+    windows: dict[str, tuple[int, int, int]] = {}  # blur σ -> the fast mode's window, as the pipeline chose it
+    fast_windows = pipe._fast_windows
+
+    def recorded_windows(boxes, shape, sigmas):
+        size, starts = fast_windows(boxes, shape, sigmas)
+        windows[", ".join(f"{sigma:.2f}" for sigma in sigmas)] = size
+        return size, starts
+
+    pipe._fast_windows = recorded_windows
+
     measurements = {}
     with torch.no_grad():
         reference_conv = lambda: F.conv3d(reference_input, reference_weight, padding=1)  # noqa: E731
@@ -144,8 +154,13 @@ def main() -> None:
         measurements["four_step_loop"] = four_step_loop
         measurements["quantized_decode"] = lambda: vqmodel.decode(latents)
         measurements["early_tumor_end_to_end"] = lambda: pipe(hu, mask, generator=torch.Generator().manual_seed(0))
+        # The blur's σ drawn by the generator (as a Python call without blur_sigma; the window then reaches as far
+        # as that σ's blur), and the widest blur the draw allows (σ = 4: the largest window for this tumour).
         measurements["early_tumor_fast_mode"] = lambda: pipe(
             hu, mask, generator=torch.Generator().manual_seed(0), fast=True
+        )
+        measurements["early_tumor_fast_mode_widest_blur"] = lambda: pipe(
+            hu, mask, generator=torch.Generator().manual_seed(0), fast=True, blur_sigma=4.0
         )
         results, ratios, references = _interleaved(measurements, reference_conv, args.repeats)
 
@@ -204,6 +219,11 @@ def main() -> None:
                 "fast_mode_speedup_vs_original_same_isa": None
                 if original_ratio is None
                 else round(original_ratio / ratios["early_tumor_fast_mode"], 2),
+                "fast_mode_windows_by_blur_sigma": windows,
+                "fast_mode_widest_blur_s": round(results["early_tumor_fast_mode_widest_blur"], 3),
+                "fast_mode_widest_blur_speedup_vs_original_same_isa": None
+                if original_ratio is None
+                else round(original_ratio / ratios["early_tumor_fast_mode_widest_blur"], 2),
                 "keep_freed_memory": kept,
                 "torch": torch.__version__,
             }
