@@ -21,7 +21,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_models import ORIGINAL_X_REFERENCE, _crop_and_mask, _released_pipeline
+from bench_models import ORIGINAL_X_REFERENCE, _crop_and_mask, _released_pipeline, record_fast_windows
 
 from difftumor.allocator import keep_freed_memory
 from difftumor.pipelines.tumor_inpaint import fast_mode
@@ -49,18 +49,12 @@ def main() -> int:
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
-    windows: dict[str, tuple[int, int, int]] = {}
-    fast_windows = pipe._fast_windows
-
-    def recorded_windows(boxes, shape, sigmas):
-        size, starts = fast_windows(boxes, shape, sigmas)
-        windows[current] = size
-        return size, starts
-
-    pipe._fast_windows = recorded_windows
+    current = ""
+    windows = record_fast_windows(pipe, lambda sigmas: current)
     configs = [(floor, sigma) for floor in args.floors for sigma in args.sigmas] + [("exact", "none")]
     seconds: dict[tuple, list[float]] = {config: [] for config in configs}
     ratios: dict[tuple, list[float]] = {config: [] for config in configs}
+    floor_before = fast_mode.MIN_WINDOW
     with torch.no_grad():
         for round_ in range(args.rounds + 1):  # the first round warms up
             for config in configs if round_ % 2 else configs[::-1]:
@@ -76,6 +70,7 @@ def main() -> int:
                 if round_:
                     seconds[config].append(elapsed)
                     ratios[config].append(elapsed / base)
+    fast_mode.MIN_WINDOW = floor_before
     capability = torch.backends.cpu.get_cpu_capability()
     original = ORIGINAL_X_REFERENCE.get(capability)
     for (floor, sigma), times in seconds.items():

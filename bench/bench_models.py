@@ -96,6 +96,20 @@ def _crop_and_mask(seed: int = 0):
     return hu, mask
 
 
+def record_fast_windows(pipe, key: Callable[[list[float]], str]) -> dict[str, tuple[int, int, int]]:
+    """The fast mode's window per call, as the pipeline chooses it, under ``key(blur σ of the batch)``."""
+    windows: dict[str, tuple[int, int, int]] = {}
+    choose = pipe._fast_windows
+
+    def recorded(boxes, shape, sigmas):
+        size, starts = choose(boxes, shape, sigmas)
+        windows[key(sigmas)] = size
+        return size, starts
+
+    pipe._fast_windows = recorded
+    return windows
+
+
 def end_to_end_once() -> None:
     """One early tumour on a 96³ crop (the subprocess body of the peak-RSS measurement)."""
     keep_freed_memory()
@@ -136,15 +150,7 @@ def main() -> None:
         for t in scheduler.timesteps:
             sample = scheduler.step(unet(sample, t, condition).sample, t, sample).prev_sample
 
-    windows: dict[str, tuple[int, int, int]] = {}  # blur σ -> the fast mode's window, as the pipeline chose it
-    fast_windows = pipe._fast_windows
-
-    def recorded_windows(boxes, shape, sigmas):
-        size, starts = fast_windows(boxes, shape, sigmas)
-        windows[", ".join(f"{sigma:.2f}" for sigma in sigmas)] = size
-        return size, starts
-
-    pipe._fast_windows = recorded_windows
+    windows = record_fast_windows(pipe, lambda sigmas: ", ".join(f"{sigma:.2f}" for sigma in sigmas))
 
     measurements = {}
     with torch.no_grad():

@@ -107,7 +107,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = _pipeline(args.pipeline)
-    train_steps = int(pipe.scheduler.config.num_train_timesteps)
+    num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
     rows: dict[tuple[str, str], dict[str, list[float]]] = {pair: {} for pair in COMPARISONS}
     for seed, crop, mask in _cases(args.cases, args.depth):
         shape = (1, pipe.unet.config.sample_channels, args.depth // 4, 24, 24)
@@ -168,7 +168,7 @@ def main() -> int:
     print(
         json.dumps(
             {
-                "num_train_timesteps": train_steps,
+                "num_train_timesteps": num_train_timesteps,
                 "pipeline": args.pipeline or "released size, random weights",
                 "cases": args.cases,
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -211,9 +211,9 @@ class DepthAttention(nn.Module):
     keys, and no elementwise pass over the 32-channels-per-head activations is needed. The per-position attention
     is then a strided batched matrix product over ``(position, head)`` pairs with no reshuffling of activations.
 
-    Where the tokens are narrower than a head (the released 24- and 48-channel levels), values are never projected:
-    ``W_out Σ_j p_ij (W_v x_j) = (W_out W_v) Σ_j p_ij x_j`` per head, so the attention mixes the tokens themselves and
-    one ``C × C`` product of weights per head maps them out (``_mixes_tokens``).
+    Where that is fewer multiply-adds (``_mixes_tokens``: the released 24- and 48-channel levels), values are never
+    projected: ``W_out Σ_j p_ij (W_v x_j) = (W_out W_v) Σ_j p_ij x_j`` per head, so the attention mixes the tokens
+    themselves and one ``C × C`` product of weights per head maps them out.
     """
 
     def __init__(self, channels: int, heads: int, dim_head: int):
@@ -258,13 +258,15 @@ class DepthAttention(nn.Module):
         batch, depth, height, width, channels = tokens.shape
         positions, heads = batch * height * width, self.heads
         dim = self.to_out.in_features // heads
-        # to_out's own call where hooks act through it (offloading, adapters); its weight is read directly otherwise.
-        mixes_tokens = _mixes_tokens(depth, channels, dim) and not has_hooks(self.to_out)
+        # to_out's own call where it is not a plain Linear (an adapter such as PEFT's LoRA replaces the module) or hooks
+        # act through it (offloading); its weight is read directly otherwise.
+        plain_out = type(self.to_out) is nn.Linear and not has_hooks(self.to_out)
+        mixes_tokens = _mixes_tokens(depth, channels, dim) and plain_out
         columns = self.norm(tokens).transpose(0, 1).reshape(depth, positions, channels)
         weights = self._depth_weights(*rotary, values=not mixes_tokens).transpose(1, 2)
         if mixes_tokens:  # (H·C, C): per head W_v,hᵀ W_out,hᵀ, stacked; 0.3 MFLOP at the released top level
-            w_value = self.to_qkv.weight.view(3, heads, dim, channels)[2]
-            w_mix = torch.einsum("hec,khe->hck", w_value, self.to_out.weight.view(channels, heads, dim))
+            w_value = self.to_qkv.weight.chunk(3)[2]
+            w_mix = _value_output_product(w_value, self.to_out.weight.view(channels, heads, dim))
             w_mix = w_mix.reshape(heads * channels, channels)
         blocks = []
         # By blocks of positions on CPU: at the released top level the whole qkv is 42 MB (fresh pages on every call,
@@ -297,6 +299,13 @@ def _mixes_tokens(depth: int, channels: int, dim: int) -> bool:
     """Whether :class:`DepthAttention` mixes the tokens and maps them out with ``W_out W_v`` rather than mixing
     projected values: multiply-adds per position and head ``D·D·C + D·C·C`` against ``D·C·d + D·D·d + D·d·C``."""
     return channels * (depth + channels) < dim * (2 * channels + depth)
+
+
+def _value_output_product(w_value: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+    """Per head ``W_v,hᵀ W_out,hᵀ`` ``(H, C, C)`` from the value rows ``(H·d, C)`` of a qkv weight and the output
+    weight viewed ``(C, H, d)``: what the attentions apply to token sums in place of values."""
+    heads, dim = w_out.shape[1:]
+    return torch.einsum("hec,khe->hck", w_value.view(heads, dim, -1), w_out)
 
 
 #: Positions per block of :class:`DepthAttention`: 64 was 3-9 % faster per UNet evaluation than 128 (the best while
@@ -341,9 +350,9 @@ class PlaneLinearAttention(nn.Module):
         # The same sums as ``(softmax_n(k)ᵀ v)ᵀ softmax_d(q)`` per head, arranged so that nothing 256 channels wide is
         # permuted and the 256-wide per-position output is never materialised: the output projection and scale are
         # folded into each head's ``d × C`` context, and one batched product with the queries gives the output. The
-        # context is ``kᵀ (x W_vᵀ) W_out'``; where the slices hold more positions than channels (the released 24²
-        # and 12² levels) it is cheaper as ``(kᵀ x)(W_vᵀ W_out')`` — no values at all, and the ``C × C`` product of
-        # weights made once per call —, elsewhere (6², 3²) in the written order (``_folds_values``).
+        # context is ``kᵀ (x W_vᵀ) W_out'``; where ``_folds_values`` counts fewer multiply-adds (the released 24² and
+        # 12² levels) it is ``(kᵀ x)(W_vᵀ W_out')`` — no values at all, and the ``C × C`` product of weights made once
+        # per call —, elsewhere (6², 3²) in the written order.
         batch, depth, height, width, channels = tokens.shape
         slices, positions = batch * depth, height * width
         normed = self.norm(tokens).reshape(slices, positions, channels)
@@ -352,7 +361,7 @@ class PlaneLinearAttention(nn.Module):
         w_out = self.to_out.weight.view(channels, self.heads, dim) * self.scale
         values_folded = _folds_values(positions, channels, dim)
         if values_folded:
-            w_fold = torch.einsum("hec,khe->hck", w_value.view(self.heads, dim, channels), w_out)  # (H, C, C)
+            w_fold = _value_output_product(w_value, w_out)  # (H, C, C)
         blocks = []
         # On CPU a few slices at a time (about 2304 tokens): at 24² the 256-wide queries and keys of all slices are
         # 14 MB each; in blocks they stay in cache (2x faster there, the same at the smaller levels).

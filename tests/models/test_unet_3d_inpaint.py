@@ -84,11 +84,14 @@ def test_inference_caches_follow_weight_changes(original_small):
         assert torch.equal(unet(io["x"], io["time"], io["cond"]).sample, before)
 
 
-def test_blocked_attention_equals_whole_attention(monkeypatch):
+@pytest.mark.parametrize("reassociated", [True, False])
+def test_blocked_attention_equals_whole_attention(monkeypatch, reassociated):
     # On CPU the attentions run in blocks of positions / slices; several blocks (and a short last one) must give
-    # what one block gives, to float32 rounding.
+    # what one block gives, to float32 rounding — in both association orders of each attention.
     from difftumor.models import unet_3d_blocks
 
+    monkeypatch.setattr(unet_3d_blocks, "_mixes_tokens", lambda *_: reassociated)
+    monkeypatch.setattr(unet_3d_blocks, "_folds_values", lambda *_: reassociated)
     torch.manual_seed(0)
     depth_attention = unet_3d_blocks.DepthAttention(16, 4, 8).eval()
     plane_attention = unet_3d_blocks.PlaneLinearAttention(16, 4, 8).eval()
@@ -106,13 +109,22 @@ def test_blocked_attention_equals_whole_attention(monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_attentions_reassociate_where_the_released_levels_save_work():
+    """The cost rules pick the re-associated products at the released 24- and 48-channel levels (24², 12² slices) and
+    the written order at 96 and 192 channels (6², 3²), depth 24 and 32 channels per head."""
+    from difftumor.models.unet_3d_blocks import _folds_values, _mixes_tokens
+
+    assert [_folds_values(n, c, 32) for n, c in ((576, 24), (144, 48), (36, 96), (9, 192))] == [1, 1, 0, 0]
+    assert [_mixes_tokens(24, c, 32) for c in (24, 48, 96, 192)] == [1, 1, 0, 0]
+
+
 @pytest.mark.parametrize("mixes_tokens", [True, False])
 @pytest.mark.parametrize("dim_head", [8, 64])
 def test_depth_attention_rotates_the_first_32_channels_of_each_head(monkeypatch, dim_head, mixes_tokens):
     """Against a plain computation: rotary on the first min(32, d) channels of the scaled queries and the keys (the
-    rest of a wider head unrotated), the position bias, softmax over depth — in float64, grad on and off, mixing
-    projected values or the tokens themselves (then mapped out by ``W_out W_v``); a bfloat16 model runs in
-    inference; a hook on the output projection fires (the tokens are then not mixed)."""
+    rest of a wider head unrotated), the position bias, softmax over depth — in float64, grad on and off (and the
+    gradients), mixing projected values or the tokens themselves (then mapped out by ``W_out W_v``); a bfloat16 model
+    runs in inference; a hook on the output projection fires (the tokens are then not mixed)."""
     from difftumor.models import unet_3d_blocks
 
     monkeypatch.setattr(unet_3d_blocks, "_mixes_tokens", lambda *_: mixes_tokens)
@@ -124,8 +136,6 @@ def test_depth_attention_rotates_the_first_32_channels_of_each_head(monkeypatch,
     rotary = unet_3d_blocks.RotaryEmbedding(min(32, dim_head)).tables(depth, tokens.device, tokens.dtype)
     bias = unet_3d_blocks.RelativePositionBias(heads)(depth).double()
 
-    normed = attention.norm(tokens)
-    q, k, v = attention.to_qkv(normed).view(1, depth, 3, 4, 3, heads, dim_head).unbind(4)
     width = rotary[0].shape[1]
     cos, sin = (t.view(depth, 1, 1, 1, width) for t in rotary)
 
@@ -135,19 +145,41 @@ def test_depth_attention_rotates_the_first_32_channels_of_each_head(monkeypatch,
         turned = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
         return torch.cat([part * cos + turned * sin, x[..., width:]], dim=-1)
 
-    q, k = rotate(q * attention.scale), rotate(k)
-    logits = torch.einsum("bihwnd,bjhwnd->bhwnij", q, k) + bias
-    out = torch.einsum("bhwnij,bjhwnd->bihwnd", logits.softmax(-1), v).flatten(-2)
-    expected = tokens + attention.to_out(out)
+    def plain(tokens):
+        q, k, v = attention.to_qkv(attention.norm(tokens)).view(1, depth, 3, 4, 3, heads, dim_head).unbind(4)
+        q, k = rotate(q * attention.scale), rotate(k)
+        logits = torch.einsum("bihwnd,bjhwnd->bhwnij", q, k) + bias
+        out = torch.einsum("bhwnij,bjhwnd->bihwnd", logits.softmax(-1), v).flatten(-2)
+        return tokens + attention.to_out(out)
+
+    expected = plain(tokens)
     with torch.no_grad():
         torch.testing.assert_close(attention(tokens, bias, rotary), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(attention(tokens, bias, rotary), expected, rtol=0, atol=1e-12)
+    leaf = tokens.clone().requires_grad_()
+    inputs = [leaf, *attention.parameters()]
+    gradients = torch.autograd.grad(attention(leaf, bias, rotary).square().sum(), inputs)
+    for ours, reference in zip(gradients, torch.autograd.grad(plain(leaf).square().sum(), inputs)):
+        torch.testing.assert_close(ours, reference)
     calls = []
     handle = attention.to_out.register_forward_hook(lambda *_: calls.append(1))
     with torch.no_grad():
         torch.testing.assert_close(attention(tokens, bias, rotary), expected, rtol=0, atol=1e-12)
     handle.remove()
     assert calls
+
+    class Adapted(torch.nn.Module):  # replaces the module, as PEFT's LoRA does: its weight is not the whole map
+        def __init__(self, base):
+            super().__init__()
+            self.base, self.delta = base, torch.nn.Linear(base.in_features, base.out_features, bias=False).double()
+            self.weight, self.in_features = base.weight, base.in_features
+
+        def forward(self, x):
+            return self.base(x) + self.delta(x)
+
+    attention.to_out = Adapted(attention.to_out)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(tokens, bias, rotary), plain(tokens), rtol=0, atol=1e-12)
     with torch.no_grad():
         low = attention.to(torch.bfloat16)
         tables = tuple(t.to(torch.bfloat16) for t in rotary)
@@ -158,8 +190,8 @@ def test_depth_attention_rotates_the_first_32_channels_of_each_head(monkeypatch,
 def test_plane_linear_attention_matches_a_plain_computation(monkeypatch, fold_values):
     """Both association orders of each head's context (``(kᵀ x)(W_vᵀ W_out)`` and ``(kᵀ (x W_vᵀ)) W_out``) against
     the original's formula written out — queries soft-maxed over their head channels, keys over positions, output
-    ``W_out ((k vᵀ)ᵀ q) · d^-0.5 + b`` — in float64 with grad on and off (in-place softmax), and in float32 with
-    logits beyond its exponential's range."""
+    ``W_out ((k vᵀ)ᵀ q) · d^-0.5 + b`` — in float64 without autograd (in-place softmax) and with it (gradients of
+    the input and every weight), and in float32 with logits beyond its exponential's range."""
     from difftumor.models import unet_3d_blocks
 
     monkeypatch.setattr(unet_3d_blocks, "_folds_values", lambda *_: fold_values)
@@ -171,17 +203,24 @@ def test_plane_linear_attention_matches_a_plain_computation(monkeypatch, fold_va
         attention.to_qkv.weight *= 60  # logits up to 127
     tokens = torch.randn(2, 3, 4, 5, channels, dtype=torch.float64) * 3
 
-    sequences = attention.norm(tokens).reshape(6, 20, channels)
-    q, k, v = (t.view(6, 20, heads, dim) for t in attention.to_qkv(sequences).chunk(3, dim=-1))
-    q, k = q.softmax(dim=-1), k.softmax(dim=1)
-    context = torch.einsum("snhd,snhe->shde", k, v)
-    out = torch.einsum("shde,snhd->snhe", context, q).flatten(2) * attention.scale
-    expected = tokens + attention.to_out(out).view(tokens.shape)
+    def plain(tokens):
+        sequences = attention.norm(tokens).reshape(6, 20, channels)
+        q, k, v = (t.view(6, 20, heads, dim) for t in attention.to_qkv(sequences).chunk(3, dim=-1))
+        q, k = q.softmax(dim=-1), k.softmax(dim=1)
+        context = torch.einsum("snhd,snhe->shde", k, v)
+        out = torch.einsum("shde,snhd->snhe", context, q).flatten(2) * attention.scale
+        return tokens + attention.to_out(out).view(tokens.shape)
+
+    expected = plain(tokens)
     with torch.no_grad():
         torch.testing.assert_close(attention(tokens), expected, rtol=0, atol=1e-12)
         single = copy.deepcopy(attention).float()(tokens.float())
         torch.testing.assert_close(single.double(), expected, rtol=0, atol=1e-4)  # 2.2e-5 measured
-    torch.testing.assert_close(attention(tokens), expected, rtol=0, atol=1e-12)
+    leaf = tokens.clone().requires_grad_()
+    inputs = [leaf, *attention.parameters()]
+    gradients = torch.autograd.grad(attention(leaf).square().sum(), inputs)
+    for ours, reference in zip(gradients, torch.autograd.grad(plain(leaf).square().sum(), inputs)):
+        torch.testing.assert_close(ours, reference)
 
 
 def test_resnet_block_folds_the_time_modulation_into_its_group_norm(monkeypatch):

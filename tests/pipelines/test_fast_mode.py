@@ -87,6 +87,8 @@ def test_bad_fast_settings_are_refused(pipe):
     crop = np.zeros((32, 32, 32), dtype=np.float32)
     with pytest.raises(DiffTumorInputError, match="blur_sigma must be >= 0"):
         pipe(crop, crop > 0, blur_sigma=-1.0, fast=True)
+    with pytest.raises(DiffTumorInputError, match="blur_sigma has 2 values for 1 crops"):  # before sampling
+        pipe(crop, crop > 0, blur_sigma=[1.0, 2.0], callback_on_step_end=lambda *_: pytest.fail("sampled"))
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +147,17 @@ def test_fast_mode_sizes_its_window_for_the_drawn_sigma(pipe, data_dir, monkeypa
     monkeypatch.setattr(module, "neighbourhood_windows", lambda *a, **k: reaches.append(a[2]) or windows(*a, **k))
     crop, mask = _liver_crop(data_dir)
     exact = pipe(crop, mask, generator=torch.Generator().manual_seed(3))
-    fast = pipe(crop, mask, generator=torch.Generator().manual_seed(3), fast=True)
+    generator, after_sampler = torch.Generator().manual_seed(3), []
+
+    def record(pipeline, step, timestep, tensors):  # runs after each sampler step
+        after_sampler[:] = [generator.get_state()]
+        return tensors
+
+    fast = pipe(crop, mask, generator=generator, fast=True, callback_on_step_end=record)
     assert drawn[0] == drawn[1] and torch.equal(fast.blend_weights, exact.blend_weights)
+    # Drawn where the original draws it: the first draw after the last sampler step.
+    replay = torch.Generator().set_state(after_sampler[0])
+    assert drawn[1][0] == float(torch.rand(1, generator=replay).item() * 4.0)
     assert reaches == [blur_radius(drawn[1][0])] and reaches[0] < blur_radius(4.0)
 
 

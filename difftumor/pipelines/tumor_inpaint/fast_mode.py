@@ -3,11 +3,11 @@
 Only voxels within the blending blur of the tumour reach the output (the blend weight is exactly 0 farther away), yet
 the exact path decodes the whole crop — the decoder is more than half of the time. The fast mode decodes the latent
 cells under a window that holds the tumour, the blur's reach and a margin (at least 48 voxels a side: 12.5 % of a 96³
-decode). Its GroupNorm layers then take their statistics over the window instead of the crop, which changes a
-tumour's mean by about what re-drawing the sampler's noise changes: over 24 tumours in each of two CTs (bundled
-pipeline, `bench/bench_fast_mode.py`), median |Δ| 0.03 and 0.18–0.20 HU against 0.04 and 0.15 HU for a noise re-draw,
-a tail of a few tumours at 5–14 HU (as with a 64-voxel floor, whose medians were 0.02 and 0.10 HU; 56 voxels: 0.02 and
-0.17), and the realism figures do not move (BENCHMARKS.md).
+decode). Its GroupNorm layers then take their statistics over the window instead of the crop. Over 24 tumours in
+each of two CTs (bundled pipeline, `bench/bench_fast_mode.py`) the median change of a tumour's mean is at the level of
+re-drawing the sampler's noise (0.03 and 0.18–0.20 HU against 0.04 and 0.15 HU), its upper quantiles about twice the
+noise's on one CT (q90 5.4 against 2.4 HU, a few tumours at 5–14 HU), as with a 64-voxel floor (medians 0.02 and
+0.10 HU, the same tail; 56 voxels: 0.02 and 0.17), and the realism figures do not move (BENCHMARKS.md).
 
 Encoding and denoising are left as they are (whole crop, float32). Run on a 48³ window they paint a different
 tumour altogether (tumour mean 10 HU → 50–110 HU with the bundled pipeline: the UNet's normalisation and attention
@@ -27,8 +27,8 @@ import torch
 #: border, which changes the decoded values there; two latent cells (8 voxels) keep that out of the blend.
 WINDOW_MARGIN = 8
 #: Smallest window side (voxels): the smaller the window, the farther its GroupNorm statistics from the crop's (see
-#: above); 48 decodes 0.42 of a 64-voxel floor's volume (the float32 decode with AVX2 kernels: 0.62 -> 0.26 s)
-#: for a change of a tumour's mean at the level of the sampler's own noise.
+#: above); 48 decodes 0.42 of a 64-voxel floor's volume (an early tumour with AVX2 kernels, float32 window: 1.77 ->
+#: 1.16 s per call, `bench/bench_fast_window.py`) for a median change at the level of the sampler's own noise.
 MIN_WINDOW = 48
 
 

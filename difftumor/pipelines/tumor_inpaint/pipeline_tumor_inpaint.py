@@ -317,7 +317,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 the pattern that repeats with the decoder's up-sampling stride (a regular dot grid that a briefly
                 trained autoencoder leaves; see :func:`remove_stride_pattern`). Off reproduces the original.
             fast (`bool`, defaults to `False`): decode only the tumour's neighbourhood — a window of the crop that
-                holds the tumour, the blur's reach and a margin, at least 48 voxels a side (≈ 12 % of a 96³ decode)
+                holds the tumour, the blur's reach and a margin, at least 48 voxels a side (12.5 % of a 96³ decode)
                 — in bfloat16 where the hardware has it (AVX512-BF16/AMX CPUs, CUDA), float32 otherwise. Encoding
                 and denoising are unchanged (whole crop, float32). The tumour is close to, not equal to,
                 the exact path's (see :mod:`difftumor.pipelines.tumor_inpaint.fast_mode`); ``decoded`` holds the
@@ -346,6 +346,10 @@ class TumorInpaintPipeline(DiffusionPipeline):
         self.check_inputs(image, tumor_mask, num_inference_steps)
         if blur_sigma is not None and float(np.min(blur_sigma)) < 0:
             raise DiffTumorInputError(f"blur_sigma must be >= 0, got {blur_sigma}", "pass σ in voxels, e.g. 2.0")
+        if blur_sigma is not None and not isinstance(blur_sigma, (int, float)) and len(blur_sigma) != image.shape[0]:
+            raise DiffTumorInputError(
+                f"blur_sigma has {len(blur_sigma)} values for {image.shape[0]} crops", "pass one σ, or one per crop"
+            )
         device, dtype = self._execution_device, self.unet.dtype
         batch = image.shape[0]
         low, high = self.config.window
@@ -458,9 +462,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
             ]
         if isinstance(blur_sigma, (int, float)):
             return [float(blur_sigma)] * batch
-        if len(blur_sigma) != batch:
-            raise DiffTumorInputError(f"blur_sigma has {len(blur_sigma)} values for {batch} crops")
-        return [float(s) for s in blur_sigma]
+        return [float(s) for s in blur_sigma]  # one per crop: checked before sampling
 
 
 def _paste(full: torch.Tensor, windows: torch.Tensor, size: tuple[int, int, int], starts: np.ndarray) -> torch.Tensor:
