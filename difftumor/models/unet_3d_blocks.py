@@ -8,6 +8,10 @@ Inside the UNet, activations are kept as **tokens** ``(B, D, H, W, C)`` (channel
 1×1 projection is a plain matrix product, the channel LayerNorm reduces a contiguous axis, the in-plane convolutions are
 channels-last 2-D convolutions over the slices without any copy, and the slice attention needs no reshuffling —
 several times faster on CPU than the ``(B, C, D, H, W)`` layout at latent sizes.
+
+The attentions read their ``to_qkv`` weights (and the plane attention its ``to_out`` weight) directly, to fold rotary
+embeddings, scales and products of weights: an adapter that replaces those modules (PEFT's LoRA) is not applied
+there, nor are hooks on them; ``DepthAttention.to_out`` is called as a module unless it is a plain ``nn.Linear``.
 """
 
 from __future__ import annotations
@@ -257,9 +261,9 @@ class DepthAttention(nn.Module):
     ) -> torch.Tensor:
         batch, depth, height, width, channels = tokens.shape
         positions, heads = batch * height * width, self.heads
-        dim = self.to_out.in_features // heads
-        # to_out's own call where it is not a plain Linear (an adapter such as PEFT's LoRA replaces the module) or hooks
-        # act through it (offloading); its weight is read directly otherwise.
+        dim = self.to_qkv.weight.shape[0] // (3 * heads)
+        # to_out's own call where it is not a plain Linear (an adapter such as PEFT's LoRA replaces the module) or
+        # hooks act through it; its weight is read directly otherwise.
         plain_out = type(self.to_out) is nn.Linear and not has_hooks(self.to_out)
         mixes_tokens = _mixes_tokens(depth, channels, dim) and plain_out
         columns = self.norm(tokens).transpose(0, 1).reshape(depth, positions, channels)

@@ -84,6 +84,16 @@ def test_inference_caches_follow_weight_changes(original_small):
         assert torch.equal(unet(io["x"], io["time"], io["cond"]).sample, before)
 
 
+def _assert_same_gradients(module, ours, plain, tokens):
+    """``ours`` and ``plain`` (both of ``tokens``) have the same gradients for the tokens and every weight of
+    ``module``."""
+    leaf = tokens.clone().requires_grad_()
+    inputs = [leaf, *module.parameters()]
+    gradients = torch.autograd.grad(ours(leaf).square().sum(), inputs)
+    for got, expected in zip(gradients, torch.autograd.grad(plain(leaf).square().sum(), inputs)):
+        torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.parametrize("reassociated", [True, False])
 def test_blocked_attention_equals_whole_attention(monkeypatch, reassociated):
     # On CPU the attentions run in blocks of positions / slices; several blocks (and a short last one) must give
@@ -156,11 +166,7 @@ def test_depth_attention_rotates_the_first_32_channels_of_each_head(monkeypatch,
     with torch.no_grad():
         torch.testing.assert_close(attention(tokens, bias, rotary), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(attention(tokens, bias, rotary), expected, rtol=0, atol=1e-12)
-    leaf = tokens.clone().requires_grad_()
-    inputs = [leaf, *attention.parameters()]
-    gradients = torch.autograd.grad(attention(leaf, bias, rotary).square().sum(), inputs)
-    for ours, reference in zip(gradients, torch.autograd.grad(plain(leaf).square().sum(), inputs)):
-        torch.testing.assert_close(ours, reference)
+    _assert_same_gradients(attention, lambda x: attention(x, bias, rotary), plain, tokens)
     calls = []
     handle = attention.to_out.register_forward_hook(lambda *_: calls.append(1))
     with torch.no_grad():
@@ -216,11 +222,7 @@ def test_plane_linear_attention_matches_a_plain_computation(monkeypatch, fold_va
         torch.testing.assert_close(attention(tokens), expected, rtol=0, atol=1e-12)
         single = copy.deepcopy(attention).float()(tokens.float())
         torch.testing.assert_close(single.double(), expected, rtol=0, atol=1e-4)  # 2.2e-5 measured
-    leaf = tokens.clone().requires_grad_()
-    inputs = [leaf, *attention.parameters()]
-    gradients = torch.autograd.grad(attention(leaf).square().sum(), inputs)
-    for ours, reference in zip(gradients, torch.autograd.grad(plain(leaf).square().sum(), inputs)):
-        torch.testing.assert_close(ours, reference)
+    _assert_same_gradients(attention, attention, plain, tokens)
 
 
 def test_resnet_block_folds_the_time_modulation_into_its_group_norm(monkeypatch):

@@ -27,8 +27,8 @@ import torch
 #: border, which changes the decoded values there; two latent cells (8 voxels) keep that out of the blend.
 WINDOW_MARGIN = 8
 #: Smallest window side (voxels): the smaller the window, the farther its GroupNorm statistics from the crop's (see
-#: above); 48 decodes 0.42 of a 64-voxel floor's volume (an early tumour with AVX2 kernels, float32 window: 1.77 ->
-#: 1.16 s per call, `bench/bench_fast_window.py`) for a median change at the level of the sampler's own noise.
+#: above); 48 decodes 0.42 of a 64-voxel floor's volume (an early tumour at σ = 2 with AVX2 kernels, float32 window:
+#: 6.1x -> 8.1x the original, `bench/bench_fast_window.py`) for a median change at the level of the sampler's noise.
 MIN_WINDOW = 48
 
 

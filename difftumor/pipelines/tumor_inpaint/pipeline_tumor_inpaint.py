@@ -344,12 +344,15 @@ class TumorInpaintPipeline(DiffusionPipeline):
             )
         num_inference_steps = num_inference_steps or self.config.default_num_inference_steps
         self.check_inputs(image, tumor_mask, num_inference_steps)
-        if blur_sigma is not None and float(np.min(blur_sigma)) < 0:
-            raise DiffTumorInputError(f"blur_sigma must be >= 0, got {blur_sigma}", "pass σ in voxels, e.g. 2.0")
-        if blur_sigma is not None and not isinstance(blur_sigma, (int, float)) and len(blur_sigma) != image.shape[0]:
-            raise DiffTumorInputError(
-                f"blur_sigma has {len(blur_sigma)} values for {image.shape[0]} crops", "pass one σ, or one per crop"
-            )
+        if blur_sigma is not None:  # one σ per crop from here on, checked before any work
+            given = np.atleast_1d(np.asarray(blur_sigma, dtype=np.float64))
+            if given.ndim != 1 or given.size not in (1, image.shape[0]):
+                raise DiffTumorInputError(
+                    f"blur_sigma has {given.size} values for {image.shape[0]} crops", "pass one σ, or one per crop"
+                )
+            if given.min() < 0:
+                raise DiffTumorInputError(f"blur_sigma must be >= 0, got {blur_sigma}", "pass σ in voxels, e.g. 2.0")
+            blur_sigma = [float(value) for value in np.broadcast_to(given, (image.shape[0],))]
         device, dtype = self._execution_device, self.unet.dtype
         batch = image.shape[0]
         low, high = self.config.window
@@ -453,16 +456,15 @@ class TumorInpaintPipeline(DiffusionPipeline):
         return torch.stack(pieces)
 
     @staticmethod
-    def _blur_sigmas(blur_sigma, batch: int, generator) -> list[float]:
-        if blur_sigma is None:
-            generators = generator if isinstance(generator, list) else [generator] * batch
-            return [
-                float(torch.rand(1, generator=g, device=g.device if g else "cpu").item() * _MAX_DRAWN_SIGMA)
-                for g in generators
-            ]
-        if isinstance(blur_sigma, (int, float)):
-            return [float(blur_sigma)] * batch
-        return [float(s) for s in blur_sigma]  # one per crop: checked before sampling
+    def _blur_sigmas(blur_sigma: list[float] | None, batch: int, generator) -> list[float]:
+        """The given σ per crop, or one drawn per crop from U(0, 4) as the original draws it."""
+        if blur_sigma is not None:
+            return blur_sigma
+        generators = generator if isinstance(generator, list) else [generator] * batch
+        return [
+            float(torch.rand(1, generator=g, device=g.device if g else "cpu").item() * _MAX_DRAWN_SIGMA)
+            for g in generators
+        ]
 
 
 def _paste(full: torch.Tensor, windows: torch.Tensor, size: tuple[int, int, int], starts: np.ndarray) -> torch.Tensor:
