@@ -89,6 +89,13 @@ def test_bad_fast_settings_are_refused(pipe):
         pipe(crop, crop > 0, blur_sigma=-1.0, fast=True)
     with pytest.raises(DiffTumorInputError, match="blur_sigma has 2 values for 1 crops"):  # before sampling
         pipe(crop, crop > 0, blur_sigma=[1.0, 2.0], callback_on_step_end=lambda *_: pytest.fail("sampled"))
+    # One σ as a float, a NumPy scalar, a 0-d array or a one-element list: the same blur.
+    mask = np.zeros_like(crop, dtype=bool)
+    mask[12:18, 12:18, 12:18] = True
+    weights = [
+        pipe(crop, mask, blur_sigma=sigma).blend_weights for sigma in (1.5, np.float32(1.5), np.array(1.5), [1.5])
+    ]
+    assert all(torch.equal(weights[0], other) for other in weights[1:]) and (weights[0] > 0).sum() > mask.sum()
 
 
 @pytest.fixture(scope="module")
