@@ -287,14 +287,12 @@ class DepthAttention(nn.Module):
             ]
             logits = torch.bmm(parts[0], parts[1].transpose(1, 2)).view(count, heads, depth, depth) + position_bias
             probabilities = logits.softmax(dim=-1)
-            if mixes_tokens:
+            if mixes_tokens:  # (count, H·D, C): each head's mix of the tokens themselves
                 mixed = torch.bmm(probabilities.view(count, heads * depth, depth), block.transpose(0, 1))
-                mixed = mixed.view(count, heads, depth, channels).permute(2, 0, 1, 3).reshape(depth, count, -1)
-                blocks.append(torch.matmul(mixed, w_mix))
-            else:
-                attended = torch.bmm(probabilities.view(count * heads, depth, depth), parts[2])
-                attended = attended.view(count, heads, depth, -1).permute(2, 0, 1, 3).reshape(depth, count, -1)
-                blocks.append(self.to_out(attended))
+            else:  # (count·H, D, d): each head's mix of its values
+                mixed = torch.bmm(probabilities.view(count * heads, depth, depth), parts[2])
+            mixed = mixed.view(count, heads, depth, -1).permute(2, 0, 1, 3).reshape(depth, count, -1)
+            blocks.append(torch.matmul(mixed, w_mix) if mixes_tokens else self.to_out(mixed))
         out = torch.cat(blocks, dim=1)  # (D, positions, C): small, and autograd-friendly unlike out=
         return tokens + out.view(depth, batch, height, width, channels).transpose(0, 1)
 

@@ -344,17 +344,17 @@ class TumorInpaintPipeline(DiffusionPipeline):
             )
         num_inference_steps = num_inference_steps or self.config.default_num_inference_steps
         self.check_inputs(image, tumor_mask, num_inference_steps)
+        batch = image.shape[0]
         if blur_sigma is not None:  # one σ per crop from here on, checked before any work
             given = np.atleast_1d(np.asarray(blur_sigma, dtype=np.float64))
-            if given.ndim != 1 or given.size not in (1, image.shape[0]):
+            if given.ndim != 1 or given.size not in (1, batch):
                 raise DiffTumorInputError(
-                    f"blur_sigma has {given.size} values for {image.shape[0]} crops", "pass one σ, or one per crop"
+                    f"blur_sigma has {given.size} values for {batch} crops", "pass one σ, or one per crop"
                 )
             if given.min() < 0:
                 raise DiffTumorInputError(f"blur_sigma must be >= 0, got {blur_sigma}", "pass σ in voxels, e.g. 2.0")
-            blur_sigma = [float(value) for value in np.broadcast_to(given, (image.shape[0],))]
+            blur_sigma = [float(value) for value in np.broadcast_to(given, (batch,))]
         device, dtype = self._execution_device, self.unet.dtype
-        batch = image.shape[0]
         low, high = self.config.window
 
         # On CUDA: full float32 (PyTorch's default TF32 moved voxels by 30 HU) and deterministic cuDNN algorithms.
