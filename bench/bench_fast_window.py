@@ -3,9 +3,10 @@
 Runs the released-size pipeline (random weights) on the same 96³ crop and 12 mm tumour as ``bench_models.py``, fast
 mode with each ``--floors`` value as :data:`~difftumor.pipelines.tumor_inpaint.fast_mode.MIN_WINDOW` and each
 ``--sigmas`` blur (``none``: drawn by the generator, as a call without ``blur_sigma``), plus the exact path; all
-configurations interleaved round by round in one process, each timed right after the reference convolution, and
-reported as the median time, the window the pipeline chose and the speed-up over the original on this instruction set
-(the ratio method of ``bench_models.py``). Freed memory is kept as ``difftumor synthesize`` does on CPU.
+configurations interleaved round by round in one process (every other round reversed), each timed right after the
+reference convolution (``bench_models._interleaved``), and reported as the median time, the window the pipeline chose
+and the speed-up over the original on this instruction set (the ratio method of ``bench_models.py``). Freed memory is
+kept as ``difftumor synthesize`` does on CPU.
 
     python bench/bench_fast_window.py --threads 2 --rounds 6
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/bench_fast_window.py --threads 2 --rounds 6
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from bench_models import ORIGINAL_X_REFERENCE, _crop_and_mask, _released_pipeline, record_fast_windows
+from bench_models import ORIGINAL_X_REFERENCE, _crop_and_mask, _interleaved, _released_pipeline, record_fast_windows
 
 from difftumor.allocator import keep_freed_memory
 from difftumor.pipelines.tumor_inpaint import fast_mode
@@ -40,49 +40,42 @@ def main() -> int:
     pipe.set_progress_bar_config(disable=True)
     hu, mask = _crop_and_mask()
     reference_input, reference_weight = torch.randn(1, 32, 48, 48, 48), torch.randn(32, 32, 3, 3, 3)
-
-    def reference() -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            F.conv3d(reference_input, reference_weight, padding=1)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
     current = ""
     windows = record_fast_windows(pipe, lambda sigmas: current)
+
+    def run(floor: int | str, sigma: str) -> Callable[[], object]:
+        def call():
+            nonlocal current
+            current = f"{floor}/{sigma}"
+            if floor != "exact":
+                fast_mode.MIN_WINDOW = floor
+            blur = None if sigma == "none" else float(sigma)
+            return pipe(hu, mask, generator=torch.Generator().manual_seed(0), fast=floor != "exact", blur_sigma=blur)
+
+        return call
+
     configs = [(floor, sigma) for floor in args.floors for sigma in args.sigmas] + [("exact", "none")]
-    seconds: dict[tuple, list[float]] = {config: [] for config in configs}
-    ratios: dict[tuple, list[float]] = {config: [] for config in configs}
     floor_before = fast_mode.MIN_WINDOW
     with torch.no_grad():
-        for round_ in range(args.rounds + 1):  # the first round warms up
-            for config in configs if round_ % 2 else configs[::-1]:
-                floor, sigma = config
-                current = f"{floor}/{sigma}"
-                if floor != "exact":
-                    fast_mode.MIN_WINDOW = floor
-                blur = None if sigma == "none" else float(sigma)
-                base = reference()
-                start = time.perf_counter()
-                pipe(hu, mask, generator=torch.Generator().manual_seed(0), fast=floor != "exact", blur_sigma=blur)
-                elapsed = time.perf_counter() - start
-                if round_:
-                    seconds[config].append(elapsed)
-                    ratios[config].append(elapsed / base)
+        seconds, ratios, _ = _interleaved(
+            {f"{floor}/{sigma}": run(floor, sigma) for floor, sigma in configs},
+            lambda: F.conv3d(reference_input, reference_weight, padding=1),
+            args.rounds,
+            alternate=True,
+        )
     fast_mode.MIN_WINDOW = floor_before
     capability = torch.backends.cpu.get_cpu_capability()
     original = ORIGINAL_X_REFERENCE.get(capability)
-    for (floor, sigma), times in seconds.items():
-        ratio = statistics.median(ratios[(floor, sigma)])
+    for floor, sigma in configs:
+        name = f"{floor}/{sigma}"
         print(
             json.dumps(
                 {
                     "floor": floor,
                     "blur_sigma": sigma,
-                    "window": windows.get(f"{floor}/{sigma}"),
-                    "median_s": round(statistics.median(times), 3),
-                    "speedup_vs_original_same_isa": None if original is None else round(original / ratio, 2),
+                    "window": windows.get(name),
+                    "median_s": round(seconds[name], 3),
+                    "speedup_vs_original_same_isa": None if original is None else round(original / ratios[name], 2),
                 }
             )
         )

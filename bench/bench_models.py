@@ -53,21 +53,26 @@ def _seconds(function: Callable[[], object]) -> float:
 
 
 def _interleaved(
-    measurements: dict[str, Callable[[], object]], reference: Callable[[], object], repeats: int
+    measurements: dict[str, Callable[[], object]],
+    reference: Callable[[], object],
+    repeats: int,
+    alternate: bool = False,
 ) -> tuple[dict[str, float], dict[str, float], list[float]]:
     """Median time and median ratio to ``reference`` of each measurement, over ``repeats`` rounds after a warm-up.
 
     Each run is timed right after the reference convolution (median of 3), and the ratio is taken per pair: on a
     shared machine the load drifts within seconds (the reference alone moved 28-47 ms in one session), so a ratio of
-    two medians taken minutes apart moves with it.
+    two medians taken minutes apart moves with it. ``alternate`` runs every other round in reverse order.
     """
     for function in measurements.values():
         function()
     times: dict[str, list[float]] = {name: [] for name in measurements}
     ratios: dict[str, list[float]] = {name: [] for name in measurements}
     references = []
-    for _ in range(repeats):
-        for name, function in measurements.items():
+    for round_ in range(repeats):
+        names = list(measurements)
+        for name in names[::-1] if alternate and round_ % 2 else names:
+            function = measurements[name]
             reference_seconds = statistics.median(_seconds(reference) for _ in range(3))
             seconds = _seconds(function)
             references.append(reference_seconds)
