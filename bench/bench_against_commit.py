@@ -11,6 +11,7 @@ turned the allocator setting on by itself at its first call).
     python bench/bench_against_commit.py --rev 210df04 --target unet --rounds 20 --threads 2
     python bench/bench_against_commit.py --rev 210df04 --target unet --rounds 20 --threads 2 --keep-freed-memory
     python bench/bench_against_commit.py --rev 210df04 --target pipeline --rounds 8 --threads 2
+    python bench/bench_against_commit.py --rev 5fdb3af --target fast --blur-sigma 4 --rounds 8 --threads 2
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _builders(package: str):
     return unet_module.UNet3DInpaintModel, vq_module.VQModel3D, pipeline_module.TumorInpaintPipeline, scheduler_module
 
 
-def _jobs(target: str, package: str, state: dict[str, dict[str, torch.Tensor]]):
+def _jobs(target: str, package: str, state: dict[str, dict[str, torch.Tensor]], blur_sigma: float | None = None):
     unet_class, vq_class, pipeline_class, schedulers = _builders(package)
     unet = unet_class().eval()
     unet.load_state_dict(state["unet"])
@@ -72,7 +73,8 @@ def _jobs(target: str, package: str, state: dict[str, dict[str, torch.Tensor]]):
     pipe.set_progress_bar_config(disable=True)
     hu, mask = _crop_and_mask()
     fast = target == "fast"
-    return lambda: pipe(hu, mask, generator=torch.Generator().manual_seed(0), fast=fast).images
+    generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    return lambda: pipe(hu, mask, generator=generator(), fast=fast, blur_sigma=blur_sigma).images
 
 
 def main() -> None:
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rev", default="HEAD~1", help="the commit to compare with (any git revision)")
     parser.add_argument("--target", choices=("unet", "pipeline", "fast"), default="unet")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--blur-sigma", type=float, help="pipeline/fast targets: this blur σ (default: drawn)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--keep-freed-memory", action="store_true", help="turn difftumor.allocator's setting on first (both versions)"
@@ -99,7 +102,8 @@ def main() -> None:
 
         torch.manual_seed(0)
         state = {"unet": UNet3DInpaintModel().state_dict(), "vq": VQModel3D().state_dict()}
-        jobs = {"this": _jobs(args.target, "difftumor", state), "ref": _jobs(args.target, "difftumor_ref", state)}
+        packages = {"this": "difftumor", "ref": "difftumor_ref"}
+        jobs = {name: _jobs(args.target, package, state, args.blur_sigma) for name, package in packages.items()}
         with torch.no_grad():
             outputs = {name: job() for name, job in jobs.items()}  # also the warm-up
             seconds: dict[str, list[float]] = {name: [] for name in jobs}
@@ -115,6 +119,7 @@ def main() -> None:
         json.dumps(
             {
                 "target": args.target,
+                "blur_sigma": args.blur_sigma,
                 "reference_commit": commit,
                 "capability": torch.backends.cpu.get_cpu_capability(),
                 "threads": args.threads,

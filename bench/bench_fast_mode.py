@@ -12,6 +12,7 @@ the runs differ only in the decode — the window's GroupNorm statistics, and bf
   score, medians with IQR).
 
     python bench/bench_fast_mode.py --out runs/bench_fast --count 24 --threads 2
+    python bench/bench_fast_mode.py --out runs/bench_fast_widest --count 24 --threads 2 --blend-sigma-mm 4 4
 """
 
 from __future__ import annotations
@@ -122,12 +123,16 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--blend-sigma-mm", type=float, nargs=2, metavar=("LOW", "HIGH"), help="the blur's range in every run"
+    )
     arguments = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(arguments.threads)
+    blur = () if arguments.blend_sigma_mm is None else ("--option", f"blend_sigma_mm={list(arguments.blend_sigma_mm)}")
     runs = {
-        "exact": (),
-        "exact_other_noise": ("--option", "noise_seed=1"),
-        "fast": ("--option", "fast=true"),
+        "exact": blur,
+        "exact_other_noise": (*blur, "--option", "noise_seed=1"),
+        "fast": (*blur, "--option", "fast=true"),
     }
     report = paint_and_compare(
         arguments.out.resolve(), arguments.count, arguments.seed, runs, "exact", "fast", "exact_other_noise"

@@ -104,14 +104,19 @@ def _crop_and_mask(seed: int = 0):
 def record_fast_windows(pipe, key: Callable[[list[float]], str]) -> dict[str, tuple[int, int, int]]:
     """The fast mode's window per call, as the pipeline chooses it, under ``key(blur σ of the batch)``."""
     windows: dict[str, tuple[int, int, int]] = {}
-    choose = pipe._fast_windows
+    choose, draw = pipe._fast_windows, pipe._blur_sigmas
+    sigmas: list[float] = []
 
-    def recorded(boxes, shape, sigmas):
-        size, starts = choose(boxes, shape, sigmas)
+    def drawn(*arguments):
+        sigmas[:] = draw(*arguments)
+        return list(sigmas)
+
+    def recorded(weights):
+        size, starts = choose(weights)
         windows[key(sigmas)] = size
         return size, starts
 
-    pipe._fast_windows = recorded
+    pipe._blur_sigmas, pipe._fast_windows = drawn, recorded
     return windows
 
 

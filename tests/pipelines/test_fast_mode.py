@@ -11,54 +11,77 @@ import torch
 from difftumor import TumorInpaintPipeline
 from difftumor.assets import BUNDLED_PIPELINE
 from difftumor.pipelines.tumor_inpaint import fast_mode
-from difftumor.pipelines.tumor_inpaint.blending import blur_radius, tumor_boxes
-from difftumor.pipelines.tumor_inpaint.fast_mode import MIN_WINDOW, WINDOW_MARGIN, neighbourhood_windows
+from difftumor.pipelines.tumor_inpaint.blending import blend_weights, blur_radius, tumor_boxes
+from difftumor.pipelines.tumor_inpaint.fast_mode import MIN_WINDOW, STRONG_WEIGHT, WINDOW_MARGIN, neighbourhood_windows
 from difftumor.windowing import to_window
 from tests.conftest import DEVICE
 
 
-def _windows(masks: np.ndarray, reach: int, stride: tuple[int, int, int]):
-    return neighbourhood_windows(tumor_boxes(torch.from_numpy(masks)), masks.shape[1:], reach, stride)
+def _windows(masks: np.ndarray, sigma: float, stride: tuple[int, int, int]):
+    """The pipeline's windows for ``masks`` ``(B, X, Y, Z)`` blended with blur ``sigma``, and the blend weights."""
+    weights = blend_weights(torch.from_numpy(masks[:, None]), [sigma] * len(masks))[:, 0]
+    blended, strong = tumor_boxes(weights > 0), tumor_boxes(weights >= STRONG_WEIGHT)
+    return (*neighbourhood_windows(blended, strong, masks.shape[1:], stride), weights.numpy())
 
 
 @pytest.mark.parametrize("stride", [(4, 4, 4), (8, 8, 2), (16, 16, 16)])
-def test_windows_hold_tumour_blur_and_margin_on_the_latent_grid(stride):
+def test_windows_hold_every_blended_voxel_and_a_margin_on_the_latent_grid(stride):
     rng = np.random.default_rng(0)
     shape = (96, 96, 48)
-    for _ in range(200):
+    for _ in range(60):
         masks = np.zeros((3, *shape), dtype=bool)
         for mask in masks:
             low = rng.integers(0, np.array(shape) - 4)
             extent = rng.integers(1, 24, size=3)
             mask[tuple(slice(int(a), int(a + e)) for a, e in zip(low, extent))] = True
-        reach = blur_radius(float(rng.uniform(0, 4)))
-        size, starts = _windows(masks, reach, stride)
+        size, starts, weights = _windows(masks, float(rng.uniform(0, 4)), stride)
         assert all(s % f == 0 and s <= n for s, f, n in zip(size, stride, shape))
         assert all(s >= min(MIN_WINDOW, n) for s, n in zip(size, shape))
         assert (starts % np.array(stride) == 0).all()
-        for mask, start in zip(masks, starts):
-            points = np.argwhere(mask)
-            need_low = np.maximum(points.min(0) - reach - WINDOW_MARGIN, 0)
-            need_high = np.minimum(points.max(0) + 1 + reach + WINDOW_MARGIN, shape)
+        for weight, start in zip(weights, starts):
             assert (start >= 0).all() and (start + np.array(size) <= shape).all()
+            inside = np.zeros(shape, dtype=bool)
+            inside[tuple(slice(int(a), int(a + n)) for a, n in zip(start, size))] = True
+            assert not ((weight > 0) & ~inside).any()  # every blended voxel is decoded
+            # ... and every voxel of weight >= 1 % is WINDOW_MARGIN voxels from the window's edge (or at the crop's).
+            strong = np.argwhere(weight >= STRONG_WEIGHT)
+            need_low = np.maximum(strong.min(0) - WINDOW_MARGIN, 0)
+            need_high = np.minimum(strong.max(0) + 1 + WINDOW_MARGIN, shape)
             assert (start <= need_low).all() and (start + np.array(size) >= need_high).all()
+
+
+def test_the_faint_tail_of_a_wide_blur_may_lie_in_the_margin():
+    masks = np.zeros((1, 96, 96, 96), dtype=bool)
+    masks[0, 40:52, 42:54, 44:54] = True  # a 12 mm early tumour
+    # σ = 4 reaches 16 voxels (weights > 0 on [24, 68) along x) but is >= 1 % only on [31, 61): 8 voxels beyond
+    # that, [23, 69) widened to the grid, is 52; y and z fit in the floor (tumour + reach + margin: 60 x 64 x 60).
+    size, starts, _ = _windows(masks, 4.0, stride=(4, 4, 4))
+    assert size == (52, 48, 48) and starts[0].tolist() == [20, 24, 24]
+    # Without blur the weights are the mask: the margin is kept around the tumour itself.
+    size, starts, _ = _windows(masks, 0.0, stride=(4, 4, 4))
+    assert size == (48, 48, 48) and starts[0].tolist() == [24, 24, 28]
 
 
 def test_a_large_tumour_gets_a_larger_window():
     masks = np.zeros((1, 96, 96, 96), dtype=bool)
     masks[0, 30:70, 30:50, 40:50] = True
-    size, _ = _windows(masks, blur_radius(4.0), stride=(4, 4, 4))
-    # x: [30 − 24, 70 + 24) = [6, 94) widened to the grid [4, 96) = 92; y: [6, 74) -> [4, 76) = 72;
-    # z: [16, 74) -> [16, 76) = 60, above the floor.
-    assert MIN_WINDOW < 60 and size == (92, 72, 60)
+    size, _, weights = _windows(masks, 4.0, stride=(4, 4, 4))
+    # Blended [14, 86) x [14, 66) x [24, 66); >= 1 % on [21, 79) x [21, 59) x [31, 59), 8 more voxels beyond each:
+    # x [13, 87) -> [12, 88) = 76 on the grid; y [13, 67) -> [12, 68) = 56; z [23, 67) -> [20, 68) = 48.
+    assert size == (76, 56, 48)
 
 
 def test_an_empty_mask_and_a_small_crop_are_handled():
     masks = np.zeros((2, 96, 40, 96), dtype=bool)
     masks[1, 0:5, 0:5, 90:96] = True
-    size, starts = _windows(masks, blur_radius(2.0), stride=(4, 4, 4))
+    size, starts, _ = _windows(masks, 2.0, stride=(4, 4, 4))
     # The floor (48) on x and z, the whole 40 on y; the second window is pushed inside the crop at its corner.
     assert size == (48, 40, 48) and starts[1].tolist() == [0, 0, 48]
+    # A lone voxel under the widest blur: every weight is below 1 % (0.1 %), so the window only holds the blend.
+    masks = np.zeros((1, 96, 96, 96), dtype=bool)
+    masks[0, 60, 60, 60] = True
+    size, starts, weights = _windows(masks, 4.0, stride=(4, 4, 4))
+    assert weights.max() < STRONG_WEIGHT and size == (48, 48, 48) and starts[0].tolist() == [40, 40, 40]
 
 
 def test_bfloat16_only_where_native(monkeypatch):
@@ -151,7 +174,7 @@ def test_fast_mode_sizes_its_window_for_the_drawn_sigma(pipe, data_dir, monkeypa
     draw, windows = module.TumorInpaintPipeline._blur_sigmas, module.neighbourhood_windows
     recorded = staticmethod(lambda *a: drawn.append(draw(*a)) or drawn[-1])
     monkeypatch.setattr(module.TumorInpaintPipeline, "_blur_sigmas", recorded)
-    monkeypatch.setattr(module, "neighbourhood_windows", lambda *a, **k: reaches.append(a[2]) or windows(*a, **k))
+    monkeypatch.setattr(module, "neighbourhood_windows", lambda *a, **k: reaches.append(a[0]) or windows(*a, **k))
     crop, mask = _liver_crop(data_dir)
     exact = pipe(crop, mask, generator=torch.Generator().manual_seed(3))
     generator, after_sampler = torch.Generator().manual_seed(3), []
@@ -165,7 +188,11 @@ def test_fast_mode_sizes_its_window_for_the_drawn_sigma(pipe, data_dir, monkeypa
     # Drawn where the original draws it: the first draw after the last sampler step.
     replay = torch.Generator().set_state(after_sampler[0])
     assert drawn[1][0] == float(torch.rand(1, generator=replay).item() * 4.0)
-    assert reaches == [blur_radius(drawn[1][0])] and reaches[0] < blur_radius(4.0)
+    # The window is placed around what that σ's blur reaches: the tumour's box widened by its radius.
+    box = tumor_boxes(torch.from_numpy(mask)[None])[0]
+    radius = blur_radius(drawn[1][0])
+    assert len(reaches) == 1 and radius < blur_radius(4.0)
+    assert np.array_equal(reaches[0][0], [np.maximum(box[0] - radius, 0), np.minimum(box[1] + radius, mask.shape)])
 
 
 def test_reproducible_float32_sets_cuda_flags_only_and_restores_them():

@@ -2,12 +2,13 @@
 
 Only voxels within the blending blur of the tumour reach the output (the blend weight is exactly 0 farther away), yet
 the exact path decodes the whole crop — the decoder is more than half of the time. The fast mode decodes the latent
-cells under a window that holds the tumour, the blur's reach and a margin (at least 48 voxels a side: 12.5 % of a 96³
-decode). Its GroupNorm layers then take their statistics over the window instead of the crop. Over 24 tumours in
-each of two CTs (bundled pipeline, `bench/bench_fast_mode.py`) the median change of a tumour's mean is at the level of
-re-drawing the sampler's noise (0.03 and 0.18–0.20 HU against 0.04 and 0.15 HU), its upper quantiles about twice the
-noise's on one CT (q90 5.4 against 2.4 HU, a few tumours at 5–14 HU), as with a 64-voxel floor (medians 0.02 and
-0.10 HU, the same tail; 56 voxels: 0.02 and 0.17), and the realism figures do not move (BENCHMARKS.md).
+cells under a window that holds every blended voxel, with a margin beyond those of weight ≥ 1 % (at least 48 voxels a
+side: 12.5 % of a 96³ decode). Its GroupNorm layers then take their statistics over the window instead of the crop.
+Over 24 tumours in each of two CTs (bundled pipeline, `bench/bench_fast_mode.py`) the median change of a tumour's mean
+is at the level of re-drawing the sampler's noise (0.03 and 0.18–0.20 HU against 0.04 and 0.15 HU), its upper
+quantiles about twice the noise's on one CT (q90 5.4 against 2.4 HU, a few tumours at 5–14 HU), as with a 64-voxel
+floor (medians 0.02 and 0.10 HU, the same tail; 56 voxels: 0.02 and 0.17), and the realism figures do not move
+(BENCHMARKS.md).
 
 Encoding and denoising are left as they are (whole crop, float32). Run on a 48³ window they paint a different
 tumour altogether (tumour mean 10 HU → 50–110 HU with the bundled pipeline: the UNet's normalisation and attention
@@ -23,9 +24,14 @@ import os
 import numpy as np
 import torch
 
-#: Voxels kept between the blended region and the window's edge: the decoder pads by replication at the window's
-#: border, which changes the decoded values there; two latent cells (8 voxels) keep that out of the blend.
+#: Voxels kept between the window's edge and every voxel whose blend weight is at least :data:`STRONG_WEIGHT`: the
+#: decoder pads by replication at the window's border, which changes the decoded values there (by up to ~150 HU at
+#: the edge); two latent cells (8 voxels) keep that out of the blend.
 WINDOW_MARGIN = 8
+#: Blend weight below which the margin is not kept. The blur's tail (weights < 1 %, at σ = 4 the outer 6 of its 16
+#: voxels) may lie in the margin: there a border error of the decoded crop reaches the output scaled by < 0.01
+#: (measured: ≤ 0.8 HU). The window still holds every voxel of weight > 0.
+STRONG_WEIGHT = 0.01
 #: Smallest window side (voxels): the smaller the window, the farther its GroupNorm statistics from the crop's (see
 #: above); 48 decodes 0.42 of a 64-voxel floor's volume (an early tumour at σ = 2 with AVX2 kernels, float32 window:
 #: 6.1x -> 8.1x the original, `bench/bench_fast_window.py`) for a median change at the level of the sampler's noise.
@@ -33,18 +39,20 @@ MIN_WINDOW = 48
 
 
 def neighbourhood_windows(
-    boxes: np.ndarray, shape: tuple[int, int, int], reach: int, stride: tuple[int, int, int]
+    blended: np.ndarray, strong: np.ndarray, shape: tuple[int, int, int], stride: tuple[int, int, int]
 ) -> tuple[tuple[int, int, int], np.ndarray]:
     """One window size for the batch and each crop's window start.
 
-    Every window holds its crop's tumour, ``reach`` voxels of blur and :data:`WINDOW_MARGIN` beyond (clipped at the
-    crop's edges), with its start and end on the latent grid.
+    Every window holds its crop's blended voxels (weight > 0) and :data:`WINDOW_MARGIN` voxels beyond those of weight
+    ≥ :data:`STRONG_WEIGHT` (clipped at the crop's edges), with its start and end on the latent grid.
 
     Args:
-        boxes: ``(B, 2, 3)`` the tumours' ``[low, high)`` voxel boxes (:func:`~.blending.tumor_boxes`; empty masks
-            have ``low = high`` and get a centred window).
+        blended: ``(B, 2, 3)`` ``[low, high)`` voxel boxes of the voxels of blend weight > 0
+            (:func:`~.blending.tumor_boxes` of ``weights > 0``; an empty box has ``low = high`` and gets a centred
+            window).
+        strong: ``(B, 2, 3)`` boxes of the voxels of weight ≥ :data:`STRONG_WEIGHT` (empty when a tiny tumour's
+            widest blur keeps every weight below it: then no margin is needed).
         shape: the crops' size ``(X, Y, Z)``.
-        reach: voxels the blend reaches beyond the tumour (:func:`~.blending.blur_radius` of the largest σ).
         stride: the autoencoder's down-sampling per axis: window sizes and starts are multiples of it, so that the
             window is a block of the crop's latent cells (crop sizes are multiples of it too).
 
@@ -54,16 +62,19 @@ def neighbourhood_windows(
     shape = np.array(shape)
     step = np.array(stride)
     needed = []  # per crop: the [low, high) voxels that must be decoded, widened to the latent grid
-    for low, high in boxes:
+    for (low, high), (strong_low, strong_high) in zip(blended, strong):
         if not (high > low).all():
             low, high = shape // 2, shape // 2
-        low = np.maximum(low - reach - WINDOW_MARGIN, 0) // step * step
-        high = np.minimum(-(-np.minimum(high + reach + WINDOW_MARGIN, shape) // step) * step, shape)
+        elif (strong_high > strong_low).all():
+            low = np.minimum(low, strong_low - WINDOW_MARGIN)
+            high = np.maximum(high, strong_high + WINDOW_MARGIN)
+        low = np.maximum(low, 0) // step * step
+        high = np.minimum(-(-np.minimum(high, shape) // step) * step, shape)
         needed.append((low, high))
     extent = np.max([high - low for low, high in needed], axis=0)
     floor = -(-MIN_WINDOW // step) * step
     size = np.minimum(np.maximum(extent, floor), shape)
-    starts = np.zeros((len(boxes), 3), dtype=np.int64)
+    starts = np.zeros((len(blended), 3), dtype=np.int64)
     for index, (low, high) in enumerate(needed):
         # Centre the window's spare room around what is needed, on the grid, inside the crop.
         spare = (size - (high - low)) // 2 // step * step

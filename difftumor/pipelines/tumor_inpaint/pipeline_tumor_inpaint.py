@@ -28,8 +28,8 @@ from ...models.vq_model_3d import VQModel3D
 from ...schedulers import precise as _precise_schedulers  # noqa: F401
 from ...schedulers.registry import refusal
 from ...windowing import to_window
-from .blending import blend_into_hu, blend_weights, blur_radius, tumor_boxes
-from .fast_mode import fast_precision, neighbourhood_windows
+from .blending import blend_into_hu, blend_weights, tumor_boxes
+from .fast_mode import STRONG_WEIGHT, fast_precision, neighbourhood_windows
 
 _DIFFUSERS_SHIM = '''"""Lets plain diffusers load this folder:
 
@@ -317,7 +317,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 the pattern that repeats with the decoder's up-sampling stride (a regular dot grid that a briefly
                 trained autoencoder leaves; see :func:`remove_stride_pattern`). Off reproduces the original.
             fast (`bool`, defaults to `False`): decode only the tumour's neighbourhood — a window of the crop that
-                holds the tumour, the blur's reach and a margin, at least 48 voxels a side (12.5 % of a 96³ decode)
+                holds every voxel the blend reaches and a margin, at least 48 voxels a side (12.5 % of a 96³ decode)
                 — in bfloat16 where the hardware has it (AVX512-BF16/AMX CPUs, CUDA), float32 otherwise. Encoding
                 and denoising are unchanged (whole crop, float32). The tumour is close to, not equal to,
                 the exact path's (see :mod:`difftumor.pipelines.tumor_inpaint.fast_mode`); ``decoded`` holds the
@@ -364,7 +364,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
             window_crop = to_window(image.float(), low, high)
             window_image = window_crop.permute(*_TO_MODEL_AXES).to(device, dtype)
             tumour = (tumor_mask > 0).to(device)
-            # Read back now, while the device is idle: the boxes place the fast window and bound the blend's blur.
+            # Read back now, while the device is idle: the boxes bound the blend's blur.
             boxes = tumor_boxes(tumour[:, 0])
             model_mask = tumour.permute(*_TO_MODEL_AXES).to(dtype)
             condition = self.encode_condition(window_image, model_mask)
@@ -396,16 +396,16 @@ class TumorInpaintPipeline(DiffusionPipeline):
                         condition = (returned or {}).get("condition", condition)
                     progress_bar.update()
 
-            # σ drawn before decoding (which draws nothing, so both paths get the same σ) for the fast mode's window.
+            # σ drawn and the blend weights computed before decoding (which draws nothing, so both paths get the same
+            # σ): the fast mode's window is sized by where the weights reach. Blending runs where the models ran (on a
+            # GPU nothing waits on the host), its float64 blur with the same deterministic algorithms.
             sigmas = self._blur_sigmas(blur_sigma, batch, generator)
-            windows = self._fast_windows(boxes, image.shape[2:], sigmas) if fast else None
+            weights = blend_weights(tumour, sigmas, boxes)
+            windows = self._fast_windows(weights) if fast else None
             to_decode = latents if windows is None else self._latent_window(latents, *windows)
             # Through decode (offload hooks fire on it); its nearest-code search stays float32 under autocast.
             with fast_precision(torch.device(device)) if fast else contextlib.nullcontext():
                 decoded = self.vqmodel.decode(self.vqmodel.denormalize_latents(to_decode)).sample
-            # Blending runs where the models ran (on a GPU nothing waits on the host), its float64 blur with the same
-            # deterministic algorithms; the outputs go where the input was.
-            weights = blend_weights(tumour, sigmas, boxes)
         decoded = decoded.permute(*_FROM_MODEL_AXES).float()
         if windows is not None:
             decoded = _paste(window_crop.to(device), decoded, *windows)
@@ -437,12 +437,12 @@ class TumorInpaintPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
 
-    def _fast_windows(
-        self, boxes: np.ndarray, shape: tuple[int, ...], sigmas: list[float]
-    ) -> tuple[tuple[int, int, int], np.ndarray]:
-        """Window size (X, Y, Z) and per-crop starts of the fast mode (see :func:`neighbourhood_windows`)."""
+    def _fast_windows(self, weights: torch.Tensor) -> tuple[tuple[int, int, int], np.ndarray]:
+        """Window size (X, Y, Z) and per-crop starts of the fast mode for blend ``weights`` ``(B, 1, X, Y, Z)`` (see
+        :func:`neighbourhood_windows`)."""
         depth, height, width = self.latent_factor
-        return neighbourhood_windows(boxes, tuple(shape), blur_radius(max(sigmas)), stride=(height, width, depth))
+        blended, strong = np.split(tumor_boxes(torch.cat([weights[:, 0] > 0, weights[:, 0] >= STRONG_WEIGHT])), 2)
+        return neighbourhood_windows(blended, strong, tuple(weights.shape[2:]), stride=(height, width, depth))
 
     def _latent_window(self, latents: torch.Tensor, size: tuple[int, int, int], starts: np.ndarray) -> torch.Tensor:
         """The part of whole-crop latents ``(B, C, Z/f, X/f, Y/f)`` under each crop's window."""
