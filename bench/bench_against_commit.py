@@ -73,8 +73,7 @@ def _jobs(target: str, package: str, state: dict[str, dict[str, torch.Tensor]], 
     pipe.set_progress_bar_config(disable=True)
     hu, mask = _crop_and_mask()
     fast = target == "fast"
-    generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    return lambda: pipe(hu, mask, generator=generator(), fast=fast, blur_sigma=blur_sigma).images
+    return lambda: pipe(hu, mask, generator=torch.Generator().manual_seed(0), fast=fast, blur_sigma=blur_sigma).images
 
 
 def main() -> None:
@@ -88,6 +87,8 @@ def main() -> None:
         "--keep-freed-memory", action="store_true", help="turn difftumor.allocator's setting on first (both versions)"
     )
     args = parser.parse_args()
+    if args.blur_sigma is not None and args.target == "unet":
+        parser.error("--blur-sigma applies to the pipeline and fast targets")
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 (quartiles of the per-round ratios)")
     torch.set_num_threads(args.threads)

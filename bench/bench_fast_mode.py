@@ -7,7 +7,8 @@ the runs differ only in the decode — the window's GroupNorm statistics, and bf
 
 - per tumour, mean HU inside the tumour (exact, fast, difference) and the mean |ΔHU| over the blended voxels;
 - for scale, the same differences between two *exact* runs whose seeds differ only in the sampler's noise
-  (same ``--seed``, synthesizer option ``noise_seed=1``): what the sampler's noise alone changes;
+  (same ``--seed``, synthesizer option ``noise_seed=1``): what the sampler's noise alone changes, and 95 % paired
+  bootstrap intervals of fast − noise for the median and q90 of the per-tumour changes;
 - `difftumor realism` of both against the real LiTS lesions (contrast ÷ organ mean / std, internal std, stride
   score, medians with IQR).
 
@@ -63,10 +64,28 @@ def compare(first: Path, second: Path, original: np.ndarray) -> dict:
         "tumour_mean_hu_second_median": round(float(np.median(means_b)), 1),
         "tumour_mean_abs_difference_hu": {
             "median": round(float(np.nanmedian(difference)), 2),
+            "q75": round(float(np.nanquantile(difference, 0.75)), 2),
+            "q90": round(float(np.nanquantile(difference, 0.9)), 2),
             "max": round(float(np.nanmax(difference)), 2),
+            "per_tumour": [round(float(value), 3) for value in difference],
         },
         "blended_voxels_mean_abs_difference_hu": round(float(np.abs(ct_a - ct_b)[changed].mean()), 2),
     }
+
+
+def paired_bootstrap(candidate: list[float], noise: list[float], resamples: int = 5000, seed: int = 0) -> dict:
+    """95 % intervals of ``candidate − noise`` for the median and q90 of per-tumour changes, the tumours resampled
+    together (both lists are indexed by the same tumours): can this many tumours tell the two apart?"""
+    pairs = np.array([candidate, noise], dtype=np.float64)
+    pairs = pairs[:, ~np.isnan(pairs).any(0)]
+    draws = np.random.default_rng(seed).integers(0, pairs.shape[1], size=(resamples, pairs.shape[1]))
+    report = {}
+    for name, statistic in (("median", 0.5), ("q90", 0.9)):
+        observed = np.quantile(pairs[0], statistic) - np.quantile(pairs[1], statistic)
+        resampled = np.quantile(pairs[0][draws], statistic, axis=1) - np.quantile(pairs[1][draws], statistic, axis=1)
+        interval = np.quantile(resampled, [0.025, 0.975])
+        report[name] = {"difference": round(float(observed), 2), "interval_95": [round(float(v), 2) for v in interval]}
+    return report
 
 
 FEATURES = ("lesion_hu", "contrast_hu", "contrast_to_organ_mean", "contrast_to_organ_std", "internal_std_to_organ_std")
@@ -101,9 +120,15 @@ def paint_and_compare(
         for run, arguments in runs.items():
             synthesize(ct_path, mask_path, label, folder / run, count, seed, *arguments)
         original = np.asarray(nib.load(str(ct_path)).dataobj, dtype=np.float64)
+        changes = compare(folder / reference, folder / candidate, original)
+        noise_changes = compare(folder / reference, folder / noise, original)
         report[name] = {
-            f"{reference}_vs_{candidate}": compare(folder / reference, folder / candidate, original),
-            f"{reference}_vs_{noise}": compare(folder / reference, folder / noise, original),
+            f"{reference}_vs_{candidate}": changes,
+            f"{reference}_vs_{noise}": noise_changes,
+            f"{candidate}_minus_{noise}": paired_bootstrap(
+                changes["tumour_mean_abs_difference_hu"]["per_tumour"],
+                noise_changes["tumour_mean_abs_difference_hu"]["per_tumour"],
+            ),
         }
         for run in (reference, candidate):  # one report each: realism groups lesions by synthesizer, not by folder
             realism = folder / f"realism_{run}"

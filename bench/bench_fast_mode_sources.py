@@ -7,9 +7,12 @@ replayed into the window for the decoder's layers at one resolution, or at all o
 the window's border differs from the exact decode; reported: the painted crops' change of tumour mean (HU) per
 variant, and with everything replayed, the decoded crop's largest change by distance from the window's edge and the
 painted crop's largest change where the blend weight is below / above
-:data:`~difftumor.pipelines.tumor_inpaint.fast_mode.STRONG_WEIGHT`.
+:data:`~difftumor.pipelines.tumor_inpaint.fast_mode.STRONG_WEIGHT`. The crops are painted in their own HU, without
+`difftumor synthesize`'s organ-relative intensities and contrast cap (which `bench_fast_mode.py` measures through), and
+with no noise re-draw for scale: this shows where a change comes from, not how it compares with the sampler's noise.
 
     python bench/bench_fast_mode_sources.py --sigma 4 --cases 12 --threads 2
+    python bench/bench_fast_mode_sources.py --sigma 4 --cases 12 --threads 2 --suppress-stride-pattern
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class StatisticsReplay:
         self.mode: str | None = None
         self.next_decode: str | None = None  # what the next decode does: "record" or "replay"
         self.recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.sizes: list[int] = []  # spatial size of each call's input, to group the calls by resolution
+        self.sizes: list[str] = []  # spatial shape of each call's input, to group the calls by resolution
         self.replay: set[int] = set()
         self.call = 0
         autoencoder_blocks_3d.group_norm_scale_shift = normalization.group_norm_scale_shift = self._wrapped
@@ -59,7 +62,7 @@ class StatisticsReplay:
         result = self.original(x, *arguments, **keywords)
         if self.mode == "record":
             self.recorded.append(result)
-            self.sizes.append(int(x.shape[-1]))
+            self.sizes.append(" x ".join(str(n) for n in x.shape[2:]))
         elif self.mode == "replay":
             self.call += 1
             if self.call - 1 in self.replay:
@@ -73,6 +76,9 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--suppress-stride-pattern", action="store_true", help="as `difftumor synthesize` paints (off: the original)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     fast_mode.native_bfloat16 = lambda device: False  # the fast mode's own module reads it at call time
@@ -104,11 +110,20 @@ def main() -> int:
 
         def paint(fast: bool, case=case, crop=crop, mask=mask):
             generator = torch.Generator().manual_seed(case)
-            return pipe(crop, mask, generator=generator, blur_sigma=args.sigma, fast=fast)
+            return pipe(
+                crop,
+                mask,
+                generator=generator,
+                blur_sigma=args.sigma,
+                fast=fast,
+                suppress_stride_pattern=args.suppress_stride_pattern,
+            )
 
         replay.recorded, replay.sizes, replay.next_decode = [], [], "record"
         exact = paint(False)
-        levels = {f"{n}^3 level": {i for i, s in enumerate(replay.sizes) if s == n} for n in sorted(set(replay.sizes))}
+        if not replay.recorded:
+            raise SystemExit("nothing to replay: the statistics are recorded on the accurate GroupNorm path only (CPU)")
+        levels = {f"{n} layers": {i for i, s in enumerate(replay.sizes) if s == n} for n in dict.fromkeys(replay.sizes)}
         variants = {"none": set(), **levels, "all": set(range(len(replay.recorded)))}
         tumour_exact = float(exact.images[0, 0][torch.from_numpy(mask)].double().mean())
         for name, calls in variants.items():
@@ -117,7 +132,7 @@ def main() -> int:
             tumour_fast = float(fast.images[0, 0][torch.from_numpy(mask)].double().mean())
             changes.setdefault(name, []).append(abs(tumour_fast - tumour_exact))
         # With every layer replayed (the last variant), only the border differs.
-        (extent, starts) = windows["last"]
+        extent, starts = windows["last"]
         grid = np.indices(crop.shape)
         distance = np.min(
             [np.minimum(grid[a] - starts[0][a], starts[0][a] + extent[a] - 1 - grid[a]) for a in range(3)], axis=0
@@ -128,18 +143,23 @@ def main() -> int:
             by_distance[d] = max(by_distance.get(d, 0.0), float(decoded[distance == d].max()))
         painted = (fast.images - exact.images).abs()[0, 0].numpy()
         weights = exact.blend_weights[0, 0].numpy()
-        weak.append(float(painted[(weights > 0) & (weights < fast_mode.STRONG_WEIGHT)].max()))
-        strong.append(float(painted[weights >= fast_mode.STRONG_WEIGHT].max()))
+        for values, where in (
+            (weak, (weights > 0) & (weights < fast_mode.STRONG_WEIGHT)),
+            (strong, weights >= fast_mode.STRONG_WEIGHT),
+        ):
+            if where.any():
+                values.append(float(painted[where].max()))
         print(case, {name: round(values[-1], 2) for name, values in changes.items()}, file=sys.stderr)
 
     report = {
         "sigma": args.sigma,
+        "suppress_stride_pattern": args.suppress_stride_pattern,
         "cases": args.cases,
         "tumour_mean_abs_change_hu": {
             name: {
-                "median": round(float(np.median(values)), 3),
-                "q90": round(float(np.quantile(values, 0.9)), 3),
-                "max": round(float(np.max(values)), 3),
+                "median": round(float(np.median(values)), 4),
+                "q90": round(float(np.quantile(values, 0.9)), 4),
+                "max": round(float(np.max(values)), 4),
             }
             for name, values in changes.items()
         },
@@ -147,8 +167,8 @@ def main() -> int:
             d: round(v, 2) for d, v in by_distance.items()
         },
         "all_replayed_painted_max_change_hu": {
-            "weight_below_strong": round(max(weak), 4),
-            "weight_at_least_strong": round(max(strong), 4),
+            "weight_below_strong": round(max(weak, default=0.0), 4),
+            "weight_at_least_strong": round(max(strong, default=0.0), 4),
         },
     }
     print(json.dumps(report, indent=1))

@@ -45,6 +45,8 @@ def test_windows_hold_every_blended_voxel_and_a_margin_on_the_latent_grid(stride
             assert not ((weight > 0) & ~inside).any()  # every blended voxel is decoded
             # ... and every voxel of weight >= 1 % is WINDOW_MARGIN voxels from the window's edge (or at the crop's).
             strong = np.argwhere(weight >= STRONG_WEIGHT)
+            if not len(strong):  # a tiny tumour under a wide blur: every weight below 1 %, no margin needed
+                continue
             need_low = np.maximum(strong.min(0) - WINDOW_MARGIN, 0)
             need_high = np.minimum(strong.max(0) + 1 + WINDOW_MARGIN, shape)
             assert (start <= need_low).all() and (start + np.array(size) >= need_high).all()
@@ -54,7 +56,8 @@ def test_the_faint_tail_of_a_wide_blur_may_lie_in_the_margin():
     masks = np.zeros((1, 96, 96, 96), dtype=bool)
     masks[0, 40:52, 42:54, 44:54] = True  # a 12 mm early tumour
     # σ = 4 reaches 16 voxels (weights > 0 on [24, 68) along x) but is >= 1 % only on [31, 61): 8 voxels beyond
-    # that, [23, 69) widened to the grid, is 52; y and z fit in the floor (tumour + reach + margin: 60 x 64 x 60).
+    # that, [23, 69) widened to the grid, is 52; y and z fit in the floor. (The margin beyond the whole reach, as
+    # before, needed 60 x 64 x 60.)
     size, starts, _ = _windows(masks, 4.0, stride=(4, 4, 4))
     assert size == (52, 48, 48) and starts[0].tolist() == [20, 24, 24]
     # Without blur the weights are the mask: the margin is kept around the tumour itself.
@@ -62,10 +65,36 @@ def test_the_faint_tail_of_a_wide_blur_may_lie_in_the_margin():
     assert size == (48, 48, 48) and starts[0].tolist() == [24, 24, 28]
 
 
+def test_a_thin_tumour_gets_every_blended_voxel_in_its_window():
+    """Across a thin tumour the weights stay small (at most 0.039 here) and fall below 1 % within 6 voxels of it, so
+    the blend's reach (16 voxels), not the margin beyond the weights >= 1 %, sets the window there."""
+    masks = np.zeros((1, 96, 96, 96), dtype=bool)
+    masks[0, 48:50, 48:50, 20:70] = True
+    size, starts, weights = _windows(masks, 4.0, stride=(4, 4, 4))
+    inside = np.zeros(masks.shape[1:], dtype=bool)
+    inside[tuple(slice(int(a), int(a + n)) for a, n in zip(starts[0], size))] = True
+    # x, y: blended on [32, 66) -> [32, 68) = 36 on the grid, within the floor; z: [4, 86) -> [4, 88) = 84.
+    assert size == (48, 48, 84) and not ((weights[0] > 0) & ~inside).any()
+
+
+def test_the_pipeline_places_each_crop_of_a_batch_by_its_own_weights():
+    class Stride4:
+        latent_factor = (4, 4, 4)
+
+    masks = np.zeros((2, 1, 96, 96, 96), dtype=bool)
+    masks[1, 0, 5:15, 5:15, 5:15] = True  # crop 0 empty (a centred window), crop 1 in a corner
+    weights = blend_weights(torch.from_numpy(masks), [1.0, 3.0])
+    size, starts = TumorInpaintPipeline._fast_windows(Stride4(), weights)
+    inside = np.zeros(masks.shape[2:], dtype=bool)
+    inside[tuple(slice(int(a), int(a + n)) for a, n in zip(starts[1], size))] = True
+    assert size == (48, 48, 48) and starts.tolist() == [[24, 24, 24], [0, 0, 0]]
+    assert not ((weights[1, 0].numpy() > 0) & ~inside).any()
+
+
 def test_a_large_tumour_gets_a_larger_window():
     masks = np.zeros((1, 96, 96, 96), dtype=bool)
     masks[0, 30:70, 30:50, 40:50] = True
-    size, _, weights = _windows(masks, 4.0, stride=(4, 4, 4))
+    size, _, _ = _windows(masks, 4.0, stride=(4, 4, 4))
     # Blended [14, 86) x [14, 66) x [24, 66); >= 1 % on [21, 79) x [21, 59) x [31, 59), 8 more voxels beyond each:
     # x [13, 87) -> [12, 88) = 76 on the grid; y [13, 67) -> [12, 68) = 56; z [23, 67) -> [20, 68) = 48.
     assert size == (76, 56, 48)
@@ -170,11 +199,11 @@ def test_fast_mode_sizes_its_window_for_the_drawn_sigma(pipe, data_dir, monkeypa
     weights) and the window reaches as far as that σ's blur, not the bound's."""
     from difftumor.pipelines.tumor_inpaint import pipeline_tumor_inpaint as module
 
-    drawn, reaches = [], []
+    drawn, placed = [], []
     draw, windows = module.TumorInpaintPipeline._blur_sigmas, module.neighbourhood_windows
     recorded = staticmethod(lambda *a: drawn.append(draw(*a)) or drawn[-1])
     monkeypatch.setattr(module.TumorInpaintPipeline, "_blur_sigmas", recorded)
-    monkeypatch.setattr(module, "neighbourhood_windows", lambda *a, **k: reaches.append(a[0]) or windows(*a, **k))
+    monkeypatch.setattr(module, "neighbourhood_windows", lambda *a, **k: placed.append(a[0]) or windows(*a, **k))
     crop, mask = _liver_crop(data_dir)
     exact = pipe(crop, mask, generator=torch.Generator().manual_seed(3))
     generator, after_sampler = torch.Generator().manual_seed(3), []
@@ -191,8 +220,8 @@ def test_fast_mode_sizes_its_window_for_the_drawn_sigma(pipe, data_dir, monkeypa
     # The window is placed around what that σ's blur reaches: the tumour's box widened by its radius.
     box = tumor_boxes(torch.from_numpy(mask)[None])[0]
     radius = blur_radius(drawn[1][0])
-    assert len(reaches) == 1 and radius < blur_radius(4.0)
-    assert np.array_equal(reaches[0][0], [np.maximum(box[0] - radius, 0), np.minimum(box[1] + radius, mask.shape)])
+    assert len(placed) == 1 and radius < blur_radius(4.0)
+    assert np.array_equal(placed[0][0], [np.maximum(box[0] - radius, 0), np.minimum(box[1] + radius, mask.shape)])
 
 
 def test_reproducible_float32_sets_cuda_flags_only_and_restores_them():

@@ -397,8 +397,9 @@ class TumorInpaintPipeline(DiffusionPipeline):
                     progress_bar.update()
 
             # σ drawn and the blend weights computed before decoding (which draws nothing, so both paths get the same
-            # σ): the fast mode's window is sized by where the weights reach. Blending runs where the models ran (on a
-            # GPU nothing waits on the host), its float64 blur with the same deterministic algorithms.
+            # σ): the fast mode's window is sized by where the weights reach, read back as boxes (one small transfer;
+            # the sampler's steps already wait on the host). Blending runs where the models ran, its float64 blur with
+            # the same deterministic algorithms.
             sigmas = self._blur_sigmas(blur_sigma, batch, generator)
             weights = blend_weights(tumour, sigmas, boxes)
             windows = self._fast_windows(weights) if fast else None
