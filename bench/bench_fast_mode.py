@@ -14,6 +14,8 @@ the runs differ only in the decode — the window's GroupNorm statistics, and bf
 
     python bench/bench_fast_mode.py --out runs/bench_fast --count 24 --threads 2
     python bench/bench_fast_mode.py --out runs/bench_fast_widest --count 24 --threads 2 --blend-sigma-mm 4 4
+    python bench/bench_fast_mode.py --out runs/bench_fast_widest --count 24 --threads 2 --blend-sigma-mm 4 4 \
+        --against runs/bench_fast_widest_at_another_commit
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -50,14 +52,19 @@ def tumour_means(folder: Path, components: np.ndarray, count: int) -> tuple[list
     return [float(ct[components == index].mean()) for index in range(1, count + 1)], ct
 
 
-def compare(first: Path, second: Path, original: np.ndarray) -> dict:
+def tumour_changes(first: Path, second: Path) -> tuple[np.ndarray, list[float], list[float], np.ndarray, np.ndarray]:
+    """|Δ mean HU| per tumour (the first run's tumours) between two runs, both runs' tumour means and CTs."""
     data = json.loads((first / "tumors.json").read_text())
     label = np.asarray(nib.load(str(first / "label.nii.gz")).dataobj)
     components, count = ndimage.label(label == int(data["tumor_label"]))
     means_a, ct_a = tumour_means(first, components, count)
     means_b, ct_b = tumour_means(second, components, count)
+    return np.abs(np.asarray(means_a) - np.asarray(means_b)), means_a, means_b, ct_a, ct_b
+
+
+def compare(first: Path, second: Path, original: np.ndarray) -> dict:
+    difference, means_a, means_b, ct_a, ct_b = tumour_changes(first, second)
     changed = (ct_a != original) | (ct_b != original)
-    difference = np.abs(np.asarray(means_a) - np.asarray(means_b))
     return {
         "tumours": len(means_a),
         "tumour_mean_hu_first_median": round(float(np.median(means_a)), 1),
@@ -78,6 +85,8 @@ def paired_bootstrap(candidate: list[float], noise: list[float], resamples: int 
     together (both lists are indexed by the same tumours): can this many tumours tell the two apart?"""
     pairs = np.array([candidate, noise], dtype=np.float64)
     pairs = pairs[:, ~np.isnan(pairs).any(0)]
+    if pairs.shape[1] < 2:
+        return {"tumours": pairs.shape[1], "note": "too few tumours to resample"}
     draws = np.random.default_rng(seed).integers(0, pairs.shape[1], size=(resamples, pairs.shape[1]))
     report = {}
     for name, statistic in (("median", 0.5), ("q90", 0.9)):
@@ -142,6 +151,15 @@ def paint_and_compare(
     return report
 
 
+def against(folder: Path, other: Path) -> dict:
+    """This fast run's per-tumour changes against another fast run's of the same tumours (the same exact run): paired
+    bootstrap intervals of this − other and a Wilcoxon signed-rank test."""
+    if (folder / "exact" / "ct.nii.gz").read_bytes() != (other / "exact" / "ct.nii.gz").read_bytes():
+        raise SystemExit(f"{other}: its exact run is not this one's; copy this run's exact folders there first")
+    changes = [tumour_changes(folder / "exact", run / "fast")[0].tolist() for run in (folder, other)]
+    return {**paired_bootstrap(*changes), "wilcoxon_p": round(float(stats.wilcoxon(*changes).pvalue), 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -150,6 +168,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--blend-sigma-mm", type=float, nargs=2, metavar=("LOW", "HIGH"), help="the blur's range in every run"
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="another --out of this bench (another commit's fast mode, same --seed and blur; its exact runs copied "
+        "from this one): its fast tumours' changes compared with these, tumour by tumour",
     )
     arguments = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(arguments.threads)
@@ -162,6 +186,9 @@ def main() -> int:
     report = paint_and_compare(
         arguments.out.resolve(), arguments.count, arguments.seed, runs, "exact", "fast", "exact_other_noise"
     )
+    if arguments.against is not None:
+        for name in report:
+            report[name]["fast_minus_against_fast"] = against(arguments.out.resolve() / name, arguments.against / name)
     print(json.dumps(report, indent=1))
     print("command: python bench/bench_fast_mode.py " + " ".join(sys.argv[1:]))
     return 0

@@ -31,6 +31,9 @@ from difftumor.models import autoencoder_blocks_3d, normalization
 from difftumor.pipelines import TumorInpaintPipeline
 from difftumor.pipelines.tumor_inpaint import fast_mode
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import record_fast_windows  # noqa: E402
+
 LITS = Path(__file__).resolve().parents[1] / "tests" / "data" / "lits117_upper"
 
 
@@ -85,14 +88,7 @@ def main() -> int:
     pipe = TumorInpaintPipeline.from_pretrained(BUNDLED_PIPELINE)
     pipe.set_progress_bar_config(disable=True)
     replay = StatisticsReplay(pipe)
-    windows = {}
-    choose = pipe._fast_windows
-
-    def recorded_window(weights):
-        windows["last"] = choose(weights)
-        return windows["last"]
-
-    pipe._fast_windows = recorded_window
+    windows = record_fast_windows(pipe, lambda sigmas: "last")
 
     ct = np.asarray(nib.load(str(LITS / "lits117_upper_ct.nii.gz")).dataobj, dtype=np.float32)
     liver = np.argwhere(np.asarray(nib.load(str(LITS / "lits117_upper_label.nii.gz")).dataobj) >= 1)

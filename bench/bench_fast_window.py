@@ -73,7 +73,7 @@ def main() -> int:
                 {
                     "floor": floor,
                     "blur_sigma": sigma,
-                    "window": windows.get(name),
+                    "window": windows[name][0] if name in windows else None,
                     "median_s": round(seconds[name], 3),
                     "speedup_vs_original_same_isa": None if original is None else round(original / ratios[name], 2),
                 }

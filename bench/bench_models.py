@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,9 +102,10 @@ def _crop_and_mask(seed: int = 0):
     return hu, mask
 
 
-def record_fast_windows(pipe, key: Callable[[list[float]], str]) -> dict[str, tuple[int, int, int]]:
-    """The fast mode's window per call, as the pipeline chooses it, under ``key(blur σ of the batch)``."""
-    windows: dict[str, tuple[int, int, int]] = {}
+def record_fast_windows(pipe, key: Callable[[list[float]], str]) -> dict[str, tuple[tuple[int, int, int], np.ndarray]]:
+    """The fast mode's window per call — its size and per-crop starts, as the pipeline chooses them — under
+    ``key(blur σ of the batch)``."""
+    windows: dict[str, tuple[tuple[int, int, int], np.ndarray]] = {}
     choose, draw = pipe._fast_windows, pipe._blur_sigmas
     sigmas: list[float] = []
 
@@ -113,7 +115,7 @@ def record_fast_windows(pipe, key: Callable[[list[float]], str]) -> dict[str, tu
 
     def recorded(weights):
         size, starts = choose(weights)
-        windows[key(sigmas)] = size
+        windows[key(sigmas)] = size, starts
         return size, starts
 
     pipe._blur_sigmas, pipe._fast_windows = drawn, recorded
@@ -235,7 +237,7 @@ def main() -> None:
                 "fast_mode_speedup_vs_original_same_isa": None
                 if original_ratio is None
                 else round(original_ratio / ratios["early_tumor_fast_mode"], 2),
-                "fast_mode_windows_by_blur_sigma": windows,
+                "fast_mode_windows_by_blur_sigma": {sigma: size for sigma, (size, _) in windows.items()},
                 "fast_mode_widest_blur_s": round(results["early_tumor_fast_mode_widest_blur"], 3),
                 "fast_mode_widest_blur_speedup_vs_original_same_isa": None
                 if original_ratio is None

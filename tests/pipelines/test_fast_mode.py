@@ -12,16 +12,31 @@ from difftumor import TumorInpaintPipeline
 from difftumor.assets import BUNDLED_PIPELINE
 from difftumor.pipelines.tumor_inpaint import fast_mode
 from difftumor.pipelines.tumor_inpaint.blending import blend_weights, blur_radius, tumor_boxes
-from difftumor.pipelines.tumor_inpaint.fast_mode import MIN_WINDOW, STRONG_WEIGHT, WINDOW_MARGIN, neighbourhood_windows
+from difftumor.pipelines.tumor_inpaint.fast_mode import MIN_WINDOW, STRONG_WEIGHT, WINDOW_MARGIN
 from difftumor.windowing import to_window
 from tests.conftest import DEVICE
 
 
-def _windows(masks: np.ndarray, sigma: float, stride: tuple[int, int, int]):
-    """The pipeline's windows for ``masks`` ``(B, X, Y, Z)`` blended with blur ``sigma``, and the blend weights."""
-    weights = blend_weights(torch.from_numpy(masks[:, None]), [sigma] * len(masks))[:, 0]
-    blended, strong = tumor_boxes(weights > 0), tumor_boxes(weights >= STRONG_WEIGHT)
-    return (*neighbourhood_windows(blended, strong, masks.shape[1:], stride), weights.numpy())
+class _Autoencoder:
+    """What :meth:`TumorInpaintPipeline._fast_windows` reads of a pipeline: the down-sampling in model axis order."""
+
+    def __init__(self, stride: tuple[int, int, int]):  # crop axes (X, Y, Z) -> model axes (Z, X, Y)
+        self.latent_factor = (stride[2], stride[0], stride[1])
+
+
+def _windows(masks: np.ndarray, sigma: float | list[float], stride: tuple[int, int, int]):
+    """The pipeline's windows for ``masks`` ``(B, X, Y, Z)`` blended with blur ``sigma`` (one, or one per crop), and
+    the blend weights ``(B, X, Y, Z)``."""
+    sigmas = sigma if isinstance(sigma, list) else [sigma] * len(masks)
+    weights = blend_weights(torch.from_numpy(masks[:, None]), sigmas)
+    return (*TumorInpaintPipeline._fast_windows(_Autoencoder(stride), weights), weights[:, 0].numpy())
+
+
+def _inside(shape: tuple[int, ...], start: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """Bool ``shape`` volume, True on the window."""
+    inside = np.zeros(shape, dtype=bool)
+    inside[tuple(slice(int(a), int(a + n)) for a, n in zip(start, size))] = True
+    return inside
 
 
 @pytest.mark.parametrize("stride", [(4, 4, 4), (8, 8, 2), (16, 16, 16)])
@@ -40,8 +55,7 @@ def test_windows_hold_every_blended_voxel_and_a_margin_on_the_latent_grid(stride
         assert (starts % np.array(stride) == 0).all()
         for weight, start in zip(weights, starts):
             assert (start >= 0).all() and (start + np.array(size) <= shape).all()
-            inside = np.zeros(shape, dtype=bool)
-            inside[tuple(slice(int(a), int(a + n)) for a, n in zip(start, size))] = True
+            inside = _inside(shape, start, size)
             assert not ((weight > 0) & ~inside).any()  # every blended voxel is decoded
             # ... and every voxel of weight >= 1 % is WINDOW_MARGIN voxels from the window's edge (or at the crop's).
             strong = np.argwhere(weight >= STRONG_WEIGHT)
@@ -71,24 +85,17 @@ def test_a_thin_tumour_gets_every_blended_voxel_in_its_window():
     masks = np.zeros((1, 96, 96, 96), dtype=bool)
     masks[0, 48:50, 48:50, 20:70] = True
     size, starts, weights = _windows(masks, 4.0, stride=(4, 4, 4))
-    inside = np.zeros(masks.shape[1:], dtype=bool)
-    inside[tuple(slice(int(a), int(a + n)) for a, n in zip(starts[0], size))] = True
+    inside = _inside(masks.shape[1:], starts[0], size)
     # x, y: blended on [32, 66) -> [32, 68) = 36 on the grid, within the floor; z: [4, 86) -> [4, 88) = 84.
     assert size == (48, 48, 84) and not ((weights[0] > 0) & ~inside).any()
 
 
 def test_the_pipeline_places_each_crop_of_a_batch_by_its_own_weights():
-    class Stride4:
-        latent_factor = (4, 4, 4)
-
-    masks = np.zeros((2, 1, 96, 96, 96), dtype=bool)
-    masks[1, 0, 5:15, 5:15, 5:15] = True  # crop 0 empty (a centred window), crop 1 in a corner
-    weights = blend_weights(torch.from_numpy(masks), [1.0, 3.0])
-    size, starts = TumorInpaintPipeline._fast_windows(Stride4(), weights)
-    inside = np.zeros(masks.shape[2:], dtype=bool)
-    inside[tuple(slice(int(a), int(a + n)) for a, n in zip(starts[1], size))] = True
+    masks = np.zeros((2, 96, 96, 96), dtype=bool)
+    masks[1, 5:15, 5:15, 5:15] = True  # crop 0 empty (a centred window), crop 1 in a corner
+    size, starts, weights = _windows(masks, [1.0, 3.0], stride=(4, 4, 4))
     assert size == (48, 48, 48) and starts.tolist() == [[24, 24, 24], [0, 0, 0]]
-    assert not ((weights[1, 0].numpy() > 0) & ~inside).any()
+    assert not ((weights[1] > 0) & ~_inside(masks.shape[1:], starts[1], size)).any()
 
 
 def test_a_large_tumour_gets_a_larger_window():

@@ -29,11 +29,13 @@ import torch
 #: Voxels kept between the window's edge and every voxel whose blend weight is at least :data:`STRONG_WEIGHT`: the
 #: decoder pads by replication at the window's border, which changes the decoded values there (with the crop's own
 #: GroupNorm statistics, by up to 230 HU at the edge and 2.6 HU eight voxels in: `bench/bench_fast_mode_sources.py`);
-#: two latent cells keep that out of the blend.
+#: two latent cells keep that out of the part of the blend that weighs.
 WINDOW_MARGIN = 8
-#: Blend weight below which the margin is not kept: the blur's faint tail (at σ = 4 the outer 7 of its 16 voxels) may
-#: lie in the margin, where the border's error reaches the output scaled by its weight (measured: ≤ 0.021 HU over 12
-#: LiTS tumours at σ = 4). The window still holds every voxel of weight > 0.
+#: Blend weight below which the margin is not kept: the blur's faint tail (for a 12 mm tumour at σ = 4, the outer 7 of
+#: its 16 voxels) may lie in the margin, where the border's error reaches the output scaled by its weight (≤ 0.021 HU
+#: over 12 LiTS tumours at σ = 4). The stride-pattern removal averages its residual over every blended voxel
+#: unweighted, so there the border moves voxels by up to 0.86 HU (tumour means by 0.003 HU). The window still holds
+#: every voxel of weight > 0.
 STRONG_WEIGHT = 0.01
 #: Smallest window side (voxels): the smaller the window, the farther its GroupNorm statistics from the crop's (see
 #: above); 48 decodes 0.42 of a 64-voxel floor's volume (an early tumour at σ = 2 with AVX2 kernels, float32 window:
