@@ -30,6 +30,7 @@ from difftumor.assets import BUNDLED_PIPELINE
 from difftumor.models import autoencoder_blocks_3d, normalization
 from difftumor.pipelines import TumorInpaintPipeline
 from difftumor.pipelines.tumor_inpaint import fast_mode
+from difftumor.windowing import from_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import record_fast_windows  # noqa: E402
@@ -133,8 +134,8 @@ def main() -> int:
         distance = np.min(
             [np.minimum(grid[a] - starts[0][a], starts[0][a] + extent[a] - 1 - grid[a]) for a in range(3)], axis=0
         )
-        hu_per_unit = (pipe.config.window[1] - pipe.config.window[0]) / 2
-        decoded = ((fast.decoded - exact.decoded).abs()[0, 0] * hu_per_unit).numpy()
+        decoded = from_window(fast.decoded, *pipe.config.window) - from_window(exact.decoded, *pipe.config.window)
+        decoded = decoded.abs()[0, 0].numpy()
         for d in range(12):
             by_distance[d] = max(by_distance.get(d, 0.0), float(decoded[distance == d].max()))
         painted = (fast.images - exact.images).abs()[0, 0].numpy()
