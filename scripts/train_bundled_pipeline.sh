@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Reproduce the bundled demo pipeline (difftumor/assets/tiny_pipeline) from the repository's real CT (tests/data, difftumor/assets) with the project's own
-# trainers, on CPU. Usage: bash scripts/train_bundled_pipeline.sh [WORK_DIR]   (about 100 minutes on 2 cores)
+# Reproduce the bundled demo pipeline (difftumor/assets/tiny_pipeline) from the repository's real CT (tests/data,
+# difftumor/assets) with the project's own trainers, on CPU. Usage:
+#   bash scripts/train_bundled_pipeline.sh [WORK_DIR] [--data-only]   (about two hours on 2 cores)
+# Interrupted, the same command resumes: each training continues from its last checkpoint, finished stages are kept.
+# --data-only stops after the datalists (scripts/train_bundled_pipeline_gpu.sh uses them).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 data="$repo/tests/data"
 demo="$repo/difftumor/assets/demo_case"
 work="${1:-$repo/runs/bundled}"
+data_only="${2:-}"
+# --resume once a run folder holds a checkpoint
+resume() { if [ -d "$1/checkpoints" ] && [ -n "$(ls -A "$1/checkpoints")" ]; then echo --resume; fi; }
 mkdir -p "$work/src/lits/images" "$work/src/lits/labels" "$work/src/patient_a/a" "$work/data"
 
 # 0. Lesion-wise split of the LiTS upper half (10 mm margin, seed 0): only the training side is used below; the test
@@ -27,11 +33,14 @@ lits, patient = (json.load(open(f"{folder}/{name}.json")) for name in ("lits_ear
 lits["data"] += patient["data"]
 json.dump(lits, open(f"{folder}/autoencoder.json", "w"), indent=1)
 PY
+if [ "$data_only" = "--data-only" ]; then exit 0; fi
 
 # 2. Autoencoder on patient A + the training side of the LiTS upper half.
-difftumor train autoencoder --config tiny_cpu \
-    --set run.output_dir="$work/autoencoder" --set data.datalist="$work/data/autoencoder.json" \
-    --set run.max_steps=1200 --set loss.discriminator_start_step=700 --set run.checkpoint_every=200
+if [ ! -f "$work/autoencoder/vqmodel/config.json" ]; then
+    difftumor train autoencoder --config tiny_cpu $(resume "$work/autoencoder") \
+        --set run.output_dir="$work/autoencoder" --set data.datalist="$work/data/autoencoder.json" \
+        --set run.max_steps=1200 --set loss.discriminator_start_step=700 --set run.checkpoint_every=200
+fi
 
 # 3. Early-tumour diffusion model on the training-side tumours of the LiTS upper half, with organ-relative
 #    intensity augmentation (diffusion_tiny_cpu.yaml).

@@ -18,7 +18,10 @@ and synthetic lesions of a 3 mm scan are measured alike:
   excess of what noise alone gives (var / n per phase) is divided by the residual's variance. ≈ 0 for real
   tissue; a regular dot grid pushes it towards 1. (This is the energy at the stride's lattice frequencies.)
 - ``sphericity`` (``π^⅓ (6V)^⅔ / A``, the area from the co-area formula on the mask smoothed by σ = 0.7 mm) and
-  ``elongation`` (√(λ_minor / λ_major) of the voxel coordinates' covariance, as pyradiomics defines it).
+  ``elongation`` (√(λ_minor / λ_major) of the voxel coordinates' covariance, as pyradiomics defines it) of the label;
+- ``drop_sphericity`` and ``drop_elongation``: the same of the intensity drop as the image shows it (voxels within
+  3 mm of the lesion more than half the contrast below the ring, after a σ = 1 mm blur; :func:`intensity_drop`) —
+  the shape a painter gives a lesion, which the label of a synthetic lesion does not show.
 
 pyradiomics is not used: it has no wheel for current Python versions and its source releases do not build in a
 clean environment (3.1.0's metadata is inconsistent, 3.0.1 needs NumPy before its own build requirements).
@@ -30,7 +33,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ from ..data.volumes import Volume, load_volume
 from ..errors import DiffTumorInputError
 from ..spatial import equivalent_diameter_mm, intensity_statistics, lesion_components, organ_core
 from ..spatial.grid import sample
+from .machine_reader import ReaderResult, machine_reader, reader_features, reader_markdown
 
 #: Lesions smaller than this (mm³) are noise of a label map, not lesions.
 MIN_LESION_MM3 = 10.0
@@ -60,6 +64,8 @@ FEATURES = (
     "stride_artifact",
     "sphericity",
     "elongation",
+    "drop_sphericity",
+    "drop_elongation",
 )
 #: Size bins by equivalent diameter (mm): name -> [low, high).
 SIZE_BINS = {
@@ -151,6 +157,22 @@ def elongation(mask: np.ndarray) -> float:
     return float(math.sqrt(max(eigen[1], 0.0) / eigen[2])) if eigen[2] > 0 else float("nan")
 
 
+def intensity_drop(local: np.ndarray, lesion: np.ndarray, ring_mean: float, contrast: float) -> np.ndarray:
+    """Where the lesion is dark, as the image shows it rather than the label: voxels within 3 mm of the lesion whose HU
+    (smoothed by σ = 1 mm) lies more than half the contrast below the ring, the component overlapping the lesion most.
+    Empty when the lesion is not darker than its ring."""
+    if not contrast > 0:
+        return np.zeros(lesion.shape, bool)
+    near = ndimage.distance_transform_edt(~lesion) <= 3.0
+    dark = (ndimage.gaussian_filter(local.astype(np.float64), 1.0) < ring_mean - 0.5 * contrast) & near
+    components, count = ndimage.label(dark, np.ones((3, 3, 3)))
+    if count == 0:
+        return dark
+    overlap = np.bincount(components[lesion], minlength=count + 1)
+    overlap[0] = 0
+    return components == int(overlap.argmax()) if overlap.max() > 0 else np.zeros(lesion.shape, bool)
+
+
 def measure_case(case: LabelledCase) -> list[dict[str, Any]]:
     """Features of every lesion of ``case`` (see the module doc), one dict per lesion."""
     if not case.lesions.any():
@@ -179,6 +201,9 @@ def measure_case(case: LabelledCase) -> list[dict[str, Any]]:
         edge = float(gradient[box][shell].mean())
         grown = ndimage.distance_transform_edt(~lesion) <= 2.0
         center = ndimage.center_of_mass(components == index)
+        artifact = stride_artifact(local, grown)
+        drop = intensity_drop(local, lesion, ring_mean, contrast)
+        drop_measurable = drop.sum() >= MIN_LESION_MM3
         records.append(
             {
                 "case": case.name,
@@ -192,11 +217,15 @@ def measure_case(case: LabelledCase) -> list[dict[str, Any]]:
                 "contrast_to_organ_std": contrast / core_std if core_std else float("nan"),
                 "internal_std_to_organ_std": lesion_std / core_std if core_std else float("nan"),
                 "edge_to_contrast_per_mm": edge / contrast if contrast > 0 else float("nan"),
-                "stride_artifact": stride_artifact(local, grown),
+                "stride_artifact": artifact,
                 "sphericity": sphericity(lesion),
                 "elongation": elongation(lesion),
+                "drop_sphericity": sphericity(drop) if drop_measurable else float("nan"),
+                "drop_elongation": elongation(drop) if drop_measurable else float("nan"),
                 # for the picture: an axial patch through the centre, relative to the organ mean
                 "_patch": _axial_patch(hu, center, core_mean),
+                # for the machine reader (difftumor.evaluation.machine_reader)
+                "_reader": reader_features(local, organ[box], lesion, others, core_mean, core_std, artifact),
             }
         )
     return records
@@ -214,22 +243,35 @@ def _axial_patch(hu: np.ndarray, center: Sequence[float], organ_mean: float, siz
 # -- reading the groups ---------------------------------------------------------------------------------------
 
 
-def _synthesis_cases(folder: Path) -> Iterable[tuple[str, LabelledCase]]:
-    """Cases of a ``difftumor synthesize`` output folder, or of a folder holding several (a batch)."""
+def synthesis_manifests(folder: Path) -> list[Path]:
+    """The ``tumors.json`` of a ``difftumor synthesize`` output folder, or of a folder holding several (a batch)."""
     manifests = [folder / "tumors.json"] if (folder / "tumors.json").is_file() else sorted(folder.glob("*/tumors.json"))
     if not manifests:
         raise DiffTumorInputError(
             f"{folder} holds no tumors.json", "pass a folder written by `difftumor synthesize` (or a batch of them)"
         )
-    for manifest_path in manifests:
+    return manifests
+
+
+def synthesis_group(manifest: dict[str, Any]) -> str:
+    """The group a synthesis is measured in: its synthesizer and variant, and whether the diffusion synthesizer's
+    contrast cap was off (e.g. ``diffusion (relative)``, ``diffusion (relative, cap off)``)."""
+    group = str(manifest.get("synthesizer", "synthetic"))
+    details = [str(manifest["variant"])] if manifest.get("variant") else []
+    if group == "diffusion" and "max_contrast" in manifest and manifest["max_contrast"] is None:
+        details.append("cap off")
+    return f"{group} ({', '.join(details)})" if details else group
+
+
+def _synthesis_cases(folder: Path) -> Iterable[tuple[str, LabelledCase]]:
+    """Cases of a ``difftumor synthesize`` output folder, or of a folder holding several (a batch)."""
+    for manifest_path in synthesis_manifests(folder):
         manifest = json.loads(manifest_path.read_text())
         ct = load_volume(manifest_path.parent / "ct.nii.gz", "CT")
         labels = np.rint(load_volume(manifest_path.parent / "label.nii.gz", "label map").array).astype(np.int64)
         tumor_label = int(manifest["tumor_label"])
         organ_label = manifest.get("input", {}).get("organ_label") or 1
-        group = str(manifest.get("synthesizer", "synthetic"))
-        if manifest.get("variant"):
-            group += f" ({manifest['variant']})"
+        group = synthesis_group(manifest)
         organ = (labels == organ_label) | (labels == tumor_label)
         yield group, LabelledCase(manifest_path.parent.name, ct, organ, labels == tumor_label)
 
@@ -338,12 +380,108 @@ def markdown(table: dict[str, Any], groups: Sequence[str], reference: str) -> st
     return "\n".join(lines)
 
 
+#: Lesions the machine reader compares: early ones (equivalent diameter < 20 mm), what synthesis here is for.
+READER_MAX_DIAMETER_MM = 20.0
+#: Features compared between a model and its rule-only ablation: the relative contrasts the rule sets, and what the
+#: rule does not set (:data:`MODEL_FEATURES`), where a model has to show itself. Both share the tumour masks, so the
+#: label's own size and shape are not compared.
+RULE_FEATURES = ("contrast_to_organ_mean", "contrast_to_organ_std")
+MODEL_FEATURES = (
+    "internal_std_to_organ_std",
+    "edge_to_contrast_per_mm",
+    "drop_sphericity",
+    "drop_elongation",
+    "stride_artifact",
+)
+ABLATION_GROUP = "rule-only"
+
+
+def run_readers(groups: dict[str, list[dict[str, Any]]], reference: str, seed: int = 0) -> list[ReaderResult]:
+    """A machine reader (:func:`difftumor.evaluation.machine_reader.machine_reader`) for every group against
+    ``reference``, on lesions < :data:`READER_MAX_DIAMETER_MM`."""
+    early = {
+        group: [r for r in records if r["diameter_mm"] < READER_MAX_DIAMETER_MM and "_reader" in r]
+        for group, records in groups.items()
+    }
+    real = early.get(reference, [])
+    return [
+        machine_reader(
+            [r["_reader"] for r in real],
+            [r["_reader"] for r in records],
+            group=group,
+            real_sizes=[r["diameter_mm"] for r in real],
+            synthetic_sizes=[r["diameter_mm"] for r in records],
+            seed=seed,
+        )
+        for group, records in early.items()
+        if group != reference
+    ]
+
+
+def model_against_rule(
+    table: dict[str, Any], readers: Sequence[ReaderResult], model_group: str, rule_group: str = ABLATION_GROUP
+) -> dict[str, Any]:
+    """Per feature (early lesions): the Wasserstein distance of the model's and the rule-only ablation's lesions to
+    the real ones, and which is closer; and the same for the machine reader's AUC (distance to 0.5)."""
+    rows = table.get("early <20mm", {})
+    features = {}
+    for feature in (*RULE_FEATURES, *MODEL_FEATURES):
+        model, rule = rows.get(feature, {}).get(model_group, {}), rows.get(feature, {}).get(rule_group, {})
+        if "wasserstein" not in model or "wasserstein" not in rule:
+            continue
+        a, b = model["wasserstein"], rule["wasserstein"]
+        features[feature] = {
+            "model": a,
+            "rule_only": b,
+            "closer": "tie" if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) else "model" if a < b else "rule-only",
+            "set_by_rule": feature in RULE_FEATURES,
+        }
+    by_group = {r.group: r for r in readers}
+    reader = {}
+    if model_group in by_group and rule_group in by_group:
+        a, b = by_group[model_group].auc, by_group[rule_group].auc
+        if np.isfinite(a) and np.isfinite(b):
+            reader = {"model": a, "rule_only": b, "closer": "model" if abs(a - 0.5) < abs(b - 0.5) else "rule-only"}
+    return {"model_group": model_group, "rule_group": rule_group, "features": features, "reader_auc": reader}
+
+
+def model_against_rule_markdown(result: dict[str, Any]) -> str:
+    model, rule = result["model_group"], result["rule_group"]
+    lines = [
+        f"**{model} against its ablation {rule}** (lesions < 20 mm; Wasserstein distance to the real lesions, "
+        "smaller is closer)",
+        "",
+        f"| feature | set by the rule | {model} | {rule} | closer to real |",
+        "|---|---|---|---|---|",
+    ]
+    for feature, row in result["features"].items():
+        lines.append(
+            f"| {feature} | {'yes' if row['set_by_rule'] else 'no'} | {row['model']:.3g} | {row['rule_only']:.3g} | "
+            f"{row['closer']} |"
+        )
+    if result["reader_auc"]:
+        auc = result["reader_auc"]
+        lines.append(
+            f"| machine reader AUC (distance to 0.5) | no | {auc['model']:.2f} | {auc['rule_only']:.2f} | "
+            f"{auc['closer']} |"
+        )
+    free = [row for row in result["features"].values() if not row["set_by_rule"]]
+    won = sum(row["closer"] == "model" for row in free)
+    lines += [
+        "",
+        f"The model is closer to real than the rule alone on {won} of {len(free)} features the rule does not set.",
+    ]
+    return "\n".join(lines)
+
+
 @dataclass
 class RealismReport:
     groups: dict[str, list[dict[str, Any]]]
     table: dict[str, Any]
     markdown: str
     reference: str
+    readers: list[ReaderResult] = field(default_factory=list)
+    ablations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def realism(
@@ -352,9 +490,19 @@ def realism(
     out: str | os.PathLike | None = None,
     truth_labels: str = "internal",
     overwrite: bool = False,
+    extra_groups: dict[str, Sequence[LabelledCase]] | None = None,
+    readers: bool = True,
 ) -> RealismReport:
     """Measure the lesions of ``real`` (labelled CTs) and ``synthetic`` (``difftumor synthesize`` outputs), compare
-    them, and (with ``out``) write ``realism.json`` and ``realism.png`` into the folder ``out``."""
+    them feature by feature and with a machine reader, and (with ``out``) write ``realism.json``, ``realism.md`` and
+    ``realism.png`` into the folder ``out``.
+
+    Args:
+        extra_groups: more synthetic groups given as cases in memory, e.g. the rule-only ablation of a diffusion
+            synthesis (:func:`difftumor.synthesis.ablation.rule_only_cases`); a model group is compared with the
+            group :data:`ABLATION_GROUP` when both are present.
+        readers: run the machine reader for every synthetic group.
+    """
     from .evaluate import truth_scheme
 
     scheme = truth_scheme(truth_labels)
@@ -369,11 +517,24 @@ def realism(
     for source in synthetic:
         for group, case in _synthesis_cases(Path(source)):
             groups.setdefault(group, []).extend(measure_case(case))
+    for group, cases in (extra_groups or {}).items():
+        for case in cases:
+            groups.setdefault(group, []).extend(measure_case(case))
     if not groups["real"]:
         raise DiffTumorInputError("the real CTs hold no lesion", "check --truth-labels and the label maps")
     table = compare(groups, "real")
+    verdicts = run_readers(groups, "real") if readers else []
+    ablations = [
+        model_against_rule(table, verdicts, group)
+        for group in groups
+        if group not in ("real", ABLATION_GROUP) and ABLATION_GROUP in groups and group.startswith("diffusion")
+    ]
     text = markdown(table, list(groups), "real")
-    report = RealismReport(groups, table, text, "real")
+    if verdicts:
+        text += "\n\n" + reader_markdown(verdicts)
+    for ablation in ablations:
+        text += "\n\n" + model_against_rule_markdown(ablation)
+    report = RealismReport(groups, table, text, "real", verdicts, ablations)
     if out is not None:
         write_report(report, out, inputs=[*synthetic, *real], overwrite=overwrite)
     return report
@@ -392,6 +553,8 @@ def write_report(report: RealismReport, out: str | os.PathLike, inputs: Sequence
         "definitions": __doc__.split("\n\n", 2)[1:2] + [f"features: {', '.join(FEATURES)}"],
         "size_bins_mm": {k: [v[0], None if math.isinf(v[1]) else v[1]] for k, v in SIZE_BINS.items()},
         "comparison": report.table,
+        "machine_reader": [r.as_dict() for r in report.readers],
+        "model_against_rule": report.ablations,
         "lesions": lesions,
     }
     with atomic_folder(out, overwrite=overwrite, inputs=inputs, kind="realism") as folder:

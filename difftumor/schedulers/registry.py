@@ -9,6 +9,7 @@ forward process) are deliberately absent. Third-party packages can add samplers 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
@@ -25,6 +26,8 @@ from .precise import (
     PreciseHeunDiscreteScheduler,
     PreciseUniPCMultistepScheduler,
 )
+
+logger = logging.getLogger(__name__)
 
 # Below this many training steps the original's DDIM convention breaks (t = T at full steps, t = 1 as the only step,
 # a final ᾱ_0 far from 1); see _ddim.
@@ -145,6 +148,49 @@ def refusal(name: str, train_steps: int) -> str | None:
     return None
 
 
+#: Stock diffusers scheduler classes of the families difftumor samples with (and the precise subclasses of them):
+#: adopted, i.e. rebuilt by :func:`make_scheduler` from their config. Every other class is refused.
+_FAMILIES = {
+    "DDPMScheduler": "ddpm",
+    "DDIMScheduler": "ddim",
+    "DPMSolverMultistepScheduler": "dpm++",
+    "UniPCMultistepScheduler": "unipc",
+    "EulerDiscreteScheduler": "euler",
+    "HeunDiscreteScheduler": "heun",
+}
+#: Set on every scheduler :func:`make_scheduler` builds (and on those a pipeline loads from its own folder): it
+#: carries DiffTumor's settings and is used as it is.
+SAMPLER_MARK = "_difftumor_sampler"
+
+
+def adopt_scheduler(scheduler: Any) -> SchedulerMixin:
+    """The scheduler a pipeline samples with when handed ``scheduler``.
+
+    A scheduler from :func:`make_scheduler` (or loaded with a pipeline) is returned as it is. A stock diffusers
+    scheduler of a supported family — e.g. ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)``, the
+    diffusers way of swapping samplers — is rebuilt by :func:`make_scheduler` from its config (training steps, betas,
+    prediction type) with the settings DiffTumor's latents need: x̂0 clipped to the codebook's range, ᾱ accumulated in
+    float64, trailing timesteps; its own other settings (solver order, spacing) are replaced. Without them the stock
+    samplers leave the codebook's range at T = 4 (latents in ±32, tumours 60 HU darker).
+
+    Raises:
+        DiffTumorInputError: any other scheduler class, naming what works.
+    """
+    if getattr(scheduler, SAMPLER_MARK, None):
+        return scheduler
+    name = type(scheduler).__name__
+    family = _FAMILIES.get(name.removeprefix("Precise"))
+    if family is None:
+        reason = refusal(name, int(getattr(scheduler, "config", {}).get("num_train_timesteps", 1000)))
+        raise DiffTumorInputError(
+            f"scheduler {name} is not one difftumor samples its models with" + (f" ({reason})" if reason else ""),
+            "swap samplers with difftumor.schedulers.make_scheduler(name, pipe.scheduler.config), name one of "
+            + ", ".join(available_schedulers()),
+        )
+    logger.info("sampling with %s rebuilt as difftumor's %r (x̂0 clipped, float64 ᾱ, trailing steps)", name, family)
+    return make_scheduler(family, dict(scheduler.config))
+
+
 def available_schedulers() -> list[str]:
     """Names accepted by :func:`make_scheduler` (built-in and installed through entry points)."""
     return sorted(set(_BUILTIN) | set(_plugins()))
@@ -186,8 +232,10 @@ def make_scheduler(name: str, config: Mapping[str, Any] | int) -> SchedulerMixin
         "prediction_type": config.get("prediction_type", "epsilon"),
     }
     if key in _BUILTIN:
-        return _BUILTIN[key](common, train_steps)
-    plugins = _plugins()
-    if key in plugins:
-        return plugins[key].load()(common)
-    raise DiffTumorInputError(f"unknown scheduler {name!r}", f"choose one of {supported}")
+        scheduler = _BUILTIN[key](common, train_steps)
+    elif key in _plugins():
+        scheduler = _plugins()[key].load()(common)
+    else:
+        raise DiffTumorInputError(f"unknown scheduler {name!r}", f"choose one of {supported}")
+    setattr(scheduler, SAMPLER_MARK, key)
+    return scheduler

@@ -70,6 +70,8 @@ def synthesize_case(
         "seed": request.seed,
         "size": request.size,
         "count": request.count,
+        **({"centers_mm": [list(map(float, c)) for c in request.centers_mm]} if request.centers_mm else {}),
+        **({"series": request.series} if request.series else {}),
         **synthesizer.describe(),
     }
     data = manifest(result, ct, organ_mask, request.organ, request.organ_label, settings)

@@ -104,3 +104,69 @@ def test_every_sampler_is_sane_at_t200_with_a_released_size_model(released_t200,
 def _sample_steps(pipe, hu, mask, name, steps):
     pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
     return pipe(hu, mask, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+
+
+def _stock_scheduler_classes() -> list[str]:
+    import inspect
+
+    import diffusers
+
+    return sorted(
+        name
+        for name in dir(diffusers)
+        if name.endswith("Scheduler")
+        and inspect.isclass(getattr(diffusers, name, None))
+        and issubclass(getattr(diffusers, name), diffusers.SchedulerMixin)
+    )
+
+
+#: The stock families difftumor adopts, by the sampler of the project that each becomes.
+ADOPTED = {
+    "DDPMScheduler": "ddpm",
+    "DDIMScheduler": "ddim",
+    "DPMSolverMultistepScheduler": "dpm++",
+    "UniPCMultistepScheduler": "unipc",
+    "EulerDiscreteScheduler": "euler",
+}
+
+
+@pytest.mark.parametrize("name", _stock_scheduler_classes())
+def test_every_stock_diffusers_scheduler_paints_like_its_family_or_is_refused(case, name):
+    """The diffusers way of swapping samplers, ``X.from_config(pipe.scheduler.config)``, with every scheduler class
+    diffusers exports: a tumour within 15 HU of the project's sampler of the same family with latents in the
+    codebook's range, or a one-line refusal naming make_scheduler."""
+    import diffusers
+
+    pipe, hu, mask = case
+    stock_class = getattr(diffusers, name)
+    try:
+        stock = stock_class.from_config(make_scheduler("ddpm", pipe.scheduler.config).config)
+    except Exception:  # noqa: BLE001 — diffusers cannot build it from a DDPM config: the class is refused as such
+        from difftumor.schedulers.registry import adopt_scheduler
+
+        with pytest.raises(DiffTumorInputError, match="make_scheduler"):
+            adopt_scheduler(object.__new__(stock_class))
+        return
+    pipe.scheduler = stock
+    if name == "HeunDiscreteScheduler":
+        return  # a supported family refused at T = 4: test_heun_assigned_the_diffusers_way_is_refused_at_t4
+    if name not in ADOPTED:
+        with pytest.raises(DiffTumorInputError) as refused:
+            pipe(hu, mask, generator=torch.Generator().manual_seed(0))
+        text = str(refused.value)
+        assert "make_scheduler" in text and name in text and "\n" not in text
+        return
+    out = pipe(hu, mask, generator=torch.Generator().manual_seed(0))
+    assert out.latents.abs().max() <= 1.5, name
+    reference = _sample(pipe, hu, mask, ADOPTED[name])
+    assert abs(out.images[mask].mean().item() - reference.images[mask].mean().item()) <= DETERMINISTIC_MARGIN_HU
+    assert torch.equal(out.images, reference.images)  # rebuilt as the project's sampler: the same tumour
+
+
+def test_heun_assigned_the_diffusers_way_is_refused_at_t4(case):
+    import diffusers
+
+    pipe, hu, mask = case
+    pipe.scheduler = diffusers.HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(DiffTumorInputError, match="heun needs a model trained with T >= 20"):
+        pipe(hu, mask, generator=torch.Generator().manual_seed(0))

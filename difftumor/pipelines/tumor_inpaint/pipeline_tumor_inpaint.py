@@ -25,8 +25,8 @@ from ...models.vq_model_3d import VQModel3D
 
 # diffusers only instantiates component classes from modules that are already imported (it will not import a module
 # named in model_index.json), so every component module a saved pipeline may name is imported with this one.
-from ...schedulers import precise as _precise_schedulers  # noqa: F401
-from ...schedulers.registry import refusal
+from ...schedulers import precise as _precise_schedulers
+from ...schedulers.registry import SAMPLER_MARK, adopt_scheduler, refusal
 from ...windowing import to_window
 from .blending import blend_into_hu, blend_weights, tumor_boxes
 from .fast_mode import STRONG_WEIGHT, fast_precision, neighbourhood_windows
@@ -106,8 +106,10 @@ class TumorInpaintPipeline(DiffusionPipeline):
     Components:
         vqmodel ([`VQModel3D`]): the autoencoder (96³ window-scaled crops <-> latents).
         unet ([`UNet3DInpaintModel`]): the conditional denoiser.
-        scheduler ([`SchedulerMixin`]): any sampler from :func:`difftumor.schedulers.make_scheduler`, or a diffusers
-            scheduler made with ``X.from_config(pipe.scheduler.config)``.
+        scheduler ([`SchedulerMixin`]): any sampler from :func:`difftumor.schedulers.make_scheduler`. A stock diffusers
+            scheduler of the same families (``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)``) is
+            rebuilt with DiffTumor's settings when called (:func:`~difftumor.schedulers.registry.adopt_scheduler`);
+            other scheduler classes are refused.
 
     Config (saved in ``model_index.json``):
         window (`tuple[float, float]`, defaults to `(-175.0, 250.0)`): HU window mapped to [-1, 1].
@@ -181,10 +183,14 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 "pass a folder written by save_pretrained or `difftumor convert`",
             ) from None
         dtype = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        scheduler_class = _scheduler_class(index.get("scheduler"), folder)
+        scheduler = scheduler_class.from_pretrained(folder / "scheduler")
+        if scheduler_class.__module__ == _precise_schedulers.__name__:
+            setattr(scheduler, SAMPLER_MARK, "loaded")  # saved with DiffTumor's settings: sampled as it is
         components = {
             "vqmodel": VQModel3D.from_pretrained(folder / "vqmodel", **dtype),
             "unet": UNet3DInpaintModel.from_pretrained(folder / "unet", **dtype),
-            "scheduler": _scheduler_class(index.get("scheduler"), folder).from_pretrained(folder / "scheduler"),
+            "scheduler": scheduler,
         }
         settings = {key: value for key, value in index.items() if not key.startswith("_") and key not in components}
         return cls(**components, **settings)
@@ -343,6 +349,10 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 f"choose from {self._callback_tensor_inputs}",
             )
         num_inference_steps = num_inference_steps or self.config.default_num_inference_steps
+        # A stock diffusers scheduler assigned the diffusers way is rebuilt with DiffTumor's settings (or refused).
+        adopted = adopt_scheduler(self.scheduler)
+        if adopted is not self.scheduler:
+            self.scheduler = adopted
         self.check_inputs(image, tumor_mask, num_inference_steps)
         batch = image.shape[0]
         if blur_sigma is not None:  # one σ per crop from here on, checked before any work
