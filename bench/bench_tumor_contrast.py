@@ -8,9 +8,12 @@ lesion's mean below its organ ring (2–5 mm outside, HU) is measured:
 - ``autoencoder``: after the VQ model's encode → quantise → decode (what the autoencoder can represent);
 - ``condition``: the decoded masked condition — the crop with the lesion blanked to the window's middle (37.5 HU),
   which is what a model that copies its condition paints;
-- ``<sampler>``: the pipeline's own painting of that lesion's mask (decoded crop, no blend), mean over seeds;
-- ``<sampler> @ <HU>``: the same with the crop's organ moved to that mean (a model that follows the organ keeps its
-  drop relative to it; one that copies the blanked value does not).
+- ``<sampler>``: the pipeline's own painting of that lesion's mask, mean over seeds: its decoded lesion below the
+  crop's own ring — what blending the tumour into the crop shows;
+- ``<sampler> in decode``: the same below the decoded crop's ring (a model that darkens around the lesion too
+  shows less here than above);
+- ``<sampler> @ <HU>``: the first measure with the crop's organ moved to that mean (a model that follows the organ
+  keeps its drop; one that copies the blanked value does not).
 
 Usage::
 
@@ -77,7 +80,8 @@ def main() -> int:
     components, count = ndimage.label(tumours, np.ones((3, 3, 3)))
     half, crop = arguments.crop // 2, arguments.crop
     columns = ["diameter_mm", "real", "autoencoder", "condition"]
-    columns += [*arguments.samplers, *(f"{arguments.samplers[0]} @ {v:g}" for v in arguments.organ_hu)]
+    columns += [*arguments.samplers, f"{arguments.samplers[0]} in decode"]
+    columns += [f"{arguments.samplers[0]} @ {v:g}" for v in arguments.organ_hu]
     rows = []
     print(" | ".join(columns))
     for index in range(1, count + 1):
@@ -99,17 +103,20 @@ def main() -> int:
         condition = pipe.encode_condition(model_x, model_mask)[:, :-1]
         row.append(_drop(back(pipe.vqmodel.decode(pipe.vqmodel.denormalize_latents(condition)).sample), lesion, ring))
 
-        def painted(name: str, shift: float, x=x, mask=mask, lesion=lesion, ring=ring) -> float:
+        def painted(name: str, shift: float, x=x, mask=mask, lesion=lesion, ring=ring) -> tuple[float, float]:
             pipe.scheduler = make_scheduler(name, stored.config)
-            drops = []
+            own, decoded = [], []
             for seed in range(arguments.seeds):
                 out = pipe(x + shift, mask, generator=torch.Generator().manual_seed(seed), blur_sigma=0.0)
-                drops.append(_drop(from_window(out.decoded)[0, 0].numpy(), lesion, ring))
-            return float(np.mean(drops))
+                volume = from_window(out.decoded)[0, 0].numpy()
+                own.append(float((x[0, 0].numpy() + shift)[ring].mean() - volume[lesion].mean()))
+                decoded.append(_drop(volume, lesion, ring))
+            return float(np.mean(own)), float(np.mean(decoded))
 
-        row += [painted(name, 0.0) for name in arguments.samplers]
+        first = painted(arguments.samplers[0], 0.0)
+        row += [first[0], *(painted(name, 0.0)[0] for name in arguments.samplers[1:]), first[1]]
         organ_mean = float(image[ring].mean())
-        row += [painted(arguments.samplers[0], target - organ_mean) for target in arguments.organ_hu]
+        row += [painted(arguments.samplers[0], target - organ_mean)[0] for target in arguments.organ_hu]
         rows.append(row)
         print(" | ".join(f"{v:6.1f}" for v in row), flush=True)
     medians = dict(zip(columns, np.median(np.asarray(rows), 0).round(1).tolist()))

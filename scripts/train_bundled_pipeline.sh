@@ -10,6 +10,7 @@ data="$repo/tests/data"
 demo="$repo/difftumor/assets/demo_case"
 work="${1:-$repo/runs/bundled}"
 data_only="${2:-}"
+mkdir -p "$work" && work="$(cd "$work" && pwd)"  # absolute: the links below must resolve from anywhere
 # --resume once a run folder holds a checkpoint
 resume() { if [ -d "$1/checkpoints" ] && [ -n "$(ls -A "$1/checkpoints")" ]; then echo --resume; fi; }
 mkdir -p "$work/src/lits/images" "$work/src/lits/labels" "$work/src/patient_a/a" "$work/data"
@@ -24,8 +25,8 @@ ln -sfn "$demo/ct.nii.gz" "$work/src/patient_a/a/ct.nii.gz"
 ln -sfn "$demo/organs.nii.gz" "$work/src/patient_a/a/seg.nii.gz"
 
 # 1. Datalists: the training side of the LiTS upper half with early (<= 20 mm) / mid-late tumours split, patient A's liver.
-difftumor data prepare folders "$work/src/lits" --organ liver --early-max-diameter-mm 20 --out "$work/data/lits_early.json"
-difftumor data prepare totalsegmentator "$work/src/patient_a" --organ liver --out "$work/data/patient_a.json"
+difftumor data prepare folders "$work/src/lits" --organ liver --early-max-diameter-mm 20 --out "$work/data/lits_early.json" --overwrite
+difftumor data prepare totalsegmentator "$work/src/patient_a" --organ liver --out "$work/data/patient_a.json" --overwrite
 python - "$work/data" <<'PY'
 import json, sys
 folder = sys.argv[1]
@@ -42,10 +43,12 @@ if [ ! -f "$work/autoencoder/vqmodel/config.json" ]; then
         --set run.max_steps=1200 --set loss.discriminator_start_step=700 --set run.checkpoint_every=200
 fi
 
-# 3. Early-tumour diffusion model on the training-side tumours of the LiTS upper half, with organ-relative
-#    intensity augmentation (diffusion_tiny_cpu.yaml).
-difftumor train diffusion --config tiny_cpu \
-    --set run.output_dir="$work/diffusion" --set data.datalist="$work/data/lits_early.json" \
-    --set vqmodel="$work/autoencoder/vqmodel" --set run.max_steps=4500 --set run.checkpoint_every=500
+# 3. Early-tumour diffusion model on the training-side tumours of the LiTS upper half (diffusion_tiny_cpu.yaml:
+#    v-prediction, tumour-weighted loss, random fill of the blanked tumour, 48³ crops, 6000 steps).
+if [ ! -f "$work/diffusion/pipeline/model_index.json" ]; then
+    difftumor train diffusion --config tiny_cpu $(resume "$work/diffusion") \
+        --set run.output_dir="$work/diffusion" --set data.datalist="$work/data/lits_early.json" \
+        --set vqmodel="$work/autoencoder/vqmodel" --set run.checkpoint_every=500
+fi
 
 echo "pipeline: $work/diffusion/pipeline (copy it to difftumor/assets/tiny_pipeline to bundle it)"

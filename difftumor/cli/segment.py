@@ -82,6 +82,13 @@ def evaluate(
         float, typer.Option(help="IoU a predicted lesion needs with a true one to detect it (one-to-one).")
     ] = 0.5,
     connectivity: Annotated[int, typer.Option(help="Lesion connectivity: 26, or 6 (the original's rule).")] = 26,
+    resample: Annotated[
+        bool,
+        typer.Option(
+            help="Bring a prediction whose grid covers another part of the world than its truth onto the truth's "
+            "grid by affine (otherwise refused)."
+        ),
+    ] = False,
 ) -> None:
     """Organ/tumour DSC (mean and global), tumour NSD at 2 mm, lesion detection by one-to-one IoU matching per size
     bin, false positives, patient sensitivity/specificity — with 95 % intervals."""
@@ -89,7 +96,17 @@ def evaluate(
     from ..evaluation import evaluate_folders, markdown_table
 
     data = evaluate_folders(
-        pred, truth, out, truth_labels, organ_label, tumor_label, organ, overwrite, iou_threshold, connectivity
+        pred,
+        truth,
+        out,
+        truth_labels,
+        organ_label,
+        tumor_label,
+        organ,
+        overwrite,
+        iou_threshold,
+        connectivity,
+        resample,
     )
     console.print(markdown_table(data["summary"]))
     console.print(f"\n{data['summary']['cases']} case(s); wrote {out}")

@@ -155,7 +155,15 @@ def synthesize(
         engine = functools.partial(
             make_synthesizer, synthesizer, pipeline, midlate_pipeline, scheduler, steps, options=parse_options(option)
         )
-        _run_datalist(datalist, out, template, engine, device, overwrite)
+        spec = {
+            "synthesizer": synthesizer,
+            "pipeline": pipeline,
+            "midlate_pipeline": midlate_pipeline,
+            "scheduler": scheduler,
+            "steps": steps,
+            "options": parse_options(option),
+        }
+        _run_datalist(datalist, out, template, engine, device, overwrite, spec)
         return
     if ct is None or organ_mask is None:
         raise DiffTumorInputError("a CT and --organ-mask are needed", "pass CT --organ-mask MASK (or --datalist)")
@@ -171,7 +179,9 @@ def synthesize(
     )
 
 
-def _run_datalist(datalist: Path, out: Path, template, build_synthesizer, device: str, overwrite: bool) -> None:
+def _run_datalist(
+    datalist: Path, out: Path, template, build_synthesizer, device: str, overwrite: bool, spec: dict
+) -> None:
     from ..synthesis.cases import synthesize_datalist
 
     with LazyProgress("cases") as progress:
@@ -183,6 +193,7 @@ def _run_datalist(datalist: Path, out: Path, template, build_synthesizer, device
             device=device,
             overwrite=overwrite,
             progress=lambda done, total, label: progress.update(done, total, label),
+            synthesizer_spec=spec,
         )
     console.print(
         f"process {counts['process']}: {counts['written']} case(s) written to {out}, "

@@ -79,21 +79,44 @@ _ALLOWED_GLOBALS: list[tuple[Any, str]] = [
 _ALLOWED_NAMES = sorted({name for _, name in _ALLOWED_GLOBALS})
 
 
+#: Bounds on the config a checkpoint carries: the released ones hold a few hundred values, a few levels deep. A pickle
+#: can share one list between many parents (each copy doubles the walk: 64 levels are 2⁶⁴ nodes) or hold itself.
+MAX_CONFIG_NODES = 100_000
+MAX_CONFIG_DEPTH = 50
+
+
 def to_plain(value: Any) -> Any:
-    """Turn loaded OmegaConf stand-ins (and containers holding them) into plain dicts, lists and scalars."""
-    if isinstance(value, _DictConfig):
-        content = value.pickled_state.get("_content")
-        return None if content is None else {key: to_plain(item) for key, item in content.items()}
-    if isinstance(value, _ListConfig):
-        content = value.pickled_state.get("_content")
-        return None if content is None else [to_plain(item) for item in content]
-    if isinstance(value, _ValueNode):
-        return to_plain(value.pickled_state.get("_val"))
-    if isinstance(value, Mapping):
-        return {key: to_plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(item) for item in value]
-    return value
+    """Turn loaded OmegaConf stand-ins (and containers holding them) into plain dicts, lists and scalars.
+
+    Raises:
+        DiffTumorInputError: a config of more than :data:`MAX_CONFIG_NODES` values or deeper than
+            :data:`MAX_CONFIG_DEPTH` (a shared-reference bomb, or a config that contains itself).
+    """
+    visited = [0]
+
+    def walk(item: Any, depth: int) -> Any:
+        visited[0] += 1
+        if visited[0] > MAX_CONFIG_NODES or depth > MAX_CONFIG_DEPTH:
+            raise DiffTumorInputError(
+                f"the checkpoint's config holds more than {MAX_CONFIG_NODES:,} values or nests deeper than "
+                f"{MAX_CONFIG_DEPTH} levels (the released configs hold a few hundred, a few levels deep)",
+                "convert the released AutoencoderModel.ckpt / {organ}_{early,noearly}.pt; this file is not one",
+            )
+        if isinstance(item, _DictConfig):
+            content = item.pickled_state.get("_content")
+            return None if content is None else {key: walk(entry, depth + 1) for key, entry in content.items()}
+        if isinstance(item, _ListConfig):
+            content = item.pickled_state.get("_content")
+            return None if content is None else [walk(entry, depth + 1) for entry in content]
+        if isinstance(item, _ValueNode):
+            return walk(item.pickled_state.get("_val"), depth + 1)
+        if isinstance(item, Mapping):
+            return {key: walk(entry, depth + 1) for key, entry in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [walk(entry, depth + 1) for entry in item]
+        return item
+
+    return walk(value, 0)
 
 
 def load_checkpoint_safely(path: str | os.PathLike) -> dict[str, Any]:

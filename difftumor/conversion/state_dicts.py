@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import DiffTumorInputError
+from ..limits import check_model_size
 from ..models.unet_3d_blocks import RotaryEmbedding
 from ..models.unet_3d_inpaint import UNet3DInpaintModel
 from ..models.vq_model_3d import VQModel3D
@@ -191,7 +192,9 @@ def vqmodel_from_original(state_dict: Mapping[str, torch.Tensor], config: Mappin
     Returns:
         The model in eval mode, codebook marked initialised.
     """
-    model = VQModel3D(**vqmodel_config_from_original(config))
+    converted = vqmodel_config_from_original(config)
+    check_model_size(VQModel3D, converted, "the autoencoder checkpoint's config")
+    model = VQModel3D(**converted)
     # The original re-initialises its codebook on the first training batch even after loading; ours must not.
     _load_mapped(model, state_dict, _VQ_RULES, "VQ-GAN", extra={"quantizer.initialized": torch.tensor(True)})
     return model.eval()
@@ -276,6 +279,7 @@ def unet_from_original(state_dict: Mapping[str, torch.Tensor], unet_kwargs: Mapp
         The model in eval mode.
     """
     config = unet_config_from_original(unet_kwargs)
+    check_model_size(UNet3DInpaintModel, config, "the diffusion checkpoint's config")
     model = UNet3DInpaintModel(**config)
     expected = RotaryEmbedding(min(32, config["attention_head_dim"])).freqs
     for key, value in state_dict.items():

@@ -28,6 +28,7 @@ class _Slice:
     position: np.ndarray
     rows: int
     columns: int
+    pixel_spacing: tuple[float, ...] = ()
 
 
 def looks_like_dicom(path: Path) -> bool:
@@ -71,7 +72,11 @@ def _read_slice(path: Path, what: str, folder: Path) -> _Slice:
     if orientation.shape != (6,) or position.shape != (3,):
         raise unreadable("malformed ImageOrientationPatient/ImagePositionPatient")
     description = str(getattr(dataset, "SeriesDescription", "")).strip()
-    return _Slice(path, series, description, orientation, position, rows, columns)
+    try:
+        pixel_spacing = tuple(float(v) for v in dataset.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        raise unreadable("missing or malformed PixelSpacing") from None
+    return _Slice(path, series, description, orientation, position, rows, columns, pixel_spacing)
 
 
 def series_files(folder: str | Path, what: str = "CT", series: str | None = None) -> list[Path]:
@@ -139,6 +144,12 @@ def _check_geometry(slices: list[_Slice], what: str, folder: Path) -> list[_Slic
                 f"{what} slice {item.path.name} in {folder} is {item.rows} × {item.columns}, "
                 f"not {first.rows} × {first.columns} like {first.path.name}",
                 "the folder mixes series; keep one series per folder",
+            )
+        if not np.allclose(item.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-6):
+            raise DiffTumorInputError(
+                f"{what} slice {item.path.name} in {folder} has pixel spacing {list(item.pixel_spacing)} mm, not "
+                f"{list(first.pixel_spacing)} like {first.path.name}",
+                "the folder mixes series or reconstructions; keep one series per folder",
             )
     check_volume_size((first.rows, first.columns, len(slices)), what, folder)
     normal = np.cross(first.orientation[:3], first.orientation[3:])

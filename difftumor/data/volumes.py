@@ -86,7 +86,10 @@ def _read_nifti(path: Path, what: str) -> Volume:
             f"{what} {path} cannot be read to the end ({_short(error)})",
             "the file is truncated or corrupt; re-export it",
         ) from None
-    return Volume(np.asarray(array), image.affine.astype(np.float64), path, image.header.copy(), "nifti")
+    # nibabel moves the header's scaling into the data proxy: keep it, so outputs can say how the file stored values
+    scaling = (float(getattr(image.dataobj, "slope", 1.0)), float(getattr(image.dataobj, "inter", 0.0)))
+    extra = {"scaling": scaling, "stored_dtype": np.dtype(image.get_data_dtype())}
+    return Volume(np.asarray(array), image.affine.astype(np.float64), path, image.header.copy(), "nifti", extra)
 
 
 def _read_dicom_series(path: Path, series: str | None, what: str) -> Volume:
@@ -126,8 +129,13 @@ def probe_volume(path: str | os.PathLike, what: str = "image", series: str | Non
         series_files(folder, what, uid)
         return
     shape = tuple(_open_nifti(path, what).header.get_data_shape())
-    if not 3 <= len(shape) <= 4:
-        raise DiffTumorInputError(f"{what} {path} is not a 3-D NIfTI volume", "pass a 3-D CT volume")
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3 or min(shape) < 2:  # as load_volume refuses it
+        raise DiffTumorInputError(
+            f"{what} {path} has shape {shape}, not a 3-D volume",
+            "pass a 3-D CT volume (a single 2-D slice cannot be used)",
+        )
 
 
 def _series_of(path: Path) -> str | None:
@@ -137,6 +145,10 @@ def _series_of(path: Path) -> str | None:
         return str(pydicom.dcmread(str(path), stop_before_pixels=True).SeriesInstanceUID)
     except Exception:  # noqa: BLE001 — the series check names the file properly
         return None
+
+
+#: No CT holds values beyond this in HU (dense metal is about 3,000–30,000 depending on the scanner).
+HU_LIMIT = 100_000.0
 
 
 def check_hounsfield(volume: Volume, what: str = "CT") -> None:
@@ -156,7 +168,13 @@ def check_hounsfield(volume: Volume, what: str = "CT") -> None:
             "(air is about -1000, liver 40-160)",
             "pass the original CT in HU, not a normalised copy",
         )
-    if array.dtype == np.uint8:
+    if max(abs(low), abs(high)) > HU_LIMIT:
+        raise DiffTumorInputError(
+            f"{what} {volume.path} holds values up to {max(abs(low), abs(high)):.3g}, far beyond Hounsfield units "
+            f"(air -1000 to metal ~{HU_LIMIT:.0f})",
+            "check the header's scl_slope/scl_inter (or the DICOM RescaleSlope/Intercept) and re-export the CT",
+        )
+    if array.dtype in (np.uint8, np.int8):
         raise DiffTumorInputError(
             f"{what} {volume.path} is stored as 8-bit values [{low:.0f}, {high:.0f}], display levels rather than HU",
             "pass the original CT in HU (16-bit or float NIfTI, or the DICOM series)",
@@ -206,6 +224,28 @@ def load_volume(path: str | os.PathLike, what: str = "image", series: str | None
         raise DiffTumorInputError(f"{what} {path} has an invalid (singular) affine", "fix the image header")
     volume.array = array
     return volume
+
+
+def stores_whole_numbers(volume: Volume) -> bool:
+    """Whether the file holds integers whose scaling gives whole numbers (e.g. uint16 with ``scl_inter`` −1024):
+    its values are integer HU even though they load as floats."""
+    slope, inter = volume.extra.get("scaling", (1.0, 0.0))
+    stored = volume.extra.get("stored_dtype", volume.array.dtype)
+    return stored.kind in "iu" and float(slope).is_integer() and float(inter).is_integer()
+
+
+def as_stored(array: np.ndarray, reference: Volume) -> np.ndarray:
+    """``array`` (values of ``reference``'s kind, e.g. a painted CT) in the form to write it: as it is, except for a
+    reference whose integers on disk carry a scaling (``scl_slope``/``scl_inter``). Its values are then written
+    unscaled: as int16 when the scaling gives whole numbers in int16's range (integer HU, painted voxels rounded as
+    in any integer CT; every other voxel's value unchanged), else as float32."""
+    slope, inter = reference.extra.get("scaling", (1.0, 0.0))
+    stored = reference.extra.get("stored_dtype", array.dtype)
+    if array.dtype.kind != "f" or (slope == 1 and inter == 0) or stored.kind not in "iu":
+        return array
+    if stores_whole_numbers(reference) and array.min() >= -32768.5 and array.max() <= 32767.5:
+        return np.rint(array).astype(np.int16)
+    return array.astype(np.float32)
 
 
 def save_volume(array: np.ndarray, reference: Volume, path: str | os.PathLike, description: str | None = None) -> None:

@@ -13,11 +13,11 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_file, check_output
+from ..data.alignment import check_known_labels, integer_labels, label_map_on_grid
 from ..data.registry import truth_label_schemes
 from ..data.volumes import load_volume
 from ..errors import DiffTumorInputError
 from ..spatial import CONNECTIVITIES, IGNORE_LABEL
-from ..spatial.grid import sample
 from .metrics import (
     DEFAULT_IOU_THRESHOLD,
     DEFINITIONS,
@@ -75,15 +75,22 @@ def _evaluate_pair(
     truth_labels: str,
     iou_threshold: float,
     connectivity: int,
+    resample: bool = False,
 ) -> dict[str, Any]:
     """One case's metrics: the prediction brought onto the truth's grid, the truth mapped to the internal scheme."""
     truth = load_volume(truth_path, "truth")
     prediction = load_volume(prediction_path, "prediction")
-    predicted = prediction.array
-    if predicted.shape != truth.shape or not np.allclose(prediction.affine, truth.affine, atol=1e-3):
-        predicted = sample(predicted, prediction.affine, truth.affine, truth.shape, order=0)
+    truth_values = integer_labels(truth, "truth")
+    predicted = label_map_on_grid(prediction, truth, "prediction", "truth", resample=resample)
+    check_known_labels(
+        predicted,
+        {0, 1, 2},
+        "prediction",
+        prediction_path.name,
+        "predictions use 0 background, 1 organ, 2 tumour (`difftumor segment` writes them so)",
+    )
     known = {0, IGNORE_LABEL, *scheme["organ"], *scheme["tumor"]}
-    unknown = sorted({int(v) for v in np.unique(truth.array)} - known)
+    unknown = sorted({int(v) for v in np.unique(truth_values)} - known)
     if unknown:
         raise DiffTumorInputError(
             f"truth {truth_path.name} holds label(s) {unknown} that the {truth_labels!r} scheme does not map "
@@ -92,15 +99,15 @@ def _evaluate_pair(
             "or say which ids are what with --organ-label / --tumor-label",
         )
     internal = np.zeros(truth.shape, np.uint8)
-    internal[np.isin(truth.array, scheme["organ"])] = 1
-    internal[np.isin(truth.array, scheme["tumor"])] = 2
+    internal[np.isin(truth_values, scheme["organ"])] = 1
+    internal[np.isin(truth_values, scheme["tumor"])] = 2
     return evaluate_case(
         np.asarray(predicted).astype(np.int32),
         internal,
         truth.spacing,
         iou_threshold=iou_threshold,
         connectivity=connectivity,
-        ignore=truth.array == IGNORE_LABEL,
+        ignore=truth_values == IGNORE_LABEL,
     )
 
 
@@ -116,12 +123,15 @@ def evaluate_folders(
     overwrite: bool = False,
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
     connectivity: int = 26,
+    resample: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every prediction that has a same-named truth file; write ``metrics.json`` (``cases`` + ``summary``).
 
     Predictions use the internal scheme (1 organ, 2 tumour). Truth ids follow ``truth_labels`` (``internal``,
-    ``lits``, ``msd``, ``kits``) unless ``organ_label`` / ``tumor_label`` are given. A prediction on another grid
-    than its truth is resampled onto it by affine (nearest neighbour). Lesions are matched one to one at IoU ≥
+    ``lits``, ``msd``, ``kits``) unless ``organ_label`` / ``tumor_label`` are given. Predictions and truths must be
+    integer label maps; a prediction on another grid covering the truth's world box is resampled onto it by affine
+    (nearest neighbour), one elsewhere only with ``resample`` (:func:`difftumor.data.alignment.label_map_on_grid`).
+    Lesions are matched one to one at IoU ≥
     ``iou_threshold`` as ``connectivity``-connected components (the definitions are written into the file). Truth
     voxels labelled 255 are ignored by every metric.
     """
@@ -148,7 +158,9 @@ def evaluate_folders(
     cases = [
         {
             "case": name,
-            **_evaluate_pair(predictions[name], truths[name], scheme, truth_labels, iou_threshold, connectivity),
+            **_evaluate_pair(
+                predictions[name], truths[name], scheme, truth_labels, iou_threshold, connectivity, resample
+            ),
         }
         for name in sorted(set(predictions) & set(truths))
     ]

@@ -44,6 +44,7 @@ from .. import __version__
 from ..atomic import atomic_folder
 from ..data.volumes import Volume, load_volume
 from ..errors import DiffTumorInputError
+from ..limits import check_volume_size
 from ..spatial import equivalent_diameter_mm, intensity_statistics, lesion_components, organ_core
 from ..spatial.grid import sample
 from .machine_reader import ReaderResult, machine_reader, reader_features, reader_markdown
@@ -99,6 +100,7 @@ def _one_mm_box(case: LabelledCase, margin_mm: float = 8.0) -> tuple[np.ndarray,
     low = np.maximum(points.min(0) - np.ceil(margin_mm / spacing), 0)
     high = np.minimum(points.max(0) + np.ceil(margin_mm / spacing), np.asarray(case.ct.shape) - 1)
     shape = tuple(int(v) for v in np.floor((high - low) * spacing) + 1)
+    check_volume_size(shape, f"the organ region of {case.name} on a 1 mm grid", case.ct.path)
     affine = case.ct.affine.copy()
     affine[:3, :3] = case.ct.affine[:3, :3] / spacing  # unit columns: 1 mm along each stored axis
     affine[:3, 3] = (case.ct.affine @ np.append(low, 1.0))[:3]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..limits import check_model_size
 
 # CPU kernels (oneDNN) pick different vectorised paths for weights that are not 64-byte aligned, which changes the
 # rounding of the outputs. Tensors memory-mapped from safetensors sit at arbitrary file offsets, so a loaded model
@@ -21,10 +24,15 @@ def realign_tensors(module: torch.nn.Module) -> None:
 
 
 class AlignedLoadingMixin:
-    """``from_pretrained`` that leaves the weights 64-byte aligned, so save -> load round trips are bit-exact."""
+    """``from_pretrained`` that checks the size its config asks for before allocating anything
+    (:func:`difftumor.limits.check_model_size`) and leaves the weights 64-byte aligned, so save -> load round trips
+    are bit-exact."""
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any):
-        model = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
+        folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+        if (folder / "config.json").is_file():
+            check_model_size(cls, cls.load_config(folder), f"the {cls.__name__} in {folder}")
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         realign_tensors(model)
         return model

@@ -17,6 +17,7 @@ from typing import Any
 from diffusers import SchedulerMixin
 
 from ..errors import DiffTumorInputError
+from ..limits import check_train_timesteps
 from .cosine import difftumor_cosine_betas
 from .precise import (
     PreciseDDIMScheduler,
@@ -219,6 +220,7 @@ def make_scheduler(name: str, config: Mapping[str, Any] | int) -> SchedulerMixin
         raise DiffTumorInputError(
             "scheduler config lacks num_train_timesteps", "pass T or the pipeline's scheduler.config"
         )
+    check_train_timesteps(config["num_train_timesteps"], "the scheduler config")
     train_steps = int(config["num_train_timesteps"])
     reason = refusal(key, train_steps)
     if reason is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -44,12 +46,13 @@ def synthesize_case(
     progress: Callable[[int, int], None] | None = None,
     inputs: Sequence[str | os.PathLike] = (),
     warn: Callable[[str], None] | None = None,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load, synthesise and write one case; returns its manifest. Nothing is written if anything fails; the
     output may not touch the case's files or any of ``inputs`` (e.g. the other cases of a batch)."""
     validate_request(request)
     inputs = (request.ct, request.organ_mask, *inputs)
-    check_output_folder(request.out, overwrite, inputs, kind="synthesis")
+    check_output_folder(request.out, overwrite, inputs, kind="synthesis", needed_bytes=output_bytes(request))
     ct = load_volume(request.ct, "CT", series=request.series)
     organ_mask = load_volume(request.organ_mask, "organ mask")
     result = synthesize_tumors(
@@ -75,8 +78,23 @@ def synthesize_case(
         **synthesizer.describe(),
     }
     data = manifest(result, ct, organ_mask, request.organ, request.organ_label, settings)
+    data["request"] = record if record is not None else request_record(request)
     write_outputs(request.out, result, ct, data, overwrite=overwrite, inputs=inputs)
     return data
+
+
+def output_bytes(request: CaseRequest) -> int:
+    """About what a case's outputs take on disk (a temporary copy and the result): twice the CT (a folder: its files),
+    the mask, and a few MB of preview and records."""
+
+    def size(path: Path) -> int:
+        path = Path(path)
+        try:
+            return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*"))
+        except OSError:
+            return 0
+
+    return 2 * size(request.ct) + size(request.organ_mask) + 8 * 2**20
 
 
 def read_datalist(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -145,9 +163,48 @@ def _case_id(image: str) -> str:
     return name
 
 
-def is_finished(folder: Path) -> bool:
-    """A case is finished when its folder holds the manifest (written last, and the folder appears atomically)."""
-    return (folder / "tumors.json").is_file()
+def input_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of an input: a file's bytes, or a folder's (a DICOM series) files by relative name and bytes."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def request_record(request: CaseRequest, synthesizer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a case was made from — its inputs (path and SHA-256), every option, and how the synthesizer was asked
+    for — recorded in its ``tumors.json``: a batch rerun skips a case only when this is unchanged."""
+    return {
+        "ct": str(Path(request.ct).resolve()),
+        "ct_sha256": input_digest(request.ct),
+        "organ_mask": str(Path(request.organ_mask).resolve()),
+        "organ_mask_sha256": input_digest(request.organ_mask),
+        "organ": request.organ,
+        "organ_label": request.organ_label,
+        "size": str(request.size),
+        "count": request.count,
+        "seed": request.seed,
+        "centers_mm": [list(map(float, c)) for c in request.centers_mm] if request.centers_mm else None,
+        "tumor_label": request.tumor_label,
+        "series": request.series,
+        "synthesizer": synthesizer,
+    }
+
+
+def finished_record(folder: Path) -> dict[str, Any] | None:
+    """The request record of a finished case (its manifest is written last and the folder appears atomically), or
+    ``None`` when the case is not finished; a finished case without a record gives ``{}``."""
+    try:
+        manifest_data = json.loads((folder / "tumors.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest_data.get("request", {}) if isinstance(manifest_data, dict) else {}
 
 
 def case_requests(cases: list[dict[str, Any]], template: CaseRequest, out: Path) -> list[CaseRequest]:
@@ -199,11 +256,14 @@ def synthesize_datalist(
     device: str = "cpu",
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    synthesizer_spec: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Batch mode: every case of ``datalist`` into ``out/<id>``; each Accelerate process takes every n-th case.
 
-    Every entry is validated before the first case is written; finished cases are skipped unless ``overwrite``
-    (which replaces only results difftumor wrote). ``build_synthesizer(device)`` is called once, if there is work.
+    Every entry is validated before the first case is written. A finished case is skipped when it was made from
+    the same request — the same input files (SHA-256), options and ``synthesizer_spec`` (how the synthesizer is
+    asked for); one made otherwise is refused, or redone with ``overwrite`` (which replaces only results difftumor
+    wrote). ``build_synthesizer(device)`` is called once, if there is work.
 
     Returns:
         ``{"written", "skipped", "process", "processes"}``.
@@ -218,9 +278,20 @@ def synthesize_datalist(
     for request in requests:  # headers only: a case that cannot be read fails the batch before anything is written
         probe_volume(request.ct, "CT", request.series)
         probe_volume(request.organ_mask, "organ mask")
+    records = {}
     for request in requests:  # only folders difftumor wrote may be there (the root's check covers the inputs)
         if request.out.exists():
             check_output_folder(request.out, overwrite=True, kind="synthesis")
+        found = finished_record(request.out)
+        if found is None:
+            continue
+        records[request.out] = record = request_record(request, synthesizer_spec)
+        if found != record and not overwrite:
+            differs = sorted(key for key in record if found.get(key) != record[key])
+            raise DiffTumorInputError(
+                f"{request.out} holds a result made from other inputs or options ({', '.join(differs[:4])} differ)",
+                "pass --overwrite to redo such cases, or write the batch to a new folder",
+            )
     # cpu=True is what makes `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ...` give several CPU processes;
     # with --device cuda each process takes its own GPU.
     state = PartialState(cpu=device == "cpu")
@@ -230,7 +301,7 @@ def synthesize_datalist(
         prepare_output_root(out, inputs, kind="synthesis-batch")
     state.wait_for_everyone()
     mine = requests[state.process_index :: state.num_processes]
-    todo = [request for request in mine if overwrite or not is_finished(request.out)]
+    todo = [request for request in mine if overwrite or request.out not in records]
     engine = build_synthesizer(device) if todo else None
     label = f"cases (process {state.process_index + 1}/{state.num_processes})"
     for done, request in enumerate(todo):
@@ -238,7 +309,8 @@ def synthesize_datalist(
             progress(done, len(todo), label)
         # Every input was kept out of ``out`` above and each case folder lies inside it: no need to compare each
         # case with the whole batch's inputs again (quadratic in the number of cases).
-        synthesize_case(request, engine, overwrite=overwrite)
+        record = records.get(request.out) or request_record(request, synthesizer_spec)
+        synthesize_case(request, engine, overwrite=overwrite, record=record)
     if progress is not None:
         progress(len(todo), len(todo), label)
     return {

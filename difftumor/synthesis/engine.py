@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..data.volumes import Volume, check_hounsfield
+from ..data.alignment import label_map_on_grid
+from ..data.volumes import Volume, check_hounsfield, stores_whole_numbers
 from ..errors import DiffTumorInputError
+from ..limits import max_volume_voxels
 from ..spatial import equivalent_diameter_mm
 from ..spatial.grid import Box, WorkingGrid, native_spacing_along_world, sample, sample_into_source, voxel_world_points
 from .geometry import (
@@ -40,6 +42,8 @@ BASE_CROP = 96
 # Context kept around a tumour inside its crop: blending reaches 4σ = 16 mm, the models like to see the organ.
 _CROP_CONTEXT = 40
 _ORGAN_MARGIN_MM = 48.0
+#: An organ mask with more than this share of its voxels in air (below AIR_HU) is not that organ's mask.
+AIR_HU, MAX_AIR_FRACTION = -500.0, 0.05
 
 
 @dataclass
@@ -100,28 +104,15 @@ class _Canvas:
     new_labels: np.ndarray
     tumor_label: int
     minimum_hu: float
+    #: per tumour, where its label lands on the CT grid: ``(window, covered fraction)``
+    labels_on_ct: list[tuple[tuple[slice, ...], np.ndarray]] = field(default_factory=list)
 
 
 def organ_mask_on_ct_grid(mask: Volume, ct: Volume, organ_label: int | None) -> tuple[np.ndarray, np.ndarray, int]:
     """Label map on the CT grid (resampled by affine if it is stored on another grid), the boolean organ mask, and
     the organ label used."""
-    labels = mask.array
-    if labels.dtype.kind == "f":
-        if not np.all(np.mod(labels, 1) == 0):
-            raise DiffTumorInputError(f"organ mask {mask.path} has non-integer values", "pass a label map")
-        labels = labels.astype(np.int32)
-    same_affine = np.allclose(mask.affine, ct.affine, atol=1e-3)
-    if same_affine and labels.shape != ct.shape and sorted(labels.shape) == sorted(ct.shape):
-        # Same affine but permuted axes: an export that transposed the array and kept the header. Resampling by
-        # affine would put the organ somewhere else entirely.
-        raise DiffTumorInputError(
-            f"organ mask {mask.path} has shape {tuple(labels.shape)}, a permutation of the CT's {tuple(ct.shape)}, "
-            "with the same affine: its axes are transposed",
-            "export the mask in the CT's axis order (e.g. with nibabel, not a transposed NumPy array)",
-        )
-    same_grid = labels.shape == ct.shape and same_affine
-    if not same_grid:
-        labels = sample(labels, mask.affine, ct.affine, ct.shape, order=0, cval=0).astype(labels.dtype)
+    labels = label_map_on_grid(mask, ct, "organ mask", "CT", resample=True)
+    same_grid = mask.shape == ct.shape and np.allclose(mask.affine, ct.affine, atol=1e-3)
     present = [int(v) for v in np.unique(labels) if v != 0]
     if not present:
         where = "" if same_grid else " where it overlaps the CT"
@@ -283,21 +274,34 @@ def synthesize_tumors(
     labels, organ_on_ct, organ_label = organ_mask_on_ct_grid(organ_mask, ct, organ_label)
     if tumor_label is None:
         tumor_label = 2 if int(labels.max()) == 1 else int(labels.max()) + 1
+    elif np.any(labels == tumor_label):
+        named = "the organ itself" if tumor_label == organ_label else "another structure"
+        raise DiffTumorInputError(
+            f"tumour label {tumor_label} already names {named} in {organ_mask.path}: the tumours would merge with it",
+            f"choose a label the mask does not use, e.g. --tumor-label {int(labels.max()) + 1} (the default)",
+        )
     if organ_on_ct.sum() * abs(np.linalg.det(ct.affine[:3, :3])) < 1000:
         raise DiffTumorInputError(
             f"the {organ} in {organ_mask.path} is smaller than 1 cm³",
             "check the mask; tumours need an organ to hold them",
         )
 
+    air = float((ct.array[organ_on_ct] < AIR_HU).mean())
+    if air > MAX_AIR_FRACTION:
+        raise DiffTumorInputError(
+            f"{air:.0%} of the {organ} mask in {organ_mask.path} lies in air (below {AIR_HU:.0f} HU): it does not "
+            f"outline a {organ}, and tumours would land outside the body",
+            "pass the organ's own mask (check --organ-label, and that the mask belongs to this CT)",
+        )
     organ_ml = float(organ_on_ct.sum() * abs(np.linalg.det(ct.affine[:3, :3]))) / 1000.0
     _check_capacity(organ, organ_ml, spec_class, parsed, count)
-    warnings = organ_plausibility(organ, ct.array[organ_on_ct], organ_ml)
-    for message in warnings:
-        (warn or logger.warning)(message)
-
     grid = WorkingGrid(ct.affine, ct.shape)
     organ_points = voxel_world_points(ct.affine, np.argwhere(organ_on_ct).astype(np.float64))
     organ_box = grid.box_around(organ_points, margin=_ORGAN_MARGIN_MM)
+    _check_working_grid(organ_box.shape, organ, ct)
+    warnings = organ_plausibility(organ, ct.array[organ_on_ct], organ_ml)
+    for message in warnings:
+        (warn or logger.warning)(message)
     organ_on_ct = organ_on_ct.astype(np.uint8)
     organ_work = sample(organ_on_ct, ct.affine, grid.box_affine(organ_box), organ_box.shape, order=0)
     organ_work = organ_work.astype(bool)
@@ -325,6 +329,20 @@ def synthesize_tumors(
     new_ct, new_labels = canvas.new_ct, canvas.new_labels
     changed = int((new_ct != ct.array).sum())
     return SynthesisResult(new_ct, new_labels, tumor_label, records, changed, warnings)
+
+
+def _check_working_grid(shape: tuple[int, ...], organ: str, ct: Volume) -> None:
+    """Refuse an organ whose box on the 1 mm working grid is over the volume limit before it is sampled: a header
+    claiming 15 mm voxels makes a small file's organ metres wide."""
+    voxels = math.prod(int(v) for v in shape)
+    limit = max_volume_voxels()
+    if voxels > limit:
+        raise DiffTumorInputError(
+            f"the {organ} spans {' × '.join(str(int(v)) for v in shape)} mm, {voxels:,} voxels of the 1 mm working "
+            f"grid, over the limit of {limit:,}; the CT's header gives {' × '.join(f'{v:.3g}' for v in ct.spacing)} "
+            "mm voxels",
+            "check the header's voxel size (and the mask), or raise the limit with DIFFTUMOR_MAX_VOXELS=N",
+        )
 
 
 def _place_all(
@@ -369,6 +387,7 @@ def _paint_all(
     count = len(placed)
     records: list[SynthesizedTumor | None] = [None] * count
     done = 0
+    canvas.labels_on_ct = [_label_on_ct(tumor, canvas) for tumor in placed]
     if progress is not None:
         progress(0, count)  # every input check has passed: painting starts
     # Blending reaches 4σ ≤ 16 mm beyond a tumour (plus the anti-aliasing blur): keep such neighbourhoods apart.
@@ -431,10 +450,8 @@ def _paint(
         affine = grid.box_affine(box)
         delta = painted[position] - batch.images[position, 0].numpy()
         _apply_change(canvas, _antialias(delta, ct.affine), affine)
-        label_result = sample_into_source(tumor_masks[position].astype(np.float32), affine, ct.shape, ct.affine)
-        if label_result is not None:
-            window, fraction = label_result
-            canvas.new_labels[window][fraction >= 0.5] = canvas.tumor_label
+        window, fraction = canvas.labels_on_ct[index]
+        canvas.new_labels[window][fraction >= 0.5] = canvas.tumor_label
         tumor = placed[index]
         voxels = int(tumor.mask.sum())
         center_working = np.argwhere(tumor.mask).mean(0) + np.asarray(organ_box.start)
@@ -458,6 +475,33 @@ def _paint(
     return records
 
 
+def _label_on_ct(tumor: PlacedTumor, canvas: _Canvas) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Where ``tumor``'s label lands on the CT grid: the CT voxels it covers and by what fraction (a voxel gets the
+    label at ≥ 0.5). Computed before any painting: a tumour that would change the CT without one voxel labelled is
+    refused, because a segmentation model trained on the case would learn that lesion as healthy tissue."""
+    points = np.argwhere(tumor.mask)
+    low = np.maximum(points.min(0) - 1, 0)
+    high = np.minimum(points.max(0) + 2, tumor.mask.shape)
+    local = tumor.mask[tuple(slice(a, b) for a, b in zip(low, high))]
+    box = Box(tuple(int(v) for v in np.asarray(canvas.organ_box.start) + low), local.shape)
+    ct = canvas.ct
+    result = sample_into_source(local.astype(np.float32), canvas.grid.box_affine(box), ct.shape, ct.affine)
+    if result is None or not (result[1] >= 0.5).any():
+        _refuse_unlabelled(tumor, ct)
+    return result
+
+
+def _refuse_unlabelled(tumor: PlacedTumor, ct: Volume) -> None:
+    diameter = equivalent_diameter_mm(int(tumor.mask.sum()))
+    spacing = ct.spacing
+    smallest = math.ceil(1.2 * float(spacing.max()))
+    raise DiffTumorInputError(
+        f"a {diameter:.1f} mm tumour covers no voxel of this CT ({' × '.join(f'{v:g}' for v in spacing)} mm) by half, "
+        "so none would carry the tumour label while the CT changes",
+        f"ask for tumours of about {smallest} mm or more (--size {smallest}), or use a CT with finer slices",
+    )
+
+
 def _apply_change(canvas: _Canvas, delta: np.ndarray, delta_affine: np.ndarray) -> None:
     """Add a working-grid change to the CT on its own grid, touching only voxels where the change is non-zero."""
     result = sample_into_source(delta, delta_affine, canvas.ct.shape, canvas.ct.affine, order=1)
@@ -470,6 +514,8 @@ def _apply_change(canvas: _Canvas, delta: np.ndarray, delta_affine: np.ndarray) 
     if np.issubdtype(region.dtype, np.integer):
         limits = np.iinfo(region.dtype)
         values = np.clip(np.rint(values), limits.min, limits.max)
+    elif stores_whole_numbers(canvas.ct):  # written as integers (as_stored): round here so the record is exact
+        values = np.rint(values)
     region[touched] = values.astype(region.dtype)
 
 

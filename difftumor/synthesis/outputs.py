@@ -11,7 +11,8 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_folder
-from ..data.volumes import Volume, save_volume
+from ..data.volumes import Volume, as_stored, save_volume
+from ..errors import DiffTumorInputError
 from ..label_descriptions import write_label_descriptions
 from .engine import SynthesisResult
 from .preview import preview_image
@@ -69,8 +70,14 @@ def write_outputs(
 ) -> Path:
     """Write the four outputs into ``out`` atomically (a temporary sibling folder renamed at the end); ``inputs``
     are the files the case was read from (the output may not touch them)."""
+    if result.ct.dtype.kind == "f" and not np.isfinite(result.ct).all():
+        bad = int((~np.isfinite(result.ct)).sum())
+        raise DiffTumorInputError(
+            f"the synthesised CT holds {bad:,} non-finite voxels; nothing was written",
+            "check the input CT's scaling (scl_slope/scl_inter) and report this with the command you ran",
+        )
     with atomic_folder(out, overwrite=overwrite, inputs=inputs, kind="synthesis") as folder:
-        save_volume(result.ct, ct, folder / "ct.nii.gz")
+        save_volume(as_stored(result.ct, ct), ct, folder / "ct.nii.gz")
         labels = result.labels
         if labels.max() <= 255 and labels.min() >= 0:
             labels = labels.astype(np.uint8)

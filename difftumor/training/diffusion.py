@@ -46,6 +46,11 @@ class DiffusionSection:
     #: weighted mean). 0 is the original's plain mean, in which an early tumour's few cells of a crop's thousands
     #: teach the model little beyond copying its condition (bench/bench_tumor_contrast.py measures the effect).
     tumor_loss_weight: NonNegativeFloat = 0.0
+    #: probability that a crop's blanked tumour is filled with a value drawn uniformly from the window instead of
+    #: the middle grey that sampling uses. With the grey alone the blank's value predicts the lesion's: a model then
+    #: paints its lesions part way towards 37.5 HU whatever the organ (bench/bench_tumor_contrast.py). With random
+    #: fills the blank says only where the tumour is, and the lesion must come from the organ around it.
+    random_mask_fill: Fraction = 0.0
     #: sampler stored with the pipeline (default: ddpm for T <= 10, ddim otherwise)
     sampler: str | None = None
     num_inference_steps: PositiveInt | None = None
@@ -220,10 +225,16 @@ def _step(
     generator = torch.Generator().manual_seed(config.run.seed * 1_000_003 + step * 101 + accelerator.process_index)
     with torch.no_grad():
         target_latent = vqmodel.normalize_latents(vqmodel.encode(image).latents)
-        condition = pipeline.encode_condition(image, mask)
     noise = torch.randn(target_latent.shape, generator=generator).to(run.device)
     steps_t = config.diffusion.num_train_timesteps
     timesteps = torch.randint(0, steps_t, (image.shape[0],), generator=generator).to(run.device)
+    fill: torch.Tensor | float = 0.0
+    if config.diffusion.random_mask_fill > 0:  # drawn after the noise: runs without it keep their noise stream
+        values = torch.rand((image.shape[0], 1, 1, 1, 1), generator=generator) * 2 - 1
+        drawn = torch.rand((image.shape[0], 1, 1, 1, 1), generator=generator) < config.diffusion.random_mask_fill
+        fill = torch.where(drawn, values, 0.0).to(run.device)
+    with torch.no_grad():
+        condition = pipeline.encode_condition(image, mask, fill)
     noisy = noise_scheduler.add_noise(target_latent, noise, timesteps)
     if config.diffusion.prediction_type == "epsilon":
         target = noise

@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,15 @@ from typing import Any
 import torch
 import yaml
 
-from ..atomic import atomic_folder, check_output, is_difftumor_folder, write_marker
+from ..atomic import WriterLock, atomic_folder, check_output, is_difftumor_folder, write_marker
 from ..errors import DiffTumorInputError
 from .config import PositiveInt, to_dict
 
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^step_(\d+)$")
+#: In a run folder: the lock its run holds while it runs.
+RUN_LOCK = ".difftumor-run.lock"
 _EXPORT_KINDS = {"model": "segmentation-model", "best_model": "segmentation-model"}
 
 
@@ -127,6 +130,11 @@ class TrainingRun:
             gradient_accumulation_steps=run.gradient_accumulation_steps,
         )
         set_seed(run.seed)
+        # One run per folder: a second one (a requeued job while the first still runs) is refused, whatever host or
+        # PID namespace it runs in, before it reads a checkpoint or writes anything there.
+        self._lock: WriterLock | None = None
+        if self.is_main and self.output_dir.is_dir():
+            self._lock_folder()
         self.step = 0
         self.tracker = None
         self._states: dict[str, Any] = {}
@@ -137,6 +145,8 @@ class TrainingRun:
         )
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            if self._lock is None:
+                self._lock_folder()
             if not is_difftumor_folder(self.output_dir):
                 write_marker(self.output_dir, "training-run")
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -147,6 +157,15 @@ class TrainingRun:
         self._progress = None
         # Every trainer builds its networks right after this: they start from the seed, whatever happened above.
         torch.manual_seed(run.seed)
+
+    def _lock_folder(self) -> None:
+        self._lock = WriterLock(self.output_dir / RUN_LOCK).acquire(
+            busy=(
+                f"another difftumor run is writing to {self.output_dir}",
+                "wait for it to finish (or stop it) before resuming, or choose another run.output_dir",
+            )
+        )
+        weakref.finalize(self, self._lock.release)
 
     @property
     def is_main(self) -> bool:
@@ -335,7 +354,14 @@ class TrainingRun:
                 **training_info,
             )
         self.accelerator.wait_for_everyone()
+        self.release()
         return self.output_dir / name
+
+    def release(self) -> None:
+        """Let another run use the folder (also when this object is collected, e.g. after a failed step)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def finish(self) -> float:
         if self._progress is not None:

@@ -74,7 +74,7 @@ CASES = {
     ),
     "no overlap": (
         [str(PATIENT_A_CT), "--organ-mask", "{far}", "--synthesizer", "handcrafted"],
-        "is empty where it overlaps the CT",
+        "does not overlap the CT in the world",
     ),
     "organ too small": (
         [str(PATIENT_A_CT), "--organ-mask", "{speck}", "--synthesizer", "handcrafted"],

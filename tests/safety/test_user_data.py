@@ -13,10 +13,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
-from difftumor.assets import DEMO_CASE
+from difftumor.assets import BUNDLED_PIPELINE, DEMO_CASE
 from difftumor.cli.main import main as cli
 from difftumor.data.layouts import prepare_datalist
+from tests.conftest import DATA
 from tests.helpers.volumes import write_dicom_series
 
 LIVER = 5  # TotalSegmentator label of the liver in the demo organ map
@@ -124,7 +126,6 @@ def ws(tmp_path_factory) -> Path:
 
     # Outputs difftumor wrote: a pipeline (as convert writes it), a synthesis result with a user's file added to it,
     # a training run whose YAML config the user keeps inside it.
-    from difftumor.assets import BUNDLED_PIPELINE
     from difftumor.atomic import write_marker
 
     shutil.copytree(BUNDLED_PIPELINE, root / "pipe")
@@ -149,6 +150,81 @@ def ws(tmp_path_factory) -> Path:
     _save(np.clip(ct, -175, 250).astype(np.float32) + 175, affine, root / "ct_shifted.nii.gz")
     (root / "bad_train.json").write_text("[1, 2]")
 
+    # Painted but unlabelled: the liver at 9 mm slices; a multi-label organ map; predictions that cannot be scored.
+    thick = affine.copy()
+    thick[:3, 2] *= 3
+    _save(ct[:, :, ::3], thick, root / "ct_9mm.nii.gz")
+    _save(liver[:, :, ::3], thick, root / "liver_9mm.nii.gz")
+    multi = liver.copy()
+    multi[:4] = np.where(liver[:4] == 0, 3, multi[:4])  # another structure, label 3
+    _save(multi, affine, root / "organs_multi.nii.gz")
+    for name, array, where in (
+        ("pred_T", np.ascontiguousarray(liver.transpose(2, 1, 0)), affine),
+        ("pred_prob", liver.astype(np.float32) * 0.9, affine),
+        ("pred_labels", liver * 7, affine),
+    ):
+        (root / name).mkdir()
+        _save(array, where, root / name / "case.nii.gz")
+    far = affine.copy()
+    far[:3, 3] += 5000.0
+    (root / "pred_far").mkdir()
+    _save(liver, far, root / "pred_far" / "case.nii.gz")
+
+    # Sizes a file can ask for: model configs, schedules, checkpoint configs, voxel sizes.
+    for name, part, key, value in (
+        ("pipe_codes", "vqmodel", "num_codes", 100_000_000),
+        ("pipe_steps", "scheduler", "num_train_timesteps", 200_000_000),
+    ):
+        shutil.copytree(BUNDLED_PIPELINE, root / name)
+        config_path = root / name / part / ("scheduler_config.json" if part == "scheduler" else "config.json")
+        config = json.loads(config_path.read_text())
+        config[key] = value
+        config_path.write_text(json.dumps(config))
+    from tests.conftest import load_fixture
+    from tests.helpers.released_formats import write_autoencoder_checkpoint, write_diffusion_checkpoint
+
+    fixtures = DATA / "original_difftumor"
+    write_diffusion_checkpoint(root / "ckpt" / "small_early.pt", load_fixture("unet3d_small_state_dict.pt"), None, 4)
+    vq_config = yaml.safe_load((fixtures / "config_vqgan_small.yaml").read_text())
+    vq_config["model"]["n_codes"] = 200_000_000
+    write_autoencoder_checkpoint(root / "ckpt" / "codes.ckpt", load_fixture("vqgan_small_state_dict.pt"), vq_config)
+    laughs: list = [0]
+    for _ in range(64):  # one list shared twice at every level: 2⁶⁴ nodes when walked as a tree
+        laughs = [laughs, laughs]
+    import torch
+
+    torch.save({"state_dict": {}, "hyper_parameters": {"cfg": {"model": laughs}}}, root / "ckpt" / "laughs.ckpt")
+    looped: list = []
+    looped.append(looped)
+    torch.save({"state_dict": {}, "hyper_parameters": {"cfg": looped}}, root / "ckpt" / "looped.ckpt")
+    wide = affine.copy()
+    wide[:3, :3] *= 10  # a header claiming 30 mm voxels: the liver's box on a 1 mm grid is metres wide
+    _save(ct, wide, root / "ct_wide.nii.gz")
+    _save(liver, wide, root / "liver_wide.nii.gz")
+
+    # Smaller cases of the same class: scaling, 8-bit, names, links, DICOM spacing, pickled weights, a body mask.
+    scaled = nib.Nifti1Image(ct, affine)
+    scaled.header.set_slope_inter(1e36, 0.0)
+    nib.save(scaled, str(root / "ct_slope.nii.gz"))
+    _save(np.clip(ct, -128, 127).astype(np.int8), affine, root / "ct_int8.nii.gz")
+    (root / "loop.nii.gz").symlink_to(root / "loop.nii.gz")
+    (root / "dangling").symlink_to(root / "nowhere" / "out")
+    write_dicom_series(root / "d" / "c1" / "ct.nii.gz", root / "dicom_spacing")
+    import pydicom
+
+    odd = sorted((root / "dicom_spacing").iterdir())[3]
+    dataset = pydicom.dcmread(str(odd))
+    dataset.PixelSpacing = [2.5, 2.5]
+    dataset.save_as(str(odd))
+    shutil.copytree(BUNDLED_PIPELINE, root / "pipe_bin")
+    for part in ("vqmodel", "unet"):
+        weights = root / "pipe_bin" / part / "diffusion_pytorch_model.safetensors"
+        from safetensors.torch import load_file
+
+        torch.save(load_file(str(weights)), weights.with_suffix(".bin"))
+        weights.unlink()
+    _save(np.ones_like(liver), affine, root / "body.nii.gz")
+
     lists = root / "lists"
     lists.mkdir()
     c1 = {"image": "../d/c1/ct.nii.gz", "organ_mask": "../d/c1/liver.nii.gz"}
@@ -172,9 +248,12 @@ def ws(tmp_path_factory) -> Path:
 def snapshot(root: Path) -> dict[str, str]:
     """Every path under ``root`` with the SHA-256 of its bytes (or ``dir``)."""
     found = {}
-    for path in sorted(root.rglob("*")):
+    for path in sorted(root.rglob("*")):  # rglob does not follow links into folders
         relative = str(path.relative_to(root))
-        found[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.is_symlink():
+            found[relative] = f"link to {os.readlink(path)}"
+        else:
+            found[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return found
 
 
@@ -182,6 +261,64 @@ SYN = ["--synthesizer", "handcrafted", "--organ", "liver"]
 C1 = ["{ws}/d/c1/ct.nii.gz", "--organ-mask", "{ws}/d/c1/liver.nii.gz"]
 TRAIN = ["train", "segmentation", "--set", "data.datalist={ws}/train.json", "--set", "run.output_dir={ws}/runs/s"]
 CONVERT = ["convert", "--autoencoder", "{ws}/ckpt/AutoencoderModel.ckpt", "--diffusion", "{ws}/ckpt/liver_early.pt"]
+
+# Refusals of sizes a file asks for; each also runs in its own process to bound its peak memory.
+BOUNDED = {
+    "a pipeline whose codebook asks for 10⁸ codes": (
+        "",
+        ["synthesize", *C1, "--organ-label", "1", "--pipeline", "{ws}/pipe_codes", "--out", "{ws}/o"],
+        "DIFFTUMOR_MAX_MODEL_PARAMETERS",
+    ),
+    "a pipeline whose schedule asks for 2·10⁸ steps": (
+        "",
+        ["synthesize", *C1, "--organ-label", "1", "--pipeline", "{ws}/pipe_steps", "--out", "{ws}/o"],
+        "DIFFTUMOR_MAX_TRAIN_TIMESTEPS",
+    ),
+    "convert a checkpoint whose config is a shared-reference bomb": (
+        "",
+        [
+            "convert",
+            "--autoencoder",
+            "{ws}/ckpt/laughs.ckpt",
+            "--diffusion",
+            "{ws}/ckpt/small_early.pt",
+            "--out",
+            "{ws}/o",
+        ],
+        "nests deeper than 50 levels",
+    ),
+    "convert a checkpoint whose config holds itself": (
+        "",
+        [
+            "convert",
+            "--autoencoder",
+            "{ws}/ckpt/looped.ckpt",
+            "--diffusion",
+            "{ws}/ckpt/small_early.pt",
+            "--out",
+            "{ws}/o",
+        ],
+        "nests deeper than 50 levels",
+    ),
+    "convert a checkpoint asking for 2·10⁸ codes": (
+        "",
+        [
+            "convert",
+            "--autoencoder",
+            "{ws}/ckpt/codes.ckpt",
+            "--diffusion",
+            "{ws}/ckpt/small_early.pt",
+            "--out",
+            "{ws}/o",
+        ],
+        "DIFFTUMOR_MAX_MODEL_PARAMETERS",
+    ),
+    "a header claiming 30 mm voxels": (
+        "",
+        ["synthesize", "{ws}/ct_wide.nii.gz", "--organ-mask", "{ws}/liver_wide.nii.gz", *SYN, "--out", "{ws}/o"],
+        "1 mm working grid",
+    ),
+}
 
 # name: (working folder, arguments, what the one-line error must say)
 CASES = {
@@ -416,6 +553,120 @@ CASES = {
         ["synthesize", *C1, *SYN, "--out", "{ws}/result", "--overwrite"],
         "my_notes.txt, which difftumor did not write",
     ),
+    # silent wrong answers (issue "every result is right, or refused")
+    "tiny tumours into a CT of 9 mm slices: painted but unlabelled": (
+        "",
+        [
+            "synthesize",
+            "{ws}/ct_9mm.nii.gz",
+            "--organ-mask",
+            "{ws}/liver_9mm.nii.gz",
+            *SYN,
+            "--out",
+            "{ws}/o",
+            "--size",
+            "tiny",
+            "--count",
+            "3",
+        ],
+        "covers no voxel of this CT",
+    ),
+    "a tumour label that names another structure": (
+        "",
+        [
+            "synthesize",
+            "{ws}/d/c1/ct.nii.gz",
+            "--organ-mask",
+            "{ws}/organs_multi.nii.gz",
+            "--organ-label",
+            "1",
+            *SYN,
+            "--out",
+            "{ws}/o",
+            "--tumor-label",
+            "3",
+        ],
+        "already names another structure",
+    ),
+    "a tumour label that is the organ's": (
+        "",
+        [
+            "synthesize",
+            "{ws}/d/c1/ct.nii.gz",
+            "--organ-mask",
+            "{ws}/organs_multi.nii.gz",
+            "--organ-label",
+            "1",
+            *SYN,
+            "--out",
+            "{ws}/o",
+            "--tumor-label",
+            "1",
+        ],
+        "already names the organ itself",
+    ),
+    "evaluate a prediction with transposed axes": (
+        "",
+        ["evaluate", "--pred", "{ws}/pred_T", "--truth", "{ws}/truth", "--out", "{ws}/m.json"],
+        "axes are transposed",
+    ),
+    "evaluate a prediction 5 m away": (
+        "",
+        ["evaluate", "--pred", "{ws}/pred_far", "--truth", "{ws}/truth", "--out", "{ws}/m.json"],
+        "does not overlap the truth",
+    ),
+    "evaluate a probability map": (
+        "",
+        ["evaluate", "--pred", "{ws}/pred_prob", "--truth", "{ws}/truth", "--out", "{ws}/m.json"],
+        "non-integer values",
+    ),
+    "evaluate a prediction with unknown labels": (
+        "",
+        ["evaluate", "--pred", "{ws}/pred_labels", "--truth", "{ws}/truth", "--out", "{ws}/m.json"],
+        "holds label(s) [7]",
+    ),
+    # sizes that files ask for, bounded before allocation (peak memory: test_size_refusals_stay_small)
+    **BOUNDED,
+    "a CT whose scl_slope is 1e36": (
+        "",
+        ["synthesize", "{ws}/ct_slope.nii.gz", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/o"],
+        "far beyond Hounsfield units",
+    ),
+    "an int8 CT": (
+        "",
+        ["synthesize", "{ws}/ct_int8.nii.gz", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/o"],
+        "8-bit values",
+    ),
+    "an output name too long for the file system": (
+        "",
+        ["synthesize", *C1, *SYN, "--out", "{ws}/" + "n" * 240],
+        "too long for this file system",
+    ),
+    "a symbolic link loop as the CT": (
+        "",
+        ["synthesize", "{ws}/loop.nii.gz", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/o"],
+        "points to itself",
+    ),
+    "a dangling symbolic link as --out": (
+        "",
+        ["synthesize", *C1, *SYN, "--out", "{ws}/dangling"],
+        "not a dangling link",
+    ),
+    "a DICOM slice with another pixel spacing": (
+        "",
+        ["synthesize", "{ws}/dicom_spacing", "--organ-mask", "{ws}/d/c1/liver.nii.gz", *SYN, "--out", "{ws}/o"],
+        "has pixel spacing [2.5, 2.5] mm",
+    ),
+    "a pipeline with pickled weights": (
+        "",
+        ["synthesize", *C1, "--organ-label", "1", "--pipeline", "{ws}/pipe_bin", "--out", "{ws}/o"],
+        "holds no safetensors weights (only pickled diffusion_pytorch_model.bin)",
+    ),
+    "a whole-volume organ mask": (
+        "",
+        ["synthesize", "{ws}/d/c1/ct.nii.gz", "--organ-mask", "{ws}/body.nii.gz", *SYN, "--out", "{ws}/o"],
+        "lies in air",
+    ),
     # configuration values
     "keep_checkpoints=-1": ("", [*TRAIN, "--set", "run.keep_checkpoints=-1"], "run.keep_checkpoints must be >= 1"),
     "log_every=0": ("", [*TRAIN, "--set", "run.log_every=0"], "run.log_every must be >= 1"),
@@ -440,6 +691,27 @@ def test_refused_with_one_line_and_nothing_touched(name, ws, capsys, monkeypatch
     assert len(error.splitlines()) == 1 and error.startswith("error: "), error
     assert expected in error, error
     assert snapshot(ws) == before, "the workspace changed"
+
+
+@pytest.mark.parametrize("name", list(BOUNDED))
+def test_size_refusals_stay_small(name, ws):
+    """Each refusal of a size a file asks for happens before the allocation: the whole process peaks under 2 GB."""
+    import subprocess
+    import sys
+
+    _, arguments, expected = BOUNDED[name]
+    script = (
+        "import resource, sys\n"
+        "from difftumor.cli.main import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    command = [sys.executable, "-c", script, *(argument.format(ws=ws) for argument in arguments)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ws)
+    *lines, peak = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and expected in lines[-1], result.stderr[-2000:]
+    assert int(peak) < 2 * 1024 * 1024, f"peak {int(peak) / 1024:.0f} MiB"  # ru_maxrss is in KiB on Linux
 
 
 def test_out_of_memory_is_one_line_never_an_empty_message(ws, capsys, monkeypatch):
@@ -513,8 +785,10 @@ def test_overwrite_replaces_only_difftumor_results_and_batch_never_forces_it(ws,
     )
     assert cli(["synthesize", "--datalist", str(datalist), "--out", str(batch), *SYN]) == 0
     done = snapshot(batch)
-    assert cli(["synthesize", "--datalist", str(datalist), "--out", str(batch), *SYN, "--seed", "3"]) == 0
-    assert snapshot(batch) == done  # finished cases are kept, not overwritten
+    assert cli(["synthesize", "--datalist", str(datalist), "--out", str(batch), *SYN]) == 0
+    assert snapshot(batch) == done  # finished cases of the same request are kept, not redone
+    assert cli(["synthesize", "--datalist", str(datalist), "--out", str(batch), *SYN, "--seed", "3"]) == 2
+    assert snapshot(batch) == done  # another request is refused without --overwrite, nothing replaced
     capsys.readouterr()
 
 

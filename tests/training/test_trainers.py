@@ -338,3 +338,27 @@ def test_every_example_config_is_valid():
     for loader in loaders.values():  # packaged configs by name, as `--config released` takes them
         for name in ("released", "tiny_cpu"):
             loader(name, [])
+
+
+def test_a_second_run_on_a_busy_run_folder_is_refused(training_set, trained_autoencoder, tmp_path, capsys):
+    """A requeued job resuming while the first still runs: refused in one line before it reads or writes anything;
+    once the first is gone, the resume goes on from its last checkpoint."""
+    vqmodel = trained_autoencoder / "vqmodel"
+    out = tmp_path / "run"
+    process = _run_cli(_tiny_diffusion(training_set, vqmodel, out, 400, 3))
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step_00000003" / "COMPLETE").exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+    try:
+        before = (out / "metrics.csv").read_text()
+        code = cli([*_tiny_diffusion(training_set, vqmodel, out, 6, 3), "--resume"])
+        error = capsys.readouterr().err
+        assert code == 2 and "another difftumor run is writing to" in error and error.strip().count("\n") == 0
+        assert (out / "metrics.csv").read_text().startswith(before)  # the refused run wrote nothing there
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == len(set(rows))
+    assert cli([*_tiny_diffusion(training_set, vqmodel, out, 6, 3), "--resume"]) == 0

@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from scipy import ndimage
 
 from ...errors import DiffTumorInputError
+from ...limits import check_train_timesteps
 from ...models.unet_3d_inpaint import UNet3DInpaintModel
 from ...models.vq_model_3d import VQModel3D
 
@@ -184,12 +185,23 @@ class TumorInpaintPipeline(DiffusionPipeline):
             ) from None
         dtype = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         scheduler_class = _scheduler_class(index.get("scheduler"), folder)
-        scheduler = scheduler_class.from_pretrained(folder / "scheduler")
+        scheduler_config = scheduler_class.load_config(folder / "scheduler")
+        check_train_timesteps(scheduler_config.get("num_train_timesteps"), f"the scheduler of {folder}")
+        scheduler = scheduler_class.from_config(scheduler_config)
         if scheduler_class.__module__ == _precise_schedulers.__name__:
             setattr(scheduler, SAMPLER_MARK, "loaded")  # saved with DiffTumor's settings: sampled as it is
+        for part in ("vqmodel", "unet"):
+            if not any((folder / part).glob("*.safetensors")):
+                pickled = sorted(p.name for p in (folder / part).glob("*") if p.suffix in (".bin", ".pt", ".pth"))
+                raise DiffTumorInputError(
+                    f"{folder / part} holds no safetensors weights"
+                    + (f" (only pickled {', '.join(pickled)})" if pickled else ""),
+                    "difftumor loads safetensors only: re-save the pipeline with save_pretrained, or convert the "
+                    "authors' checkpoints with `difftumor convert`",
+                )
         components = {
-            "vqmodel": VQModel3D.from_pretrained(folder / "vqmodel", **dtype),
-            "unet": UNet3DInpaintModel.from_pretrained(folder / "unet", **dtype),
+            "vqmodel": VQModel3D.from_pretrained(folder / "vqmodel", use_safetensors=True, **dtype),
+            "unet": UNet3DInpaintModel.from_pretrained(folder / "unet", use_safetensors=True, **dtype),
             "scheduler": scheduler,
         }
         settings = {key: value for key, value in index.items() if not key.startswith("_") and key not in components}
@@ -275,10 +287,13 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 "swap samplers with difftumor.schedulers.make_scheduler(name, pipe.scheduler.config)",
             )
 
-    def encode_condition(self, window_image: torch.Tensor, tumor_mask: torch.Tensor) -> torch.Tensor:
+    def encode_condition(
+        self, window_image: torch.Tensor, tumor_mask: torch.Tensor, fill: torch.Tensor | float = 0.0
+    ) -> torch.Tensor:
         """Condition for the UNet from model-space crops ``(B, 1, D, H, W)``: the normalised latent of the crop with
-        tumour voxels set to 0 (mid-window grey), and the tumour mask at latent size in {-1, +1}."""
-        masked = window_image * (1 - tumor_mask)
+        tumour voxels set to ``fill`` (window scale; 0, mid-window grey, as the original — a ``(B, 1, 1, 1, 1)``
+        tensor gives one value per crop, which training can draw), and the tumour mask at latent size in {-1, +1}."""
+        masked = window_image * (1 - tumor_mask) + tumor_mask * fill
         latents = self.vqmodel.normalize_latents(self.vqmodel.encode(masked).latents)
         signed_mask = tumor_mask * 2 - 1
         if self.config.mask_downsampling == "max":
