@@ -43,8 +43,8 @@ if [ ! -f "$work/autoencoder/vqmodel/config.json" ]; then
         --set run.max_steps=1200 --set loss.discriminator_start_step=700 --set run.checkpoint_every=200
 fi
 
-# 3. Early-tumour diffusion model on the training-side tumours of the LiTS upper half (diffusion_tiny_cpu.yaml:
-#    v-prediction, tumour-weighted loss, random fill of the blanked tumour, 48³ crops, 6000 steps).
+# 3. Early-tumour diffusion model on the training-side tumours of the LiTS upper half, with organ-relative
+#    intensity augmentation (diffusion_tiny_cpu.yaml, 4500 steps).
 if [ ! -f "$work/diffusion/pipeline/model_index.json" ]; then
     difftumor train diffusion --config tiny_cpu $(resume "$work/diffusion") \
         --set run.output_dir="$work/diffusion" --set data.datalist="$work/data/lits_early.json" \

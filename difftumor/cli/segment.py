@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..data.registry import truth_label_schemes
+from ..devices import DEVICE_HELP
 from ..errors import DiffTumorInputError
 from .app import LazyProgress, app, console
 
@@ -19,7 +20,7 @@ def segment(
     ct: Annotated[Path, typer.Argument(help="CT (NIfTI file or DICOM series folder), or a folder of NIfTI CTs.")],
     model: Annotated[str, typer.Option(help="Segmentation model folder or Hub repo id.")],
     out: Annotated[Path, typer.Option(help="Prediction .nii.gz (one CT), or a folder (one <case>.nii.gz per CT).")],
-    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
     postprocess: Annotated[
         bool, typer.Option(help="Drop tiny tumour components and tumours not touching the organ.")

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from ..devices import DEVICE_HELP, resolve_device
 from ..errors import DiffTumorInputError
 from .app import LazyProgress, app, console, err_console, warn
 
@@ -46,7 +47,7 @@ def make_synthesizer(
     midlate_pipeline: str | None = None,
     scheduler: str | None = None,
     steps: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     options: dict[str, object] | None = None,
 ):
     """Build the synthesizer the CLI options describe (shared by ``synthesize`` and ``demo``); ``options`` are
@@ -55,13 +56,7 @@ def make_synthesizer(
 
     options = dict(options or {})
 
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise DiffTumorInputError(f"unknown device {device!r}", "use --device cpu or --device cuda")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DiffTumorInputError("CUDA is not available on this machine", "use --device cpu")
+    device = resolve_device(device)
     if name == "diffusion":
         if device == "cpu":
             from ..allocator import keep_freed_memory
@@ -114,7 +109,7 @@ def synthesize(
     fast: Annotated[
         bool, typer.Option(help="Diffusion fast mode: decode only the tumour's neighbourhood (bfloat16 if native).")
     ] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     organ_label: Annotated[int | None, typer.Option(help="Label id of the organ in a multi-label mask.")] = None,
     tumor_label: Annotated[
         int | None, typer.Option(help="Label id for tumour voxels (default 2, or max label + 1).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +37,16 @@ class AlignedLoadingMixin:
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         realign_tensors(model)
         return model
+
+    def to(self, *args: Any, **kwargs: Any):
+        # diffusers warns on every dtype cast that modules "should be kept in float32: []" even when a model lists
+        # none, as ours: that one warning is silenced, a model that lists some keeps it.
+        if getattr(self, "_keep_in_fp32_modules", None):
+            return super().to(*args, **kwargs)
+        logger = logging.getLogger("diffusers.models.modeling_utils")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            return super().to(*args, **kwargs)
+        finally:
+            logger.setLevel(level)

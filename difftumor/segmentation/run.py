@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_file, check_output, file_kind, input_paths, prepare_output_root
+from ..devices import resolve_device
 from ..errors import DiffTumorInputError, explain_load_failure
 from ..label_descriptions import sidecar_paths, write_label_descriptions
 from .model import SegmentationModel
@@ -40,21 +41,6 @@ def load_model(name_or_path: str | os.PathLike) -> SegmentationModel:
         f"the segmentation model {name_or_path}", "the folder may be incomplete; re-download or retrain it"
     ):
         return SegmentationModel.from_pretrained(folder)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``; ``cuda``/``cuda:N`` only when available."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device == "cuda" or re.fullmatch(r"cuda:\d+", device):
-        if not torch.cuda.is_available():
-            raise DiffTumorInputError("CUDA is not available on this machine", "use --device cpu (or auto)")
-        return device
-    raise DiffTumorInputError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N")
 
 
 @dataclass

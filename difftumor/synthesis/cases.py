@@ -15,6 +15,7 @@ from typing import Any
 from ..atomic import check_output, check_output_folder, prepare_output_root
 from ..data.datalists import datalist_entries
 from ..data.volumes import Volume, load_volume, probe_volume
+from ..devices import resolve_device
 from ..errors import DiffTumorInputError
 from .engine import SynthesisResult, synthesize_tumors
 from .outputs import manifest, write_outputs
@@ -253,7 +254,7 @@ def synthesize_datalist(
     out: str | os.PathLike,
     template: CaseRequest,
     build_synthesizer: Callable[[str], TumorSynthesizer],
-    device: str = "cpu",
+    device: str = "auto",
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     synthesizer_spec: dict[str, Any] | None = None,
@@ -294,6 +295,7 @@ def synthesize_datalist(
             )
     # cpu=True is what makes `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ...` give several CPU processes;
     # with --device cuda each process takes its own GPU.
+    device = resolve_device(device)
     state = PartialState(cpu=device == "cpu")
     if device.startswith("cuda") and state.num_processes > 1:
         device = str(state.device)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..devices import resolve_device
 from ..errors import DiffTumorInputError, explain_load_failure
 from ..spatial import organ_core, robust_statistics
 from .intensity import CONTRAST_SPREAD, DEFAULT_REFERENCE_HU, expected_contrast_hu
@@ -96,7 +97,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
             without it every size uses ``pipeline``.
         scheduler: sampler name to swap in (see :func:`difftumor.schedulers.make_scheduler`).
         num_inference_steps: sampler steps (default: the pipeline's).
-        device: ``"cpu"``/``"cuda"``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         max_batch_size: crops per pipeline call (default: 1 on CPU, where batching measured slower and doubles the
             memory — see BENCHMARKS.md — and 8 on GPU).
         intensity: ``"relative"`` (default): the crop is mapped so that its organ core has the mean and standard
@@ -128,7 +129,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
         midlate_pipeline: Any = None,
         scheduler: str | None = None,
         num_inference_steps: int | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         max_batch_size: int | None = None,
         intensity: str = "relative",
         blend_sigma_mm: tuple[float, float] = (1.0, 3.0),
@@ -184,7 +185,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
         if scheduler:
             pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler.config)
         pipeline.set_progress_bar_config(disable=True)
-        pipeline = pipeline.to(device)
+        pipeline = pipeline.to(resolve_device(device))
         pipeline.source = source or getattr(pipeline, "name_or_path", None) or "in-memory"
         return pipeline
 

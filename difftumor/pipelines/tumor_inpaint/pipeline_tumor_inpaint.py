@@ -369,6 +369,12 @@ class TumorInpaintPipeline(DiffusionPipeline):
         if adopted is not self.scheduler:
             self.scheduler = adopted
         self.check_inputs(image, tumor_mask, num_inference_steps)
+        if fast and self.vqmodel.device.type == "cpu" and self.vqmodel.dtype == torch.float16:
+            raise DiffTumorInputError(
+                "fast mode does not run float16 weights on the CPU",
+                "on CPU keep the pipeline in float32 (fast mode decodes in bfloat16 where the CPU has it); "
+                "float16 is for CUDA",
+            )
         batch = image.shape[0]
         if blur_sigma is not None:  # one σ per crop from here on, checked before any work
             given = np.atleast_1d(np.asarray(blur_sigma, dtype=np.float64))
