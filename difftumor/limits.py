@@ -38,8 +38,9 @@ def max_volume_voxels() -> int:
     return _limit("DIFFTUMOR_MAX_VOXELS", DEFAULT_MAX_VOLUME_VOXELS)
 
 
-def check_volume_size(shape: Sequence[int], what: str, path: object) -> None:
-    """Refuse a volume whose header claims more voxels than :func:`max_volume_voxels`, before reading it."""
+def check_volume_size(shape: Sequence[int], what: str, path: object, fix: str | None = None) -> None:
+    """Refuse a volume whose header claims more voxels than :func:`max_volume_voxels`, before reading it (or a
+    grid derived from a header, before sampling it; ``fix`` then says what to check)."""
     voxels = math.prod(int(v) for v in shape)
     limit = max_volume_voxels()
     if voxels > limit:
@@ -47,7 +48,7 @@ def check_volume_size(shape: Sequence[int], what: str, path: object) -> None:
         raise DiffTumorInputError(
             f"{what} {path} has {size} = {voxels:,} voxels, over the limit of {limit:,} "
             f"(about {4 * voxels / 2**30:.0f} GB per float copy)",
-            "crop or resample it first, or raise the limit with DIFFTUMOR_MAX_VOXELS=N on a larger machine",
+            fix or "crop or resample it first, or raise the limit with DIFFTUMOR_MAX_VOXELS=N on a larger machine",
         )
 
 

@@ -21,7 +21,7 @@ from scipy import ndimage
 from ..data.alignment import label_map_on_grid
 from ..data.volumes import Volume, check_hounsfield, stores_whole_numbers
 from ..errors import DiffTumorInputError
-from ..limits import max_volume_voxels
+from ..limits import check_volume_size
 from ..spatial import equivalent_diameter_mm
 from ..spatial.grid import Box, WorkingGrid, native_spacing_along_world, sample, sample_into_source, voxel_world_points
 from .geometry import (
@@ -298,7 +298,14 @@ def synthesize_tumors(
     grid = WorkingGrid(ct.affine, ct.shape)
     organ_points = voxel_world_points(ct.affine, np.argwhere(organ_on_ct).astype(np.float64))
     organ_box = grid.box_around(organ_points, margin=_ORGAN_MARGIN_MM)
-    _check_working_grid(organ_box.shape, organ, ct)
+    # A header claiming 15 mm voxels makes a small file's organ metres wide on the 1 mm working grid.
+    header_voxels = " × ".join(f"{v:.3g}" for v in ct.spacing)
+    check_volume_size(
+        organ_box.shape,
+        f"the {organ}'s box on the 1 mm working grid (header voxels {header_voxels} mm) of",
+        ct.path,
+        "check the header's voxel size (and the mask), or raise the limit with DIFFTUMOR_MAX_VOXELS=N",
+    )
     warnings = organ_plausibility(organ, ct.array[organ_on_ct], organ_ml)
     for message in warnings:
         (warn or logger.warning)(message)
@@ -329,20 +336,6 @@ def synthesize_tumors(
     new_ct, new_labels = canvas.new_ct, canvas.new_labels
     changed = int((new_ct != ct.array).sum())
     return SynthesisResult(new_ct, new_labels, tumor_label, records, changed, warnings)
-
-
-def _check_working_grid(shape: tuple[int, ...], organ: str, ct: Volume) -> None:
-    """Refuse an organ whose box on the 1 mm working grid is over the volume limit before it is sampled: a header
-    claiming 15 mm voxels makes a small file's organ metres wide."""
-    voxels = math.prod(int(v) for v in shape)
-    limit = max_volume_voxels()
-    if voxels > limit:
-        raise DiffTumorInputError(
-            f"the {organ} spans {' × '.join(str(int(v)) for v in shape)} mm, {voxels:,} voxels of the 1 mm working "
-            f"grid, over the limit of {limit:,}; the CT's header gives {' × '.join(f'{v:.3g}' for v in ct.spacing)} "
-            "mm voxels",
-            "check the header's voxel size (and the mask), or raise the limit with DIFFTUMOR_MAX_VOXELS=N",
-        )
 
 
 def _place_all(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +81,11 @@ def real_folder(tmp_path_factory):
     return root
 
 
+def _realism(runner: CliRunner, synthetic: Path, real_folder: Path, out: Path):
+    arguments = ["--synthetic", str(synthetic), "--real", str(real_folder), "--truth-labels", "lits", "--out", str(out)]
+    return runner.invoke(app, ["realism", *arguments])
+
+
 def test_real_lits_lesions_match_the_independent_reference(real_folder, tmp_path):
     """shared realism reference (measured independently): contrast ÷ core mean 0.35 [0.29-0.38], ÷ core std 2.7
     [2.3-3.0], internal std ÷ core std 0.97 for the real lesions < 20 mm."""
@@ -116,20 +122,7 @@ def test_realism_command_writes_the_report_and_refuses_a_bad_folder(real_folder,
     )
     assert result.exit_code == 0, result.output
     out = tmp_path / "report"
-    result = runner.invoke(
-        app,
-        [
-            "realism",
-            "--synthetic",
-            str(synthetic),
-            "--real",
-            str(real_folder),
-            "--truth-labels",
-            "lits",
-            "--out",
-            str(out),
-        ],
-    )
+    result = _realism(runner, synthetic, real_folder, out)
     assert result.exit_code == 0, result.output
     assert "contrast_to_organ_std" in result.output and "handcrafted (relative)" in result.output
     report = json.loads((out / "realism.json").read_text())
@@ -169,20 +162,7 @@ def test_realism_measures_the_rule_only_ablation_and_the_machine_reader(real_fol
     assert np.array_equal(labels[0], labels[1])
 
     out = tmp_path / "report"
-    result = runner.invoke(
-        app,
-        [
-            "realism",
-            "--synthetic",
-            str(synthetic),
-            "--real",
-            str(real_folder),
-            "--truth-labels",
-            "lits",
-            "--out",
-            str(out),
-        ],
-    )
+    result = _realism(runner, synthetic, real_folder, out)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "realism.json").read_text())
     assert len(report["lesions"]["rule-only"]) == len(report["lesions"]["diffusion (relative)"]) == 2

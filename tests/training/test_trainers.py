@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,16 +165,21 @@ def _run_cli(args, **kwargs):
     )
 
 
+def _wait_for_checkpoint(process, run: Path, step: int, seconds: float = 120) -> None:
+    """Wait until the running ``process`` has completed checkpoint ``step`` in ``run`` (it must not exit first)."""
+    deadline = time.time() + seconds
+    while not (run / "checkpoints" / f"step_{step:08d}" / "COMPLETE").exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+
+
 def test_killed_run_resumes_exactly(training_set, trained_autoencoder, tmp_path):
     vqmodel = trained_autoencoder / "vqmodel"
     reference = tmp_path / "reference"
     assert cli(_tiny_diffusion(training_set, vqmodel, reference, 12, 3)) == 0
     interrupted = tmp_path / "interrupted"
     process = _run_cli(_tiny_diffusion(training_set, vqmodel, interrupted, 12, 3))
-    deadline = time.time() + 120
-    while not (interrupted / "checkpoints" / "step_00000006" / "COMPLETE").exists():
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.05)
+    _wait_for_checkpoint(process, interrupted, 6)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (interrupted / "pipeline").exists()
@@ -346,10 +352,7 @@ def test_a_second_run_on_a_busy_run_folder_is_refused(training_set, trained_auto
     vqmodel = trained_autoencoder / "vqmodel"
     out = tmp_path / "run"
     process = _run_cli(_tiny_diffusion(training_set, vqmodel, out, 400, 3))
-    deadline = time.time() + 120
-    while not (out / "checkpoints" / "step_00000003" / "COMPLETE").exists():
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.05)
+    _wait_for_checkpoint(process, out, 3)
     try:
         before = (out / "metrics.csv").read_text()
         code = cli([*_tiny_diffusion(training_set, vqmodel, out, 6, 3), "--resume"])
