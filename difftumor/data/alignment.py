@@ -91,8 +91,12 @@ def label_map_on_grid(
     return sample(labels, volume.affine, reference.affine, reference.shape, order=0, cval=0).astype(labels.dtype)
 
 
-def check_known_labels(labels: np.ndarray, known: set[int], what: str, name: str, fix: str) -> None:
-    """Refuse label values outside ``known``."""
+def check_known_labels(
+    labels: np.ndarray, known: set[int], what: str, name: str, fix: str, meaning: str | None = None
+) -> None:
+    """Refuse label values outside ``known``; ``meaning`` says what those values lack (default: "outside"
+    the known ones)."""
     unknown = sorted({int(v) for v in np.unique(labels)} - known)
     if unknown:
-        raise DiffTumorInputError(f"{what} {name} holds label(s) {unknown[:8]} outside {sorted(known)}", fix)
+        meaning = meaning or f"outside {sorted(known)}"
+        raise DiffTumorInputError(f"{what} {name} holds label(s) {unknown[:8]} {meaning}", fix)

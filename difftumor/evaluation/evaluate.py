@@ -90,14 +90,16 @@ def _evaluate_pair(
         "predictions use 0 background, 1 organ, 2 tumour (`difftumor segment` writes them so)",
     )
     known = {0, IGNORE_LABEL, *scheme["organ"], *scheme["tumor"]}
-    unknown = sorted({int(v) for v in np.unique(truth_values)} - known)
-    if unknown:
-        raise DiffTumorInputError(
-            f"truth {truth_path.name} holds label(s) {unknown} that the {truth_labels!r} scheme does not map "
-            f"(organ {list(scheme['organ'])}, tumour {list(scheme['tumor'])})",
-            "labels from `difftumor data prepare` (3 = mid/late tumour) need --truth-labels internal; "
-            "or say which ids are what with --organ-label / --tumor-label",
-        )
+    check_known_labels(
+        truth_values,
+        known,
+        "truth",
+        truth_path.name,
+        "labels from `difftumor data prepare` (3 = mid/late tumour) need --truth-labels internal; "
+        "or say which ids are what with --organ-label / --tumor-label",
+        meaning=f"that the {truth_labels!r} scheme does not map "
+        f"(organ {list(scheme['organ'])}, tumour {list(scheme['tumor'])})",
+    )
     internal = np.zeros(truth.shape, np.uint8)
     internal[np.isin(truth_values, scheme["organ"])] = 1
     internal[np.isin(truth_values, scheme["tumor"])] = 2
