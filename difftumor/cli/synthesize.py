@@ -94,7 +94,9 @@ def synthesize(
     organ_mask: Annotated[Path | None, typer.Option(help="Organ mask or multi-label map (any grid).")] = None,
     organ: Annotated[str, typer.Option(help="liver, pancreas or kidney (placement rules).")] = "liver",
     out: Annotated[Path | None, typer.Option(help="Output folder (with --datalist: one sub-folder per case).")] = None,
-    synthesizer: Annotated[str, typer.Option(help="diffusion, handcrafted, or an installed plugin.")] = "diffusion",
+    synthesizer: Annotated[
+        str, typer.Option(help="diffusion, handcrafted, rule-only (the diffusion ablation), or an installed plugin.")
+    ] = "diffusion",
     pipeline: Annotated[str | None, typer.Option(help="Pipeline folder or Hub repo id (diffusion).")] = None,
     midlate_pipeline: Annotated[
         str | None, typer.Option(help="Optional pipeline for medium/large tumours (the original's noearly model).")
