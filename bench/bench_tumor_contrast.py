@@ -15,9 +15,15 @@ lesion's mean below its organ ring (2–5 mm outside, HU) is measured:
 - ``<sampler> @ <HU>``: the first measure with the crop's organ moved to that mean (a model that follows the organ
   keeps its drop; one that copies the blanked value does not).
 
+``--placed`` paints each lesion's mask, moved to healthy parenchyma of the same CT (≥ 15 mm from every tumour, ≥ 6 mm
+inside the organ; a seeded draw), instead of on the lesion itself: there no partial-volume rim outside the label
+tells the model how dark to paint, as for every tumour ``synthesize`` places. ``real`` stays the lesion's own drop
+(the target); ``autoencoder`` and ``condition`` are then measured at the placed site.
+
 Usage::
 
     python bench/bench_tumor_contrast.py [--pipeline DIR] [--samplers ddpm ddim] [--seeds 3] [--organ-hu 60 170]
+        [--placed]
 
 Prints one row per lesion and the medians, and a JSON line of the medians.
 """
@@ -56,6 +62,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--organ-hu", nargs="*", type=float, default=[60.0, 170.0])
     parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--placed", action="store_true")
     arguments = parser.parse_args()
     torch.set_grad_enabled(False)
 
@@ -79,6 +86,10 @@ def main() -> int:
     organ, tumours = labels == 1, labels == 2
     components, count = ndimage.label(tumours, np.ones((3, 3, 3)))
     half, crop = arguments.crop // 2, arguments.crop
+    depth = ndimage.distance_transform_edt(organ)
+    clearance = ndimage.distance_transform_edt(~tumours)
+    fits = np.zeros_like(organ)
+    fits[half:-half, half:-half, half:-half] = True
     columns = ["diameter_mm", "real", "autoencoder", "condition"]
     columns += [*arguments.samplers, f"{arguments.samplers[0]} in decode"]
     columns += [f"{arguments.samplers[0]} @ {v:g}" for v in arguments.organ_hu]
@@ -94,11 +105,25 @@ def main() -> int:
         image, lesion = hu[box].astype(np.float32), whole[box]
         outside = ndimage.distance_transform_edt(~lesion)
         ring = (outside > 2) & (outside <= 5) & organ[box] & ~tumours[box]
+        target = _drop(image, lesion, ring)
+        if arguments.placed:
+            reach = float(np.max(np.abs(np.argwhere(whole) - centre)))
+            sites = np.argwhere((depth > reach + 6) & (clearance > reach + 15) & fits)
+            if not len(sites):
+                continue
+            site = sites[np.random.default_rng(index).integers(len(sites))]
+            box = tuple(slice(int(c) - half, int(c) + half) for c in site)
+            moved = np.argwhere(whole) - centre + half
+            lesion = np.zeros((crop,) * 3, bool)
+            lesion[tuple(moved.T)] = True
+            image = hu[box].astype(np.float32)
+            outside = ndimage.distance_transform_edt(~lesion)
+            ring = (outside > 2) & (outside <= 5) & organ[box] & ~tumours[box]
         x = torch.from_numpy(image)[None, None]
         mask = torch.from_numpy(lesion.astype(np.float32))[None, None]
         model_x, model_mask = to_window(x).permute(0, 1, 4, 2, 3), mask.permute(0, 1, 4, 2, 3)
         back = lambda volume: from_window(volume.permute(0, 1, 3, 4, 2))[0, 0].numpy()  # noqa: E731
-        row = [2 * (3 * whole.sum() / (4 * np.pi)) ** (1 / 3), _drop(image, lesion, ring)]
+        row = [2 * (3 * whole.sum() / (4 * np.pi)) ** (1 / 3), target]
         row.append(_drop(back(pipe.vqmodel.decode(pipe.vqmodel.encode(model_x).latents).sample), lesion, ring))
         condition = pipe.encode_condition(model_x, model_mask)[:, :-1]
         row.append(_drop(back(pipe.vqmodel.decode(pipe.vqmodel.denormalize_latents(condition)).sample), lesion, ring))
@@ -121,7 +146,13 @@ def main() -> int:
         print(" | ".join(f"{v:6.1f}" for v in row), flush=True)
     medians = dict(zip(columns, np.median(np.asarray(rows), 0).round(1).tolist()))
     print("median | " + " | ".join(f"{v:6.1f}" for v in medians.values()))
-    print(json.dumps({"bench": "tumor_contrast", "pipeline": arguments.pipeline, "lesions": len(rows), **medians}))
+    record = {
+        "bench": "tumor_contrast",
+        "pipeline": arguments.pipeline,
+        "placed": arguments.placed,
+        "lesions": len(rows),
+    }
+    print(json.dumps({**record, **medians}))
     return 0
 
 

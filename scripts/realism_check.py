@@ -143,6 +143,13 @@ def main() -> int:
     parser.add_argument("--case", nargs=4, action="append", metavar=("NAME", "CT", "MASK", "LABEL"))
     parser.add_argument("--pipeline", help="diffusion pipeline to check (default: the bundled one)")
     parser.add_argument("--device", default="cpu", help="device of the diffusion synthesizer")
+    parser.add_argument(
+        "--diffusion-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="synthesizer option of both diffusion runs",
+    )
     arguments = parser.parse_args()
     out = arguments.out.resolve()
     real = link_real_lesions(out)
@@ -178,6 +185,7 @@ def main() -> int:
                     *(
                         ["--device", arguments.device]
                         + (["--pipeline", arguments.pipeline] if arguments.pipeline else [])
+                        + [part for option in arguments.diffusion_option for part in ("--option", option)]
                         if synthesizer == "diffusion"
                         else []
                     ),

@@ -109,6 +109,8 @@ class DiffusionSynthesizer(TumorSynthesizer):
             crop as it is (the original).
         blend_sigma_mm: range of the blending blur σ (the original draws U(0, 4); below 1 the edge becomes a voxel
             staircase that real lesions do not have).
+        blend: the pipeline's ``blend``: ``"blur"`` (the original) shows a tumour a few σ wide at a fraction of the
+            contrast the model painted; ``"outside"`` keeps what the model painted inside the mask.
         suppress_stride_pattern: remove the decoder's stride pattern where the tumour is blended
             (:func:`difftumor.pipelines.tumor_inpaint.pipeline_tumor_inpaint.remove_stride_pattern`).
         max_contrast: in ``relative`` mode, a tumour whose mean drop exceeds this multiple of the real-lesion
@@ -133,6 +135,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
         max_batch_size: int | None = None,
         intensity: str = "relative",
         blend_sigma_mm: tuple[float, float] = (1.0, 3.0),
+        blend: str = "blur",
         suppress_stride_pattern: bool = True,
         max_contrast: float | None = CONTRAST_SPREAD[1],
         fast: bool = False,
@@ -142,6 +145,11 @@ class DiffusionSynthesizer(TumorSynthesizer):
             raise DiffTumorInputError(f"unknown intensity mode {intensity!r}", "choose relative or native")
         self.intensity = intensity
         self.blend_sigma_mm = tuple(float(v) for v in blend_sigma_mm)
+        from ..pipelines.tumor_inpaint.blending import BLEND_MODES
+
+        if blend not in BLEND_MODES:
+            raise DiffTumorInputError(f"unknown blend {blend!r}", f"choose one of {', '.join(BLEND_MODES)}")
+        self.blend = blend
         self.suppress_stride_pattern = bool(suppress_stride_pattern)
         self.max_contrast = None if max_contrast is None else float(max_contrast)
         if not isinstance(fast, bool):
@@ -218,6 +226,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
             "synthesizer": self.name,
             "variant": self.intensity,
             "blend_sigma_mm": list(self.blend_sigma_mm),
+            "blend": self.blend,
             "suppress_stride_pattern": self.suppress_stride_pattern,
             "max_contrast": self.max_contrast,
             "fast": self.fast,
@@ -305,6 +314,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
                 blur_sigma=sigmas,
                 suppress_stride_pattern=self.suppress_stride_pattern,
                 fast=self.fast,
+                blend=self.blend,
             )
             change = (output.images.double() - model_images.double()) * factors
             caps = [

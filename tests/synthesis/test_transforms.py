@@ -121,3 +121,102 @@ def test_monai_transform_keeps_meta_tensors_whether_or_not_it_paints(liver_crops
             assert isinstance(out[key], MetaTensor), (prob, key)
             assert torch.equal(out[key].affine, affine) and out[key].meta["filename_or_obj"] == name
         assert (prob == 1.0) == bool((out["label"] == 2).any())
+
+
+def test_monai_transform_refuses_crops_that_cannot_be_on_its_scale(liver_crops):
+    from difftumor.errors import DiffTumorInputError
+    from difftumor.windowing import unscale_window
+
+    image, label = liver_crops[0]
+    hu = unscale_window(image, (-175.0, 250.0), (0.0, 1.0))  # what LoadImaged gives without ScaleIntensityRanged
+    scaled = RandTumorSynthesisd(synthesizer="handcrafted", prob=1.0, size_mix={"small": 1.0})
+    with pytest.raises(DiffTumorInputError, match="looks like Hounsfield units.*ScaleIntensityRanged"):
+        scaled({"image": hu, "label": label})
+    in_hu = RandTumorSynthesisd(synthesizer="handcrafted", prob=1.0, size_mix={"small": 1.0}, intensity_range="hu")
+    with pytest.raises(DiffTumorInputError, match="intensity_range='hu'"):
+        in_hu({"image": image, "label": label})
+    # The same tumour either way: painted in HU, or painted in window scale and mapped.
+    in_hu.set_random_state(seed=3)
+    scaled.set_random_state(seed=3)
+    from_hu, from_scaled = in_hu({"image": hu, "label": label}), scaled({"image": image, "label": label})
+    assert torch.equal(from_hu["label"], from_scaled["label"]) and (from_hu["label"] == 2).any()
+    tumour = from_hu["label"][0] == 2
+    assert from_hu["image"][0][tumour].mean() < hu[0][tumour].mean() - 10  # darker by HU, not by a fraction
+    inside = tumour & (from_scaled["image"][0] > 0) & (from_scaled["image"][0] < 1)  # unclipped by the window
+    expected = unscale_window(from_scaled["image"][0][inside], (-175.0, 250.0), (0.0, 1.0))
+    assert torch.allclose(from_hu["image"][0][inside], expected, atol=1e-3)
+
+
+def test_monai_transform_refuses_a_tumour_label_another_structure_uses(liver_crops):
+    from difftumor.errors import DiffTumorInputError
+
+    image, label = liver_crops[0]
+    totalsegmentator = label * 5  # liver is 5 in TotalSegmentator's scheme
+    totalsegmentator[0, :10] = 2  # kidney_right
+    totalsegmentator[0, -10:] = 3  # kidney_left
+    transform = RandTumorSynthesisd(synthesizer="handcrafted", organ_label=5, prob=1.0)
+    with pytest.raises(DiffTumorInputError, match="tumor_label 2 is used by another structure.*tumor_label=6"):
+        transform({"image": image, "label": totalsegmentator})
+    # A crop that shows only {0, 2, 5} after one that showed other structures: the map is known to hold them.
+    transform = RandTumorSynthesisd(synthesizer="handcrafted", organ_label=5, prob=0.0)
+    only_kidney = label * 5
+    only_kidney[0, -10:] = 3
+    transform({"image": image, "label": only_kidney})
+    only_kidney[0, :10] = 2
+    only_kidney[0, -10:] = 0
+    with pytest.raises(DiffTumorInputError, match="used by another structure"):
+        transform({"image": image, "label": only_kidney})
+    fine = RandTumorSynthesisd(synthesizer="handcrafted", organ_label=5, tumor_label=200, prob=1.0)
+    fine.set_random_state(seed=3)
+    assert (fine({"image": image, "label": totalsegmentator})["label"] == 200).any()
+    with pytest.raises(DiffTumorInputError, match="both 5"):
+        RandTumorSynthesisd(organ_label=5, tumor_label=5)
+
+
+def test_monai_transform_refuses_a_grid_that_is_not_1_mm(liver_crops):
+    from monai.data import MetaTensor
+
+    from difftumor.errors import DiffTumorInputError
+
+    image, label = liver_crops[0]
+    affine = torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0]))
+    transform = RandTumorSynthesisd(synthesizer="handcrafted", prob=1.0)
+    with pytest.raises(DiffTumorInputError, match="3 x 3 x 3 mm voxels.*Spacingd"):
+        transform({"image": MetaTensor(image, affine=affine), "label": MetaTensor(label, affine=affine)})
+
+
+def test_monai_transform_records_every_outcome_and_warns_when_most_crops_are_skipped(liver_crops, caplog):
+    from monai.data import MetaTensor
+
+    image, label = liver_crops[0]
+    transform = RandTumorSynthesisd(synthesizer="handcrafted", prob=1.0, size_mix={"small": 1.0})
+    transform.set_random_state(seed=3)
+    out = transform({"image": MetaTensor(image.clone()), "label": MetaTensor(label.clone())})
+    record = out["image"].applied_operations[-1]
+    assert record["class"] == "RandTumorSynthesisd" and record["extra_info"]["outcome"] == "painted"
+    assert record["extra_info"]["changed_voxels"] == int((out["image"] != image).sum()) > 0
+    assert transform.inverse(out)["image"].applied_operations == []  # the record goes; the tumour stays
+    assert (out["label"] == 2).any()
+
+    outside = torch.zeros_like(label)  # no organ in the crop
+    transform({"image": MetaTensor(image.clone()), "label": MetaTensor(outside)})
+    with caplog.at_level("WARNING", logger="difftumor.synthesis.transforms"):
+        for _ in range(30):
+            skipped = transform({"image": MetaTensor(image.clone()), "label": MetaTensor(out["label"].clone())})
+    assert skipped["image"].applied_operations[-1]["extra_info"]["outcome"] == "has_tumor"
+    assert transform.outcomes == {"painted": 1, "no_organ": 1, "has_tumor": 30}
+    warnings = [r.getMessage() for r in caplog.records if "RandTumorSynthesisd skipped" in r.getMessage()]
+    assert len(warnings) == 1 and "already held tumor_label 2" in warnings[0]
+
+
+def test_readme_monai_example_runs_as_written(capsys):
+    """README "In your own MONAI pipeline", executed verbatim: Dataset + DataLoader with two worker processes."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"<!-- readme-example: monai -->\n```python\n(.*?)```", readme, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("torch.Size([2, 1," in line and "'painted', 'painted'" in line for line in lines)
+    assert all(int(line.split("]) ")[1].split()[0]) > 0 for line in lines)  # tumour voxels labelled 200

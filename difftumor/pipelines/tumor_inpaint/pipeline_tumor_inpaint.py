@@ -29,7 +29,7 @@ from ...models.vq_model_3d import VQModel3D
 from ...schedulers import precise as _precise_schedulers
 from ...schedulers.registry import SAMPLER_MARK, adopt_scheduler, refusal
 from ...windowing import to_window
-from .blending import blend_into_hu, blend_weights, tumor_boxes
+from .blending import BLEND_MODES, blend_into_hu, blend_weights, tumor_boxes
 from .fast_mode import STRONG_WEIGHT, fast_precision, neighbourhood_windows
 
 _DIFFUSERS_SHIM = '''"""Lets plain diffusers load this folder:
@@ -88,8 +88,8 @@ class TumorInpaintPipelineOutput(BaseOutput):
         images (`torch.Tensor` of shape `(B, 1, X, Y, Z)`, float32, HU): the crops with the tumours blended in;
             voxels outside the blurred tumour neighbourhood are bit-identical to the input.
         decoded (`torch.Tensor` of shape `(B, 1, X, Y, Z)`, float32, [-1, 1] window scale): the VQ decoder's whole crop.
-        blend_weights (`torch.Tensor` of shape `(B, 1, X, Y, Z)`, float32, [0, 1]): the blurred tumour masks used for
-            blending (0 where the input was kept).
+        blend_weights (`torch.Tensor` of shape `(B, 1, X, Y, Z)`, float32, [0, 1]): the weights of the
+            decoded crop in the blend (0 where the input was kept; see ``blend``).
         latents (`torch.Tensor` of shape `(B, C, D/f, X/f, Y/f)`): final normalised latents of the sampler.
 
     Every tensor is on the device the input ``image`` came on (the CPU for NumPy input).
@@ -317,6 +317,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
         blur_sigma: float | list[float] | None = None,
         suppress_stride_pattern: bool = False,
         fast: bool = False,
+        blend: str = "blur",
         output_type: str = "pt",
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
@@ -343,6 +344,10 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 and denoising are unchanged (whole crop, float32). The tumour is close to, not equal to,
                 the exact path's (see :mod:`difftumor.pipelines.tumor_inpaint.fast_mode`); ``decoded`` holds the
                 input (window scale) outside the window.
+            blend (`str`, defaults to `"blur"`): ``"blur"`` weights the decoded crop by the blurred tumour mask
+                everywhere (the original), which shows a tumour only a few σ wide at a fraction of the contrast the
+                model painted; ``"outside"`` keeps the tumour's voxels as the model painted them and fades the decoded
+                crop into the CT only outside the mask (:func:`~.blending.blend_weights`).
             output_type (`str`): ``"pt"`` (torch tensors, default) or ``"np"`` (NumPy arrays) for every output.
             return_dict (`bool`): return a :class:`TumorInpaintPipelineOutput` instead of a tuple.
             callback_on_step_end (`Callable`, *optional*): diffusers' step callback,
@@ -355,6 +360,8 @@ class TumorInpaintPipeline(DiffusionPipeline):
         """
         if output_type not in ("pt", "np"):
             raise DiffTumorInputError(f"output_type {output_type!r} is not supported", "use 'pt' or 'np'")
+        if blend not in BLEND_MODES:
+            raise DiffTumorInputError(f"blend {blend!r} is not supported", f"use one of {', '.join(BLEND_MODES)}")
         image, tumor_mask = _as_batch(image, "image"), _as_batch(tumor_mask, "tumor_mask")
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))
@@ -432,7 +439,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
             # the sampler's steps already wait on the host). Blending runs where the models ran, its float64 blur with
             # the same deterministic algorithms.
             sigmas = self._blur_sigmas(blur_sigma, batch, generator)
-            weights = blend_weights(tumour, sigmas, boxes)
+            weights = blend_weights(tumour, sigmas, boxes, blend)
             windows = self._fast_windows(weights) if fast else None
             to_decode = latents if windows is None else self._latent_window(latents, *windows)
             # Through decode (offload hooks fire on it); its nearest-code search stays float32 under autocast.
