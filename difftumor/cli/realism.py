@@ -39,6 +39,13 @@ def realism(
     reader: Annotated[
         bool, typer.Option(help="Run the machine reader (a classifier told to separate synthetic from real lesions).")
     ] = True,
+    organ: Annotated[
+        str | None,
+        typer.Option(
+            help="Organ of the real lesions (liver, pancreas, kidney). Syntheses of another organ are grouped apart "
+            "and flagged. Default: the syntheses' organ when they share one."
+        ),
+    ] = None,
 ) -> None:
     """Measure every lesion the same way on a 1 mm grid (contrast to its organ ring, relative to the organ core's
     mean and noise, internal texture, edge sharpness, decoder stride artefacts, shape) and compare the synthetic
@@ -67,8 +74,8 @@ def realism(
                     err_console.print(f"note: no rule-only twin of {manifest.parent}: {error}")
                     continue
                 lesions = twin.labels == twin.tumor_label
-                organ = (twin.labels == twin.organ_label) | lesions
-                twins.append(LabelledCase(f"{twin.name} (rule-only)", twin.ct, organ, lesions))
+                organ_voxels = (twin.labels == twin.organ_label) | lesions
+                twins.append(LabelledCase(f"{twin.name} (rule-only)", twin.ct, organ_voxels, lesions))
     report = run_realism(
         synthetic,
         real,
@@ -77,7 +84,10 @@ def realism(
         overwrite=overwrite,
         extra_groups={ABLATION_GROUP: twins} if twins else None,
         readers=reader,
+        organ=organ,
     )
     console.print(report.markdown, markup=False)
+    for message in report.warnings:
+        err_console.print(f"warning: {message}", markup=False, highlight=False)
     counts = ", ".join(f"{name}: {len(records)}" for name, records in report.groups.items())
     console.print(f"\nlesions measured ({counts}); wrote {out}/realism.json, realism.md, realism.png")

@@ -177,14 +177,20 @@ def intensity_drop(local: np.ndarray, lesion: np.ndarray, ring_mean: float, cont
 
 def measure_case(case: LabelledCase) -> list[dict[str, Any]]:
     """Features of every lesion of ``case`` (see the module doc), one dict per lesion."""
+    return measure_case_counted(case)[0]
+
+
+def measure_case_counted(case: LabelledCase) -> tuple[list[dict[str, Any]], int]:
+    """:func:`measure_case` and the number of tumour components left out as smaller than :data:`MIN_LESION_MM3`."""
     if not case.lesions.any():
-        return []
+        return [], 0
     hu, organ, lesions, affine = _one_mm_box(case)
     components, count = lesion_components(lesions)
     core = organ_core(organ & ~lesions, lesions)
     core_mean, core_std = intensity_statistics(hu, core)
     gradient = np.sqrt(sum(g**2 for g in np.gradient(hu.astype(np.float64))))
     sizes = np.bincount(components.ravel(), minlength=count + 1)
+    native_voxel_mm = float(np.max(case.ct.spacing))
     records = []
     for index in range(1, count + 1):
         if sizes[index] < MIN_LESION_MM3:
@@ -211,6 +217,8 @@ def measure_case(case: LabelledCase) -> list[dict[str, Any]]:
                 "case": case.name,
                 "center_mm": [round(float(v), 1) for v in (affine @ np.append(center, 1.0))[:3]],
                 "diameter_mm": equivalent_diameter_mm(int(sizes[index])),
+                # across the CT's own (coarsest) voxels: a lesion a few voxels wide is partial-volume diluted
+                "native_voxels_across": equivalent_diameter_mm(int(sizes[index])) / native_voxel_mm,
                 "lesion_hu": lesion_mean,
                 "organ_core_hu": core_mean,
                 "organ_core_std_hu": core_std,
@@ -230,7 +238,7 @@ def measure_case(case: LabelledCase) -> list[dict[str, Any]]:
                 "_reader": reader_features(local, organ[box], lesion, others, core_mean, core_std, artifact),
             }
         )
-    return records
+    return records, int(np.count_nonzero(sizes[1:] < MIN_LESION_MM3))
 
 
 def _axial_patch(hu: np.ndarray, center: Sequence[float], organ_mean: float, size: int = 48) -> np.ndarray:
@@ -246,8 +254,15 @@ def _axial_patch(hu: np.ndarray, center: Sequence[float], organ_mean: float, siz
 
 
 def synthesis_manifests(folder: Path) -> list[Path]:
-    """The ``tumors.json`` of a ``difftumor synthesize`` output folder, or of a folder holding several (a batch)."""
-    manifests = [folder / "tumors.json"] if (folder / "tumors.json").is_file() else sorted(folder.glob("*/tumors.json"))
+    """The ``tumors.json`` of a ``difftumor synthesize`` output folder, or of every such folder below it (a batch,
+    or folders of batches; hidden folders — temporaries of a run in progress — are left out)."""
+    if (folder / "tumors.json").is_file():
+        return [folder / "tumors.json"]
+    manifests = sorted(
+        path
+        for path in folder.rglob("tumors.json")
+        if not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
     if not manifests:
         raise DiffTumorInputError(
             f"{folder} holds no tumors.json", "pass a folder written by `difftumor synthesize` (or a batch of them)"
@@ -265,17 +280,38 @@ def synthesis_group(manifest: dict[str, Any]) -> str:
     return f"{group} ({', '.join(details)})" if details else group
 
 
-def _synthesis_cases(folder: Path) -> Iterable[tuple[str, LabelledCase]]:
-    """Cases of a ``difftumor synthesize`` output folder, or of a folder holding several (a batch)."""
+def synthesis_organ(manifest: dict[str, Any]) -> str:
+    """The organ a synthesis painted (``input.organ`` of its ``tumors.json``)."""
+    return str(manifest.get("input", {}).get("organ") or "unknown organ")
+
+
+@dataclass
+class SyntheticCase:
+    """One ``difftumor synthesize`` output as the comparison reads it."""
+
+    group: str
+    organ: str
+    case: LabelledCase
+    #: the synthesis's own plausibility warnings (``tumors.json``), repeated in the report
+    warnings: list[str]
+
+
+def _synthesis_cases(folder: Path) -> Iterable[SyntheticCase]:
+    """Cases of a ``difftumor synthesize`` output folder, or of every such folder below it."""
     for manifest_path in synthesis_manifests(folder):
         manifest = json.loads(manifest_path.read_text())
         ct = load_volume(manifest_path.parent / "ct.nii.gz", "CT")
         labels = np.rint(load_volume(manifest_path.parent / "label.nii.gz", "label map").array).astype(np.int64)
         tumor_label = int(manifest["tumor_label"])
         organ_label = manifest.get("input", {}).get("organ_label") or 1
-        group = synthesis_group(manifest)
         organ = (labels == organ_label) | (labels == tumor_label)
-        yield group, LabelledCase(manifest_path.parent.name, ct, organ, labels == tumor_label)
+        name = str(manifest_path.parent.relative_to(folder)) if manifest_path.parent != folder else folder.name
+        yield SyntheticCase(
+            synthesis_group(manifest),
+            synthesis_organ(manifest),
+            LabelledCase(name, ct, organ, labels == tumor_label),
+            [str(w) for w in manifest.get("warnings", [])],
+        )
 
 
 def _real_cases(source: Path, organ_values: Sequence[int], tumor_values: Sequence[int]) -> Iterable[LabelledCase]:
@@ -484,6 +520,16 @@ class RealismReport:
     reference: str
     readers: list[ReaderResult] = field(default_factory=list)
     ablations: list[dict[str, Any]] = field(default_factory=list)
+    #: what was read: per input folder, the cases, the lesions measured and the components too small to measure
+    found: list[dict[str, Any]] = field(default_factory=list)
+    #: what may make a comparison misleading: organs pooled or compared across, lesions a few voxels wide, the
+    #: syntheses' own plausibility warnings
+    warnings: list[str] = field(default_factory=list)
+
+
+#: A lesion narrower than this many of its CT's own voxels is mostly partial volume there: its measured contrast
+#: is diluted (on a 3 mm CT, tiny lesions showed ×0.25 of real contrast), whatever painted it.
+FEW_VOXELS_ACROSS = 3.0
 
 
 def realism(
@@ -494,6 +540,7 @@ def realism(
     overwrite: bool = False,
     extra_groups: dict[str, Sequence[LabelledCase]] | None = None,
     readers: bool = True,
+    organ: str | None = None,
 ) -> RealismReport:
     """Measure the lesions of ``real`` (labelled CTs) and ``synthetic`` (``difftumor synthesize`` outputs), compare
     them feature by feature and with a machine reader, and (with ``out``) write ``realism.json``, ``realism.md`` and
@@ -504,7 +551,10 @@ def realism(
             synthesis (:func:`difftumor.synthesis.ablation.rule_only_cases`); a model group is compared with the
             group :data:`ABLATION_GROUP` when both are present.
         readers: run the machine reader for every synthetic group.
+        organ: the organ of the real lesions. Syntheses of another organ (``tumors.json``) form groups of their
+            own, named with their organ, and the report warns. Default: the syntheses' organ when they share one.
     """
+    from ..synthesis.geometry import ORGANS
     from .evaluate import truth_scheme
 
     scheme = truth_scheme(truth_labels)
@@ -512,18 +562,57 @@ def realism(
         raise DiffTumorInputError(
             "no real lesions given", "pass --real with labelled CTs (datalist or images/+labels/)"
         )
+    if organ is not None and organ not in ORGANS:
+        raise DiffTumorInputError(f"unknown organ {organ!r}", f"choose one of {', '.join(ORGANS)}")
     groups: dict[str, list[dict[str, Any]]] = {"real": []}
+    found: list[dict[str, Any]] = []
+    warnings: list[str] = []
     for source in real:
+        entry = {"source": str(source), "kind": "real", "cases": 0, "lesions": 0, "too_small": 0}
         for case in _real_cases(Path(source), scheme["organ"], scheme["tumor"]):
-            groups["real"] += measure_case(case)
-    for source in synthetic:
-        for group, case in _synthesis_cases(Path(source)):
-            groups.setdefault(group, []).extend(measure_case(case))
+            records, small = measure_case_counted(case)
+            groups["real"] += records
+            entry.update(cases=entry["cases"] + 1, lesions=entry["lesions"] + len(records))
+            entry["too_small"] += small
+        found.append(entry)
+    syntheses = [(index, case) for index, source in enumerate(synthetic) for case in _synthesis_cases(Path(source))]
+    organs = sorted({case.organ for _, case in syntheses})
+    reference_organ = organ or (organs[0] if len(organs) == 1 else None)
+    if reference_organ is None:
+        warnings.append(
+            f"syntheses of {' and '.join(organs)} were given against one set of real lesions: each group is named "
+            "by its organ; pass --organ with the real lesions' organ"
+        )
+    for index, source in enumerate(synthetic):
+        entry = {"source": str(source), "kind": "synthetic", "cases": 0, "lesions": 0, "too_small": 0, "groups": []}
+        for _, synthesis in (item for item in syntheses if item[0] == index):
+            group = synthesis.group if synthesis.organ == reference_organ else f"{synthesis.group} [{synthesis.organ}]"
+            records, small = measure_case_counted(synthesis.case)
+            groups.setdefault(group, []).extend(records)
+            entry.update(cases=entry["cases"] + 1, lesions=entry["lesions"] + len(records))
+            entry["too_small"] += small
+            entry["groups"] = sorted({*entry["groups"], group})
+            warnings += [f"{synthesis.case.name}: {message}" for message in synthesis.warnings]
+        found.append(entry)
+    if reference_organ is not None:
+        for other in sorted({case.organ for _, case in syntheses} - {reference_organ}):
+            warnings.append(
+                f"{other} tumours are compared with real {reference_organ} lesions (groups marked [{other}]); "
+                f"measure them against real {other} lesions"
+            )
     for group, cases in (extra_groups or {}).items():
         for case in cases:
             groups.setdefault(group, []).extend(measure_case(case))
     if not groups["real"]:
         raise DiffTumorInputError("the real CTs hold no lesion", "check --truth-labels and the label maps")
+    for group, records in groups.items():
+        narrow = [r for r in records if r["native_voxels_across"] < FEW_VOXELS_ACROSS]
+        if narrow:
+            warnings.append(
+                f"{len(narrow)} of {len(records)} {group} lesions are under {FEW_VOXELS_ACROSS:g} voxels across on "
+                "their CT's own grid: partial volume dilutes their contrast there; compare lesions painted and "
+                "labelled on a grid of about 1 mm (synthesize a resampled copy, as scripts/realism_check.py does)"
+            )
     table = compare(groups, "real")
     verdicts = run_readers(groups, "real") if readers else []
     ablations = [
@@ -536,10 +625,23 @@ def realism(
         text += "\n\n" + reader_markdown(verdicts)
     for ablation in ablations:
         text += "\n\n" + model_against_rule_markdown(ablation)
-    report = RealismReport(groups, table, text, "real", verdicts, ablations)
+    text = found_markdown(found, warnings) + "\n\n" + text
+    report = RealismReport(groups, table, text, "real", verdicts, ablations, found, warnings)
     if out is not None:
         write_report(report, out, inputs=[*synthetic, *real], overwrite=overwrite)
     return report
+
+
+def found_markdown(found: Sequence[dict[str, Any]], warnings: Sequence[str]) -> str:
+    """What was read from each input, and the warnings, as Markdown."""
+    lines = ["| input | kind | cases | lesions measured | components < 10 mm³ left out |", "|---|---|---|---|---|"]
+    for entry in found:
+        lines.append(
+            f"| {entry['source']} | {entry['kind']} | {entry['cases']} | {entry['lesions']} | {entry['too_small']} |"
+        )
+    if warnings:
+        lines += ["", "**Warnings**", "", *(f"- {message}" for message in warnings)]
+    return "\n".join(lines)
 
 
 def write_report(report: RealismReport, out: str | os.PathLike, inputs: Sequence[Any], overwrite: bool) -> Path:
@@ -557,6 +659,8 @@ def write_report(report: RealismReport, out: str | os.PathLike, inputs: Sequence
         "comparison": report.table,
         "machine_reader": [r.as_dict() for r in report.readers],
         "model_against_rule": report.ablations,
+        "found": report.found,
+        "warnings": report.warnings,
         "lesions": lesions,
     }
     with atomic_folder(out, overwrite=overwrite, inputs=inputs, kind="realism") as folder:

@@ -200,3 +200,42 @@ def nib_labels(folder):
     import nibabel as nib
 
     return np.asarray(nib.load(str(folder / "label.nii.gz")).dataobj)
+
+
+def test_realism_groups_by_organ_reads_nested_batches_and_warns_about_partial_volume(real_folder, tmp_path, capsys):
+    """Kidney tumours are not pooled with liver tumours against liver lesions; a batch folder two levels down is
+    read; lesions a few voxels wide on their 3 mm CT are flagged."""
+    runner = CliRunner()
+    batch = tmp_path / "runs"
+    for organ, label, folder in (("liver", "5", "site_a/week1/a"), ("kidney", "2", "site_b/b")):
+        common = [str(PATIENT_A_CT), "--organ-mask", str(PATIENT_A_ORGANS), "--organ-label", label]
+        (batch / folder).parent.mkdir(parents=True)
+        result = runner.invoke(
+            app,
+            [
+                "synthesize", *common, "--organ", organ, "--synthesizer", "handcrafted", "--size", "tiny",
+                "--count", "3", "--seed", "2", "--out", str(batch / folder),
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "report"
+    arguments = ["--synthetic", str(batch), "--real", str(real_folder), "--truth-labels", "lits", "--no-reader"]
+    result = runner.invoke(app, ["realism", *arguments, "--no-ablation", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "realism.json").read_text())
+    # no --organ and two organs: each group named by its organ, and said
+    assert {"handcrafted (relative) [liver]", "handcrafted (relative) [kidney]"} <= set(report["lesions"])
+    assert any("kidney and liver" in w and "--organ" in w for w in report["warnings"])
+    (synthetic,) = [entry for entry in report["found"] if entry["kind"] == "synthetic"]
+    assert synthetic["cases"] == 2 and synthetic["lesions"] == 6
+    assert any("under 3 voxels across" in w and "[liver]" in w for w in report["warnings"])
+    assert "warning:" in result.output and "Warnings" in (out / "realism.md").read_text()
+
+    result = runner.invoke(
+        app, ["realism", *arguments, "--no-ablation", "--organ", "liver", "--out", str(out), "--overwrite"]
+    )
+    report = json.loads((out / "realism.json").read_text())
+    assert {"handcrafted (relative)", "handcrafted (relative) [kidney]"} <= set(report["lesions"])
+    assert any(w.startswith("kidney tumours are compared with real liver lesions") for w in report["warnings"])
+    code = cli(["realism", *arguments, "--organ", "spleen", "--out", str(tmp_path / "r3")])
+    assert code == 2 and "unknown organ 'spleen'" in capsys.readouterr().err and not (tmp_path / "r3").exists()
