@@ -23,7 +23,7 @@ tells the model how dark to paint, as for every tumour ``synthesize`` places. ``
 Usage::
 
     python bench/bench_tumor_contrast.py [--pipeline DIR] [--samplers ddpm ddim] [--seeds 3] [--organ-hu 60 170]
-        [--placed]
+        [--placed] [--blur-sigma S --blend blur|outside --suppress-stride-pattern]
 
 Prints one row per lesion and the medians, and a JSON line of the medians.
 """
@@ -63,6 +63,9 @@ def main() -> int:
     parser.add_argument("--organ-hu", nargs="*", type=float, default=[60.0, 170.0])
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--placed", action="store_true")
+    parser.add_argument("--blur-sigma", type=float, default=0.0, help="the blend's σ (voxels; synthesize: 1-3)")
+    parser.add_argument("--blend", default="blur", help="the pipeline's blend: blur (the original) or outside")
+    parser.add_argument("--suppress-stride-pattern", action="store_true", help="as synthesize does")
     arguments = parser.parse_args()
     torch.set_grad_enabled(False)
 
@@ -132,7 +135,14 @@ def main() -> int:
             pipe.scheduler = make_scheduler(name, stored.config)
             own, decoded = [], []
             for seed in range(arguments.seeds):
-                out = pipe(x + shift, mask, generator=torch.Generator().manual_seed(seed), blur_sigma=0.0)
+                out = pipe(
+                    x + shift,
+                    mask,
+                    generator=torch.Generator().manual_seed(seed),
+                    blur_sigma=arguments.blur_sigma,
+                    blend=arguments.blend,
+                    suppress_stride_pattern=arguments.suppress_stride_pattern,
+                )
                 volume = from_window(out.decoded)[0, 0].numpy()
                 own.append(float((x[0, 0].numpy() + shift)[ring].mean() - volume[lesion].mean()))
                 decoded.append(_drop(volume, lesion, ring))
@@ -146,12 +156,8 @@ def main() -> int:
         print(" | ".join(f"{v:6.1f}" for v in row), flush=True)
     medians = dict(zip(columns, np.median(np.asarray(rows), 0).round(1).tolist()))
     print("median | " + " | ".join(f"{v:6.1f}" for v in medians.values()))
-    record = {
-        "bench": "tumor_contrast",
-        "pipeline": arguments.pipeline,
-        "placed": arguments.placed,
-        "lesions": len(rows),
-    }
+    settings = {key: getattr(arguments, key) for key in ("placed", "blur_sigma", "blend", "suppress_stride_pattern")}
+    record = {"bench": "tumor_contrast", "pipeline": arguments.pipeline, **settings, "lesions": len(rows)}
     print(json.dumps({**record, **medians}))
     return 0
 
