@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -91,7 +93,13 @@ def make_synthesizer(
 @app.command()
 def synthesize(
     ct: Annotated[Path | None, typer.Argument(help="Healthy CT: NIfTI file or DICOM series folder.")] = None,
-    organ_mask: Annotated[Path | None, typer.Option(help="Organ mask or multi-label map (any grid).")] = None,
+    organ_mask: Annotated[
+        Path | None,
+        typer.Option(
+            help="Organ mask or multi-label map (any grid), or auto: TotalSegmentator makes one (pip install "
+            "'difftumor[totalsegmentator]'; kept as organ_mask.nii.gz)."
+        ),
+    ] = None,
     organ: Annotated[str, typer.Option(help="liver, pancreas or kidney (placement rules).")] = "liver",
     out: Annotated[Path | None, typer.Option(help="Output folder (with --datalist: one sub-folder per case).")] = None,
     synthesizer: Annotated[
@@ -113,6 +121,10 @@ def synthesize(
     ] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     organ_label: Annotated[int | None, typer.Option(help="Label id of the organ in a multi-label mask.")] = None,
+    mask_labels: Annotated[
+        str | None,
+        typer.Option(help="Label scheme of the organ mask: totalsegmentator (then --organ finds its label)."),
+    ] = None,
     tumor_label: Annotated[
         int | None, typer.Option(help="Label id for tumour voxels (default 2, or max label + 1).")
     ] = None,
@@ -135,6 +147,7 @@ def synthesize(
     DIFFTUMOR_KEEP_FREED_MEMORY=0 turns that off.
     """
     from ..atomic import check_output_folder
+    from ..data.mask_labels import organ_label_in_scheme
     from ..synthesis.cases import CaseRequest, synthesize_case, validate_request
 
     if fast:
@@ -144,10 +157,15 @@ def synthesize(
 
     if out is None:
         raise DiffTumorInputError("no output folder given", "pass --out DIR")
+    organ_label = organ_label_in_scheme(mask_labels, organ, organ_label)
     centers = [_parse_center(c) for c in center] if center else None
     if datalist is not None:
         if ct is not None:
             raise DiffTumorInputError("give either a CT or --datalist, not both", "drop one of them")
+        if organ_mask is not None:
+            raise DiffTumorInputError(
+                "--organ-mask applies to a single CT", "give each case's mask in the datalist (key organ_mask)"
+            )
         template = CaseRequest(Path(), Path(), organ, out, organ_label, size, count, seed, None, tumor_label)
         engine = functools.partial(
             make_synthesizer, synthesizer, pipeline, midlate_pipeline, scheduler, steps, options=parse_options(option)
@@ -164,12 +182,29 @@ def synthesize(
         return
     if ct is None or organ_mask is None:
         raise DiffTumorInputError("a CT and --organ-mask are needed", "pass CT --organ-mask MASK (or --datalist)")
+    auto_mask = str(organ_mask) == "auto" and not organ_mask.exists()
+    if auto_mask:
+        from ..data.totalsegmentator import auto_organ_mask, check_ready
+
+        check_ready(organ)
+        organ_label = organ_label_in_scheme("totalsegmentator", organ, organ_label)
     request = CaseRequest(ct, organ_mask, organ, out, organ_label, size, count, seed, centers, tumor_label, series)
-    check_output_folder(out, overwrite, inputs=(ct, organ_mask, pipeline, midlate_pipeline), kind="synthesis")
-    validate_request(request)
+    inputs = (ct, pipeline, midlate_pipeline) if auto_mask else (ct, organ_mask, pipeline, midlate_pipeline)
+    check_output_folder(out, overwrite, inputs=inputs, kind="synthesis")
+    if not auto_mask:
+        validate_request(request)
     engine = make_synthesizer(synthesizer, pipeline, midlate_pipeline, scheduler, steps, device, parse_options(option))
-    with LazyProgress(f"{synthesizer} tumours") as progress:
-        data = synthesize_case(request, engine, overwrite=overwrite, progress=progress.update, warn=warn)
+    with contextlib.ExitStack() as stack:
+        mask_model = None
+        if auto_mask:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="difftumor-organ-mask-")))
+            request.organ_mask = folder / "organ_mask.nii.gz"
+            with console.status(f"TotalSegmentator: segmenting the {organ}"):
+                mask_model = auto_organ_mask(ct, organ, request.organ_mask, resolve_device(device))
+        with LazyProgress(f"{synthesizer} tumours") as progress:
+            data = synthesize_case(
+                request, engine, overwrite=overwrite, progress=progress.update, warn=warn, mask_model=mask_model
+            )
     sizes = ", ".join(f"{t['size_class']} {t['diameter_mm']:.1f} mm" for t in data["tumors"])
     console.print(
         f"wrote {out}: {len(data['tumors'])} tumour(s) ({sizes}); ct.nii.gz, label.nii.gz, tumors.json, preview.png"

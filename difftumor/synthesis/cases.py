@@ -21,6 +21,9 @@ from .engine import SynthesisResult, synthesize_tumors
 from .outputs import manifest, write_outputs
 from .synthesizers import TumorSynthesizer
 
+#: The file an organ mask made for the run is kept as, in the output folder.
+AUTO_MASK_NAME = "organ_mask.nii.gz"
+
 
 @dataclass
 class CaseRequest:
@@ -48,9 +51,13 @@ def synthesize_case(
     inputs: Sequence[str | os.PathLike] = (),
     warn: Callable[[str], None] | None = None,
     record: dict[str, Any] | None = None,
+    mask_model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load, synthesise and write one case; returns its manifest. Nothing is written if anything fails; the
-    output may not touch the case's files or any of ``inputs`` (e.g. the other cases of a batch)."""
+    output may not touch the case's files or any of ``inputs`` (e.g. the other cases of a batch).
+
+    ``mask_model``: what made ``request.organ_mask`` when a model made it for this run (``--organ-mask auto``): the
+    mask is then written into the output as ``organ_mask.nii.gz`` and the model recorded in ``tumors.json``."""
     validate_request(request)
     inputs = (request.ct, request.organ_mask, *inputs)
     check_output_folder(request.out, overwrite, inputs, kind="synthesis", needed_bytes=output_bytes(request))
@@ -80,7 +87,11 @@ def synthesize_case(
     }
     data = manifest(result, ct, organ_mask, request.organ, request.organ_label, settings)
     data["request"] = record if record is not None else request_record(request)
-    write_outputs(request.out, result, ct, data, overwrite=overwrite, inputs=inputs)
+    extra_files = None
+    if mask_model is not None:
+        extra_files = {AUTO_MASK_NAME: Path(request.organ_mask)}
+        data["input"].update(organ_mask=str(Path(request.out).resolve() / AUTO_MASK_NAME), organ_mask_model=mask_model)
+    write_outputs(request.out, result, ct, data, overwrite=overwrite, inputs=inputs, extra_files=extra_files)
     return data
 
 

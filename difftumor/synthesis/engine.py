@@ -307,6 +307,7 @@ def synthesize_tumors(
         "check the header's voxel size (and the mask), or raise the limit with DIFFTUMOR_MAX_VOXELS=N",
     )
     warnings = organ_plausibility(organ, ct.array[organ_on_ct], organ_ml)
+    warnings += [message for message in (synthesizer.organ_warning(organ),) if message]
     for message in warnings:
         (warn or logger.warning)(message)
     organ_on_ct = organ_on_ct.astype(np.uint8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,11 @@ def write_outputs(
     manifest_data: dict[str, Any],
     overwrite: bool = False,
     inputs: tuple = (),
+    extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write the four outputs into ``out`` atomically (a temporary sibling folder renamed at the end); ``inputs``
-    are the files the case was read from (the output may not touch them)."""
+    are the files the case was read from (the output may not touch them); ``extra_files`` (name -> file) are copied
+    in beside them (e.g. an organ mask made for the run)."""
     if result.ct.dtype.kind == "f" and not np.isfinite(result.ct).all():
         bad = int((~np.isfinite(result.ct)).sum())
         raise DiffTumorInputError(
@@ -86,5 +89,7 @@ def write_outputs(
         save_volume(labels, ct, folder / "label.nii.gz")
         write_label_descriptions(folder / "label.nii.gz", label_names(labels, result.tumor_label, manifest_data))
         preview_image(result.tumors, result.ct, ct.affine).save(folder / "preview.png")
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, folder / name)
         (folder / "tumors.json").write_text(json.dumps(manifest_data, indent=2) + "\n")
     return Path(out)

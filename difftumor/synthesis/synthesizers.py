@@ -76,6 +76,10 @@ class TumorSynthesizer(ABC):
         """A warning when this synthesizer is not made for tumours of ``size_class`` (shown and recorded)."""
         return None
 
+    def organ_warning(self, organ: str) -> str | None:
+        """A warning when this synthesizer is not made for tumours of ``organ`` (shown and recorded)."""
+        return None
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Diffusion (DiffTumor)
@@ -196,6 +200,16 @@ class DiffusionSynthesizer(TumorSynthesizer):
         pipeline = pipeline.to(resolve_device(device))
         pipeline.source = source or getattr(pipeline, "name_or_path", None) or "in-memory"
         return pipeline
+
+    def organ_warning(self, organ: str) -> str | None:
+        trained = self.pipeline.config.get("organ")
+        if trained and trained != organ:
+            return (
+                f"the pipeline was trained on {trained} tumours; {organ} tumours from it rest on the paper's finding "
+                f"that early tumours of the liver, pancreas and kidney look alike: check them with difftumor "
+                f"realism, or pass a pipeline trained on the {organ}"
+            )
+        return None
 
     def size_warning(self, size_class: str) -> str | None:
         stage = self.pipeline.config.get("tumor_stage")
