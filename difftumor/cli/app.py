@@ -36,13 +36,27 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="Log what each step does (-vv: and its details).")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors (no progress).")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # difftumor's own steps only: -v must not turn on every library's chatter
+    logging.getLogger("difftumor").setLevel(
+        logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    )
+    console.quiet = quiet
     # MONAI announces on every image load that optional GPU DICOM decoders are absent; that is not news to a user.
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: "nvImageCodec" not in record.getMessage())
+
+
+def examples(*commands: str) -> str:
+    """A ``--help`` epilog listing example command lines (one paragraph each, so none is re-wrapped into another)."""
+    escaped = [command.replace("[", "\\[") for command in commands]
+    return "Examples:\n\n" + "\n\n".join(f"$ {command}" for command in escaped)
 
 
 def warn(message: str) -> None:
@@ -60,6 +74,8 @@ class LazyProgress:
         self._task = None
 
     def update(self, done: int, total: int, description: str | None = None) -> None:
+        if console.quiet:
+            return
         if self._progress is None:
             self._progress = _progress()
             self._progress.start()

@@ -7,10 +7,14 @@ from typing import Annotated
 
 import typer
 
-from .app import app, console
+from .app import app, console, examples
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "difftumor convert --autoencoder AutoencoderModel.ckpt --diffusion liver.pt --out liver-early/",
+    )
+)
 def convert(
     autoencoder: Annotated[Path, typer.Option(help="The authors' AutoencoderModel.ckpt (Lightning checkpoint).")],
     diffusion: Annotated[Path, typer.Option(help="A released diffusion checkpoint, e.g. liver_early.pt.")],

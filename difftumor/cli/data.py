@@ -8,13 +8,20 @@ from typing import Annotated
 import typer
 
 from ..data.registry import layouts_help
-from .app import app, console
+from .app import app, console, examples
 
 data_app = typer.Typer(help="Prepare datasets: layouts -> datalists.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
-@data_app.command("prepare", epilog=f"Layouts: {layouts_help()}.")
+@data_app.command(
+    "prepare",
+    epilog=f"Layouts: {layouts_help()}.\n\n"
+    + examples(
+        "difftumor data prepare msd Task03_Liver/ --out liver.json",
+        "difftumor data prepare totalsegmentator cases/ --organ pancreas --out pancreas.json",
+    ),
+)
 def prepare(
     layout: Annotated[str, typer.Argument(help="A dataset layout (listed below).")],
     root: Annotated[Path, typer.Argument(help="The dataset's root folder.")],
@@ -54,7 +61,10 @@ def prepare(
     )
 
 
-@data_app.command("split-lesions")
+@data_app.command(
+    "split-lesions",
+    epilog=examples("difftumor data split-lesions ct.nii.gz label.nii.gz --out split/ --margin-mm 10 --seed 0"),
+)
 def split_lesions_command(
     image: Annotated[Path, typer.Argument(help="The CT (NIfTI).")],
     label: Annotated[Path, typer.Argument(help="Its label map (organ and tumour values).")],

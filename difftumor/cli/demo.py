@@ -7,13 +7,18 @@ from typing import Annotated
 
 import typer
 
-from .app import LazyProgress, app, console, err_console, warn
+from .app import LazyProgress, app, console, err_console, examples, warn
 
 #: TotalSegmentator v2 label of the liver in the bundled organ map.
 DEMO_LIVER_LABEL = 5
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "difftumor demo --out demo/",
+        "difftumor demo --out demo/ --synthesizer handcrafted",
+    )
+)
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("difftumor_demo"),
     count: Annotated[int, typer.Option(help="Number of liver tumours.")] = 3,

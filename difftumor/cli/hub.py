@@ -7,10 +7,15 @@ from typing import Annotated
 
 import typer
 
-from .app import app, console
+from .app import app, console, examples
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "difftumor push liver-early/ my-lab/difftumor-liver-early",
+        "difftumor push runs/seg/model my-lab/liver-seg --private",
+    )
+)
 def push(
     folder: Annotated[
         Path, typer.Argument(help="Pipeline folder (model_index.json, ...) or segmentation model folder.")

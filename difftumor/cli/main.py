@@ -8,10 +8,32 @@ one line and exits with 1. ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import sys
+from typing import Any
+
+import typer
 
 from ..errors import DiffTumorInputError
 from . import convert, data, demo, hub, realism, segment, synthesize, train  # noqa: F401 — registers the commands
 from .app import app, err_console
+
+
+def _plain_flags(command: Any) -> None:
+    """On/off flags (``--help`` and counters such as ``-vv`` included) show no ``<bool>`` value in ``--help``: they
+    take none. In every command."""
+    for parameter in command.params:
+        if getattr(parameter, "is_flag", False) or getattr(parameter, "count", False):
+            parameter.metavar = ""
+            parameter.show_default = parameter.show_default and not getattr(parameter, "count", False)
+
+    def help_option(ctx: Any, _make: Any = command.get_help_option) -> Any:
+        option = _make(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _plain_flags(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="difftumor", standalone_mode=True)
+        command = typer.main.get_command(app)
+        _plain_flags(command)
+        command.main(args=argv, prog_name="difftumor", standalone_mode=True)
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
     except DiffTumorInputError as error:

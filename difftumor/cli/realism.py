@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..data.registry import truth_label_schemes
-from .app import app, console, err_console
+from .app import app, console, err_console, examples
 
 _SCHEMES = ", ".join(truth_label_schemes(load_installed=False))
 
@@ -17,7 +17,12 @@ _SCHEMES = ", ".join(truth_label_schemes(load_installed=False))
 TWIN_KEYS = ("input", "series", "size", "count", "seed", "centers_mm", "tumor_label", "blend_sigma_mm")
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "difftumor realism --synthetic out/ --real lits/ --truth-labels lits --out realism/",
+        "difftumor realism --synthetic runs/ --real real.json --organ liver --no-reader --out realism/",
+    )
+)
 def realism(
     synthetic: Annotated[
         list[Path], typer.Option(help="A `difftumor synthesize` output folder, or a folder of them (repeatable).")

@@ -10,12 +10,17 @@ import typer
 from ..data.registry import truth_label_schemes
 from ..devices import DEVICE_HELP
 from ..errors import DiffTumorInputError
-from .app import LazyProgress, app, console
+from .app import LazyProgress, app, console, examples
 
 _SCHEMES = ", ".join(truth_label_schemes(load_installed=False))
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "difftumor segment ct.nii.gz --model runs/seg/model --out prediction.nii.gz",
+        "difftumor segment cts/ --model my-lab/liver-seg --out predictions/ --continue",
+    )
+)
 def segment(
     ct: Annotated[Path, typer.Argument(help="CT (NIfTI file or DICOM series folder), or a folder of NIfTI CTs.")],
     model: Annotated[str, typer.Option(help="Segmentation model folder or Hub repo id.")],
@@ -67,7 +72,11 @@ def segment(
         console.print(f"nothing to do: every prediction in {out} is already written")
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "difftumor evaluate --pred predictions/ --truth labels/ --truth-labels lits --organ liver --out metrics.json",
+    )
+)
 def evaluate(
     pred: Annotated[
         Path, typer.Option(help="Folder of predictions (0 background, 1 organ, 2 tumour), or one prediction file.")

@@ -14,7 +14,7 @@ import typer
 
 from ..devices import DEVICE_HELP, resolve_device
 from ..errors import DiffTumorInputError
-from .app import LazyProgress, app, console, err_console, warn
+from .app import LazyProgress, app, console, err_console, examples, warn
 
 
 def _parse_center(text: str) -> list[float]:
@@ -90,14 +90,21 @@ def make_synthesizer(
 
 
 # A Typer command: its options are its signature; the body only validates and hands over to synthesis.
-@app.command()
+@app.command(
+    epilog=examples(
+        "difftumor synthesize ct.nii.gz --organ-mask seg.nii.gz --mask-labels totalsegmentator --count 3 --out out/",
+        "difftumor synthesize ct.nii.gz --organ-mask liver.nii.gz --center=-40,120,300 --size 15 --out out/",
+        "difftumor synthesize ct.nii.gz --organ-mask auto --synthesizer handcrafted --out out/",
+        "difftumor synthesize --datalist cases.json --out batch/ --scheduler dpm++ --fast",
+    )
+)
 def synthesize(
     ct: Annotated[Path | None, typer.Argument(help="Healthy CT: NIfTI file or DICOM series folder.")] = None,
     organ_mask: Annotated[
         Path | None,
         typer.Option(
             help="Organ mask or multi-label map (any grid), or auto: TotalSegmentator makes one (pip install "
-            "'difftumor[totalsegmentator]'; kept as organ_mask.nii.gz)."
+            "'difftumor\\[totalsegmentator]'; kept as organ_mask.nii.gz)."
         ),
     ] = None,
     organ: Annotated[str, typer.Option(help="liver, pancreas or kidney (placement rules).")] = "liver",
@@ -109,8 +116,16 @@ def synthesize(
     midlate_pipeline: Annotated[
         str | None, typer.Option(help="Optional pipeline for medium/large tumours (the original's noearly model).")
     ] = None,
-    size: Annotated[str, typer.Option(help="early, tiny, small, medium, large, or a diameter in mm.")] = "early",
-    count: Annotated[int, typer.Option(help="Exact number of tumours.")] = 1,
+    size: Annotated[
+        str,
+        typer.Option(
+            help="early (tiny or small), tiny (radii 3-5 mm per axis), small (6-10), medium (12-20), large (24-40), "
+            "or a diameter in mm: each axis's radius is drawn within ±15 % of half of it and rounded to whole mm, "
+            "then the shape deformed: 15 gives equivalent diameters of 12-17.5 mm in 9 of 10 tumours (tumors.json "
+            "records each)."
+        ),
+    ] = "early",
+    count: Annotated[int | None, typer.Option(help="Exact number of tumours (default 1, or one per --center).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
     scheduler: Annotated[
         str | None, typer.Option(help="Sampler: ddpm, ddim, dpm++, unipc, euler, heun (diffusion).")
@@ -159,6 +174,8 @@ def synthesize(
         raise DiffTumorInputError("no output folder given", "pass --out DIR")
     organ_label = organ_label_in_scheme(mask_labels, organ, organ_label)
     centers = [_parse_center(c) for c in center] if center else None
+    if count is None:
+        count = len(centers) if centers else 1
     if datalist is not None:
         if ct is not None:
             raise DiffTumorInputError("give either a CT or --datalist, not both", "drop one of them")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .app import app, console
+from .app import app, console, examples
 
 train_app = typer.Typer(
     help="Train the autoencoder, the diffusion model or a segmentation model.", no_args_is_help=True
@@ -22,7 +22,13 @@ SetOption = Annotated[
 ResumeOption = Annotated[bool, typer.Option(help="Continue from the newest checkpoint in the output folder.")]
 
 
-@train_app.command("autoencoder")
+@train_app.command(
+    "autoencoder",
+    epilog=examples(
+        "difftumor train autoencoder --config tiny_cpu --set data.datalist=cases.json --set run.output_dir=runs/ae",
+        "difftumor train autoencoder --config released --set data.datalist=cases.json --resume",
+    ),
+)
 def autoencoder(
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -40,7 +46,13 @@ def autoencoder(
     console.print(f"wrote {out} (checkpoints in {out.parent / 'checkpoints'})")
 
 
-@train_app.command("diffusion")
+@train_app.command(
+    "diffusion",
+    epilog=examples(
+        "difftumor train diffusion --config tiny_cpu --set vqmodel=runs/ae/vqmodel --set data.datalist=early.json",
+        "difftumor train diffusion --config released --set vqmodel=runs/ae/vqmodel --set run.max_steps=20000 --resume",
+    ),
+)
 def diffusion(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = False) -> None:
     """Train the tumour-inpainting UNet on real tumours with a frozen VQ model; writes <output_dir>/pipeline."""
     from ..training.diffusion import load_diffusion_config, train_diffusion
@@ -49,7 +61,13 @@ def diffusion(config: ConfigOption = None, set_: SetOption = None, resume: Resum
     console.print(f"wrote {out}; load it with TumorInpaintPipeline.from_pretrained('{out}')")
 
 
-@train_app.command("segmentation")
+@train_app.command(
+    "segmentation",
+    epilog=examples(
+        "difftumor train segmentation --set data.healthy_datalist=healthy.json --set data.datalist=real.json",
+        "difftumor train segmentation --set synthesis.synthesizer=diffusion --set synthesis.pipeline=liver-early/",
+    ),
+)
 def segmentation(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = False) -> None:
     """Train a MONAI segmentation model with tumours synthesised on the fly into healthy CTs; writes
     <output_dir>/model (and best_model when validating)."""

@@ -144,9 +144,13 @@ def refusal(name: str, train_steps: int) -> str | None:
             key = registry_name
     minimum = _MIN_TRAIN_STEPS.get(key)
     if minimum is not None and train_steps < minimum:
-        fitting = ", ".join(n for n in available_schedulers() if _MIN_TRAIN_STEPS.get(n, 0) <= train_steps)
-        return f"{key} needs a model trained with T >= {minimum} steps (this one has T = {train_steps}); use {fitting}"
+        return f"{key} needs a model trained with T >= {minimum} steps (this one has T = {train_steps})"
     return None
+
+
+def safe_schedulers(train_steps: int) -> list[str]:
+    """The registry's samplers that may sample a model trained with ``train_steps`` steps."""
+    return [name for name in available_schedulers() if refusal(name, train_steps) is None]
 
 
 #: Stock diffusers scheduler classes of the families difftumor samples with (and the precise subclasses of them):
@@ -224,7 +228,9 @@ def make_scheduler(name: str, config: Mapping[str, Any] | int) -> SchedulerMixin
     train_steps = int(config["num_train_timesteps"])
     reason = refusal(key, train_steps)
     if reason is not None:
-        raise DiffTumorInputError(f"scheduler {name!r} is not safe here: {reason}", f"choose one of {supported}")
+        raise DiffTumorInputError(
+            f"scheduler {name!r} is not safe here: {reason}", f"choose one of {', '.join(safe_schedulers(train_steps))}"
+        )
     betas = config.get("trained_betas")
     common = {
         "num_train_timesteps": train_steps,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -306,6 +307,16 @@ def synthesize_tumors(
         ct.path,
         "check the header's voxel size (and the mask), or raise the limit with DIFFTUMOR_MAX_VOXELS=N",
     )
+    logger.info(
+        "CT %s: %s voxels of %s mm; %s (label %s) %.0f mL, its box on the 1 mm working grid %s",
+        ct.path,
+        " x ".join(map(str, ct.shape)),
+        header_voxels,
+        organ,
+        organ_label,
+        organ_ml,
+        " x ".join(map(str, organ_box.shape)),
+    )
     warnings = organ_plausibility(organ, ct.array[organ_on_ct], organ_ml)
     warnings += [message for message in (synthesizer.organ_warning(organ),) if message]
     for message in warnings:
@@ -333,9 +344,16 @@ def synthesize_tumors(
         tumor_label,
         float(ct.array.min()),
     )
+    for tumor in placed:
+        logger.info("placed a %s tumour of %d voxels", tumor.size_class, int(tumor.mask.sum()))
+    logger.info("painting with %s", synthesizer.describe())
+    started = time.perf_counter()
     records = _paint_all(canvas, placed, seeds, organ, synthesizer, progress)
     new_ct, new_labels = canvas.new_ct, canvas.new_labels
     changed = int((new_ct != ct.array).sum())
+    logger.info(
+        "painted %d tumour(s) in %.1f s; %d CT voxels changed", len(records), time.perf_counter() - started, changed
+    )
     return SynthesisResult(new_ct, new_labels, tumor_label, records, changed, warnings)
 
 

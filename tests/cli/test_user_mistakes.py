@@ -41,11 +41,49 @@ def test_a_mask_of_another_scan_is_warned_about(tmp_path, capsys):
     assert code in (0, 2)
 
 
-def test_centres_without_count_say_to_pass_count(tmp_path, capsys):
-    centres = ["--center", "100,150,360", "--center", "110,160,350"]
+def test_centres_imply_the_count_and_a_contradicting_count_is_refused(tmp_path, capsys):
+    centres = ["--center", "60,180,380", "--center", "70,190,400"]
     code, err = _run(["synthesize", CT, "--organ-mask", ORGANS, "--organ-label", "5", *HANDCRAFTED,
                       *centres, "--out", str(tmp_path / "o")], capsys)  # fmt: skip
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "o" / "tumors.json").read_text())["tumors"]) == 2
+    code, err = _run(["synthesize", CT, "--organ-mask", ORGANS, "--organ-label", "5", *HANDCRAFTED,
+                      *centres, "--count", "3", "--out", str(tmp_path / "p")], capsys)  # fmt: skip
     assert code == 2 and "pass --count 2" in err
+
+
+def test_verbose_logs_each_step_and_quiet_prints_nothing(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    arguments = ["synthesize", CT, "--organ-mask", ORGANS, "--organ-label", "5", *HANDCRAFTED]
+    command = [sys.executable, "-m", "difftumor.cli.main", "-v", *arguments, "--out", str(tmp_path / "v")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "INFO: CT " in run.stderr and "INFO: painted 1 tumour(s)" in run.stderr
+    assert "DEBUG" not in run.stderr
+    code = cli(["--quiet", *arguments, "--out", str(tmp_path / "q")])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out == "" and captured.err == "" and (tmp_path / "q" / "tumors.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["synthesize"], ["segment"], ["evaluate"], ["realism"], ["demo"], ["convert"], ["push"], ["train", "autoencoder"],
+     ["train", "diffusion"], ["train", "segmentation"], ["data", "prepare"], ["data", "split-lesions"]],
+)  # fmt: skip
+def test_every_help_page_has_examples_and_flags_show_no_value(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert cli([*command, "--help"]) == 0
+    page = capsys.readouterr().out
+    assert "Examples:" in page and f"$ difftumor {' '.join(command)}" in page
+    assert "<bool>" not in page
+
+
+def test_size_help_says_how_a_diameter_is_drawn(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    cli(["synthesize", "--help"])
+    page = " ".join(capsys.readouterr().out.split())
+    assert "±15 %" in page and "12-17.5 mm" in page and "difftumor[totalsegmentator]" in page
 
 
 def test_organ_label_list_says_how_many_and_elides(tmp_path, capsys):

@@ -27,7 +27,7 @@ from ...models.vq_model_3d import VQModel3D
 # diffusers only instantiates component classes from modules that are already imported (it will not import a module
 # named in model_index.json), so every component module a saved pipeline may name is imported with this one.
 from ...schedulers import precise as _precise_schedulers
-from ...schedulers.registry import SAMPLER_MARK, adopt_scheduler, refusal
+from ...schedulers.registry import SAMPLER_MARK, adopt_scheduler, refusal, safe_schedulers
 from ...windowing import to_window
 from .blending import BLEND_MODES, blend_into_hu, blend_weights, tumor_boxes
 from .fast_mode import STRONG_WEIGHT, fast_precision, neighbourhood_windows
@@ -280,11 +280,13 @@ class TumorInpaintPipeline(DiffusionPipeline):
                 f"got {num_inference_steps}"
             )
         name = type(self.scheduler).__name__
-        reason = refusal(name, int(self.scheduler.config.num_train_timesteps))
+        train_steps = int(self.scheduler.config.num_train_timesteps)
+        reason = refusal(name, train_steps)
         if reason is not None:
             raise DiffTumorInputError(
                 f"scheduler {name} is not safe for this model: {reason}",
-                "swap samplers with difftumor.schedulers.make_scheduler(name, pipe.scheduler.config)",
+                "swap samplers with difftumor.schedulers.make_scheduler(name, pipe.scheduler.config), name one of "
+                + ", ".join(safe_schedulers(train_steps)),
             )
 
     def encode_condition(
