@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from ..errors import DiffTumorInputError
-from . import convert, data, demo, hub, realism, segment, synthesize, train  # noqa: F401 — registers the commands
+from . import convert, data, demo, hub, reader_study, realism, segment, synthesize, train  # noqa: F401 — registers the commands
 from .app import app, err_console
 
 

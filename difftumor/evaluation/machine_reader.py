@@ -207,6 +207,21 @@ def cross_validated_auc(
     return float(np.mean(values)) if values else float("nan")
 
 
+def out_of_fold_scores(
+    features: np.ndarray, labels: np.ndarray, rng: np.random.Generator, repeats: int = REPEATS
+) -> np.ndarray:
+    """Each sample's score (> 0 leans towards label 1) from readers that did not see it: the mean over ``repeats``
+    stratified ``FOLDS``-fold partitions of the held-out fold's score."""
+    features = features[:, np.isfinite(features).any(0)]
+    folds = max(2, min(FOLDS, int((labels == 0).sum()), int((labels == 1).sum())))
+    totals = np.zeros(len(labels))
+    for _ in range(repeats):
+        for part in _stratified_folds(labels, np.arange(len(labels)), folds, rng):
+            train = np.setdiff1d(np.arange(len(labels)), part)
+            totals[part] += _fold_scores(features, labels, train, part)
+    return totals / repeats
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve: the probability that a positive scores above a negative (ties count ½)."""
     positive, negative = scores[labels == 1], scores[labels == 0]

@@ -69,7 +69,8 @@ def test_verbose_logs_each_step_and_quiet_prints_nothing(tmp_path, capsys):
 @pytest.mark.parametrize(
     "command",
     [["synthesize"], ["segment"], ["evaluate"], ["realism"], ["demo"], ["convert"], ["push"], ["train", "autoencoder"],
-     ["train", "diffusion"], ["train", "segmentation"], ["data", "prepare"], ["data", "split-lesions"]],
+     ["train", "diffusion"], ["train", "segmentation"], ["data", "prepare"], ["data", "split-lesions"],
+     ["reader-study", "make"], ["reader-study", "simulate"], ["reader-study", "score"]],
 )  # fmt: skip
 def test_every_help_page_has_examples_and_flags_show_no_value(command, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
