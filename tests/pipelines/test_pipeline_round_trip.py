@@ -51,6 +51,17 @@ def test_save_and_load_round_trip_is_bit_exact(small_pipeline, tmp_path):
     assert torch.equal(a.images, b.images) and torch.equal(a.latents, b.latents)
 
 
+def test_from_pretrained_takes_diffusers_keywords_and_refuses_the_rest(small_pipeline, tmp_path):
+    small_pipeline.save_pretrained(tmp_path / "pipe")
+    ddim = make_scheduler("ddim", small_pipeline.scheduler.config)
+    loaded = TumorInpaintPipeline.from_pretrained(tmp_path / "pipe", scheduler=ddim, torch_dtype=torch.float32)
+    assert loaded.scheduler is ddim and loaded.unet.dtype == torch.float32
+    with pytest.raises(DiffTumorInputError, match="does not take low_cpu_mem_usage"):
+        TumorInpaintPipeline.from_pretrained(tmp_path / "pipe", low_cpu_mem_usage=True)
+    with pytest.raises(DiffTumorInputError, match="use_safetensors=False is not supported"):
+        TumorInpaintPipeline.from_pretrained(tmp_path / "pipe", use_safetensors=False)
+
+
 @pytest.mark.parametrize("name", ["ddim", "dpm++", "unipc", "euler"])
 def test_swapped_samplers_run_through_the_pipeline(small_pipeline, name):
     hu, mask = _crop_and_mask(2)
@@ -82,6 +93,12 @@ def test_bad_inputs_are_reported(small_pipeline):
         small_pipeline(hu, mask[:1])
     with pytest.raises(DiffTumorInputError, match="num_inference_steps"):
         small_pipeline(hu, mask, num_inference_steps=9)
+    with pytest.raises(DiffTumorInputError, match="blur_sigma has 3 values for 2 crops"):
+        small_pipeline(hu, mask, blur_sigma=[1.0, 2.0, 3.0])
+    with pytest.raises(DiffTumorInputError, match="blend 'soft' is not supported"):
+        small_pipeline(hu, mask, blend="soft")
+    with pytest.raises(DiffTumorInputError, match="output_type 'pil'"):
+        small_pipeline(hu, mask, output_type="pil")
     from diffusers import PNDMScheduler
 
     small_pipeline.scheduler = PNDMScheduler.from_config(small_pipeline.scheduler.config)
@@ -100,3 +117,21 @@ def test_outputs_are_on_the_inputs_device(small_pipeline):
     for inputs in ((hu, mask), (hu.to(DEVICE), mask.to(DEVICE))):
         out = small_pipeline(*inputs, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
         assert {value.device for value in out.values()} == {inputs[0].device}
+
+
+def test_the_outside_blend_keeps_what_the_model_painted_inside_the_tumour(small_pipeline):
+    """The original's blend weights the decoded crop by the blurred mask inside the tumour too (below 1 for a tumour a
+    few σ wide); blend="outside" keeps the decoded tumour whole and fades only outside it."""
+    from difftumor.windowing import from_window
+
+    hu, mask = _crop_and_mask(2)
+    kwargs = {"generator": torch.Generator().manual_seed(5), "blur_sigma": 2.0}
+    blurred = small_pipeline(hu, mask, **kwargs)
+    kwargs["generator"] = torch.Generator().manual_seed(5)
+    outside = small_pipeline(hu, mask, blend="outside", **kwargs)
+    assert torch.equal(blurred.decoded, outside.decoded)  # the same painting, blended two ways
+    assert blurred.blend_weights[mask].max() < 1 and (outside.blend_weights[mask] == 1).all()
+    rim = ~mask & (blurred.blend_weights > 0)
+    assert torch.equal(outside.blend_weights[rim], blurred.blend_weights[rim])
+    decoded_hu = from_window(outside.decoded.double().clamp(-1, 1)).float()
+    assert torch.allclose(outside.images[mask], decoded_hu[mask], atol=1e-3)

@@ -17,7 +17,6 @@ from diffusers import DiffusionPipeline
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from scipy import ndimage
 
 from ...errors import DiffTumorInputError
 from ...limits import check_train_timesteps
@@ -31,6 +30,8 @@ from ...schedulers.registry import SAMPLER_MARK, adopt_scheduler, refusal, safe_
 from ...windowing import to_window
 from .blending import BLEND_MODES, blend_into_hu, blend_weights, tumor_boxes
 from .fast_mode import STRONG_WEIGHT, fast_precision, neighbourhood_windows
+from .postprocessing import remove_stride_pattern  # noqa: F401 — public here since the first release
+from .postprocessing import suppress_stride_pattern as remove_stride_patterns
 
 _DIFFUSERS_SHIM = '''"""Lets plain diffusers load this folder:
 
@@ -147,35 +148,37 @@ class TumorInpaintPipeline(DiffusionPipeline):
     # -- loading ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        torch_dtype: torch.dtype | None = None,
-        revision: str | None = None,
-        token: str | bool | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-    ) -> TumorInpaintPipeline:
-        """Load from a local folder or a Hub repo id (downloaded first with ``huggingface_hub.snapshot_download``).
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> TumorInpaintPipeline:
+        """Load from a local folder or a Hub repo id (downloaded first with ``huggingface_hub.snapshot_download``),
+        with ``DiffusionPipeline.from_pretrained``'s keyword arguments where they apply:
 
-        The three components are read with their own ``from_pretrained`` (safetensors) and the scheduler class must
-        be one difftumor or diffusers defines: nothing in the folder is executed. (The ``pipeline.py`` a saved
-        folder carries is only for plain diffusers users:
+        - ``torch_dtype``; ``revision``, ``token``, ``cache_dir``, ``local_files_only`` (the download);
+        - a component to use instead of the saved one: ``vqmodel=``, ``unet=`` or ``scheduler=`` (a stock diffusers
+          scheduler is adopted when called, as on assignment);
+        - ``use_safetensors`` (only ``True``: nothing pickled is loaded) and ``variant`` (only ``None``).
+
+        Any other keyword is refused in one line. The components are read with their own ``from_pretrained``
+        (safetensors) and the scheduler class must be one difftumor or diffusers defines: nothing in the folder is
+        executed. (The ``pipeline.py`` a saved folder carries is only for plain diffusers users:
         ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``.)
         """
         import json
 
         from ...hub import resolve_pipeline_folder
 
-        folder = Path(
-            resolve_pipeline_folder(
-                pretrained_model_name_or_path,
-                revision=revision,
-                token=token,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
+        download = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        overrides = {k: kwargs.pop(k) for k in ("vqmodel", "unet", "scheduler") if k in kwargs}
+        if kwargs.pop("use_safetensors", True) is not True:
+            raise DiffTumorInputError("use_safetensors=False is not supported", "difftumor loads safetensors only")
+        if kwargs.pop("variant", None) is not None:
+            raise DiffTumorInputError("weight variants are not supported", "drop variant=")
+        if kwargs:
+            raise DiffTumorInputError(
+                f"from_pretrained does not take {', '.join(sorted(kwargs))}",
+                "use torch_dtype, revision, token, cache_dir, local_files_only, vqmodel, unet or scheduler",
             )
-        )
+        folder = Path(resolve_pipeline_folder(pretrained_model_name_or_path, **download))
         try:
             index = json.loads((folder / "model_index.json").read_text())
         except (OSError, ValueError) as error:
@@ -191,7 +194,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
         if scheduler_class.__module__ == _precise_schedulers.__name__:
             setattr(scheduler, SAMPLER_MARK, "loaded")  # saved with DiffTumor's settings: sampled as it is
         for part in ("vqmodel", "unet"):
-            if not any((folder / part).glob("*.safetensors")):
+            if part not in overrides and not any((folder / part).glob("*.safetensors")):
                 pickled = sorted(p.name for p in (folder / part).glob("*") if p.suffix in (".bin", ".pt", ".pth"))
                 raise DiffTumorInputError(
                     f"{folder / part} holds no safetensors weights"
@@ -200,9 +203,11 @@ class TumorInpaintPipeline(DiffusionPipeline):
                     "authors' checkpoints with `difftumor convert`",
                 )
         components = {
-            "vqmodel": VQModel3D.from_pretrained(folder / "vqmodel", use_safetensors=True, **dtype),
-            "unet": UNet3DInpaintModel.from_pretrained(folder / "unet", use_safetensors=True, **dtype),
-            "scheduler": scheduler,
+            "vqmodel": overrides.get("vqmodel")
+            or VQModel3D.from_pretrained(folder / "vqmodel", use_safetensors=True, **dtype),
+            "unet": overrides.get("unet")
+            or UNet3DInpaintModel.from_pretrained(folder / "unet", use_safetensors=True, **dtype),
+            "scheduler": overrides.get("scheduler") or scheduler,
         }
         settings = {key: value for key, value in index.items() if not key.startswith("_") and key not in components}
         return cls(**components, **settings)
@@ -260,7 +265,42 @@ class TumorInpaintPipeline(DiffusionPipeline):
         """Reduction of the VQ model along (D, H, W) of model space = (Z, X, Y) of MONAI space."""
         return tuple(int(f) for f in self.vqmodel.config.downsample)  # type: ignore[return-value]
 
-    def check_inputs(self, image: torch.Tensor, tumor_mask: torch.Tensor, num_inference_steps: int) -> None:
+    def check_inputs(
+        self,
+        image: torch.Tensor,
+        tumor_mask: torch.Tensor,
+        num_inference_steps: int,
+        blur_sigma: float | list[float] | None = None,
+        fast: bool = False,
+        blend: str = "blur",
+        output_type: str = "pt",
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> None:
+        """Every argument of :meth:`__call__` that can be wrong, checked before any work (one-line errors)."""
+        if output_type not in ("pt", "np"):
+            raise DiffTumorInputError(f"output_type {output_type!r} is not supported", "use 'pt' or 'np'")
+        if blend not in BLEND_MODES:
+            raise DiffTumorInputError(f"blend {blend!r} is not supported", f"use one of {', '.join(BLEND_MODES)}")
+        unknown = sorted(set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise DiffTumorInputError(
+                f"callback_on_step_end_tensor_inputs {unknown} are not available",
+                f"choose from {self._callback_tensor_inputs}",
+            )
+        if fast and self.vqmodel.device.type == "cpu" and self.vqmodel.dtype == torch.float16:
+            raise DiffTumorInputError(
+                "fast mode does not run float16 weights on the CPU",
+                "on CPU keep the pipeline in float32 (fast mode decodes in bfloat16 where the CPU has it); "
+                "float16 is for CUDA",
+            )
+        if blur_sigma is not None:
+            given = np.atleast_1d(np.asarray(blur_sigma, dtype=np.float64))
+            if given.ndim != 1 or given.size not in (1, image.shape[0]):
+                raise DiffTumorInputError(
+                    f"blur_sigma has {given.size} values for {image.shape[0]} crops", "pass one σ, or one per crop"
+                )
+            if given.min() < 0:
+                raise DiffTumorInputError(f"blur_sigma must be >= 0, got {blur_sigma}", "pass σ in voxels, e.g. 2.0")
         if image.ndim != 5 or image.shape[1] != 1:
             raise DiffTumorInputError(f"image must have shape (B, 1, X, Y, Z), got {tuple(image.shape)}")
         if tumor_mask.shape != image.shape:
@@ -360,40 +400,17 @@ class TumorInpaintPipeline(DiffusionPipeline):
             :class:`TumorInpaintPipelineOutput` (HU crops, decoded crops, blend weights, final latents), on the
             input's device; the models and the blend run on the pipeline's.
         """
-        if output_type not in ("pt", "np"):
-            raise DiffTumorInputError(f"output_type {output_type!r} is not supported", "use 'pt' or 'np'")
-        if blend not in BLEND_MODES:
-            raise DiffTumorInputError(f"blend {blend!r} is not supported", f"use one of {', '.join(BLEND_MODES)}")
         image, tumor_mask = _as_batch(image, "image"), _as_batch(tumor_mask, "tumor_mask")
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))
-        if unknown:
-            raise DiffTumorInputError(
-                f"callback_on_step_end_tensor_inputs {unknown} are not available",
-                f"choose from {self._callback_tensor_inputs}",
-            )
         num_inference_steps = num_inference_steps or self.config.default_num_inference_steps
         # A stock diffusers scheduler assigned the diffusers way is rebuilt with DiffTumor's settings (or refused).
         adopted = adopt_scheduler(self.scheduler)
         if adopted is not self.scheduler:
             self.scheduler = adopted
-        self.check_inputs(image, tumor_mask, num_inference_steps)
-        if fast and self.vqmodel.device.type == "cpu" and self.vqmodel.dtype == torch.float16:
-            raise DiffTumorInputError(
-                "fast mode does not run float16 weights on the CPU",
-                "on CPU keep the pipeline in float32 (fast mode decodes in bfloat16 where the CPU has it); "
-                "float16 is for CUDA",
-            )
+        self.check_inputs(image, tumor_mask, num_inference_steps, blur_sigma, fast, blend, output_type, tensor_inputs)
         batch = image.shape[0]
-        if blur_sigma is not None:  # one σ per crop from here on, checked before any work
-            given = np.atleast_1d(np.asarray(blur_sigma, dtype=np.float64))
-            if given.ndim != 1 or given.size not in (1, batch):
-                raise DiffTumorInputError(
-                    f"blur_sigma has {given.size} values for {batch} crops", "pass one σ, or one per crop"
-                )
-            if given.min() < 0:
-                raise DiffTumorInputError(f"blur_sigma must be >= 0, got {blur_sigma}", "pass σ in voxels, e.g. 2.0")
-            blur_sigma = [float(value) for value in np.broadcast_to(given, (batch,))]
+        if blur_sigma is not None:  # one σ per crop from here on
+            blur_sigma = [float(v) for v in np.broadcast_to(np.atleast_1d(np.asarray(blur_sigma, float)), (batch,))]
         device, dtype = self._execution_device, self.unet.dtype
         low, high = self.config.window
 
@@ -453,15 +470,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
 
         if suppress_stride_pattern:
             depth, height, width = self.latent_factor  # model (Z, X, Y) -> crop (X, Y, Z)
-            on_host, regions = decoded.cpu().numpy(), (weights > 0).cpu().numpy()
-            decoded = torch.from_numpy(
-                np.stack(
-                    [
-                        remove_stride_pattern(on_host[i, 0], regions[i, 0], (height, width, depth))[None]
-                        for i in range(batch)
-                    ]
-                )
-            ).to(device)
+            decoded = remove_stride_patterns(decoded, weights, (height, width, depth))
         images = blend_into_hu(image.float().to(device), decoded, weights, low, high)
         output_device = image.device
 
@@ -514,36 +523,6 @@ def _paste(full: torch.Tensor, windows: torch.Tensor, size: tuple[int, int, int]
     for i, (x, y, z) in enumerate(starts.tolist()):
         full[i, :, x : x + size[0], y : y + size[1], z : z + size[2]] = windows[i]
     return full
-
-
-def remove_stride_pattern(decoded: np.ndarray, region: np.ndarray, period: tuple[int, int, int]) -> np.ndarray:
-    """Subtract, inside ``region``, the part of ``decoded``'s high-pass residual that repeats with ``period``.
-
-    A transposed-convolution decoder that up-samples by ``p`` along an axis leaves a pattern of period ``p`` (its
-    kernel overlaps unevenly). The residual after a ``p``-voxel box filter (which passes the lattice frequencies
-    k/p untouched) is averaged per phase ``(x mod p, y mod p, z mod p)`` over the region, and that mean pattern —
-    exactly the residual's energy at the stride's lattice frequencies — is removed. Everything else (the lesion,
-    its edges, noise at other frequencies) is kept.
-    """
-    if not region.any():
-        return decoded
-    points = np.argwhere(region)
-    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(points.min(0), points.max(0)))
-    local = decoded[box].astype(np.float64)
-    residual = local - ndimage.uniform_filter(local, size=period, mode="nearest")
-    phase = np.zeros(local.shape, dtype=np.int64)
-    for axis, (start, step) in enumerate(zip((s.start for s in box), period)):
-        shape = [1, 1, 1]
-        shape[axis] = local.shape[axis]
-        phase = phase * step + ((start + np.arange(local.shape[axis])) % step).reshape(shape)
-    inside = region[box]
-    size = int(np.prod(period))
-    counts = np.bincount(phase[inside], minlength=size)
-    means = np.bincount(phase[inside], weights=residual[inside], minlength=size) / np.maximum(counts, 1)
-    means[counts > 0] -= residual[inside].mean()
-    out = decoded.copy()
-    out[box] = np.where(inside, local - means[phase], local).astype(decoded.dtype)
-    return out
 
 
 @contextlib.contextmanager
