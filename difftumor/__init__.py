@@ -18,13 +18,11 @@ _LAZY = {
     "make_scheduler": "difftumor.schedulers",
     "DiffTumorInputError": "difftumor.errors",
     "synthesize_ct": "difftumor.synthesis",
-    "keep_freed_memory": "difftumor.allocator",
 }
 
 __all__ = [*_LAZY, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .allocator import keep_freed_memory
     from .errors import DiffTumorInputError
     from .models.unet_3d_inpaint import UNet3DInpaintModel
     from .models.vq_model_3d import VQModel3D

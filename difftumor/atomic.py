@@ -35,8 +35,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .data.dicom import looks_like_dicom
 from .errors import DiffTumorInputError
+from .formats import looks_like_dicom
 
 #: Name of the file that marks a folder as written by difftumor (``--overwrite`` replaces only such folders).
 MARKER = ".difftumor"

@@ -31,16 +31,6 @@ class _Slice:
     pixel_spacing: tuple[float, ...] = ()
 
 
-def looks_like_dicom(path: Path) -> bool:
-    """Whether a file carries the DICOM preamble (``DICM`` at byte 128)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def _read_slice(path: Path, what: str, folder: Path) -> _Slice:
     import pydicom
 

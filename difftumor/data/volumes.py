@@ -17,8 +17,9 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DiffTumorInputError
+from ..formats import looks_like_dicom
 from ..limits import check_volume_size
-from .dicom import looks_like_dicom, series_files
+from .dicom import series_files
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
