@@ -24,7 +24,7 @@ MIB = 1 << 20
 
 SCRIPT = """
 import ctypes, json, torch
-from difftumor import keep_freed_memory
+from difftumor.allocator import keep_freed_memory
 
 libc = ctypes.CDLL(None)
 names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
