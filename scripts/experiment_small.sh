@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The leak-free small experiment of the README ("Results"). One liver with real tumours (the upper half of LiTS
+# The leak-free small experiment of docs/experiment.md (README "Results"). One liver with real tumours (the upper half of LiTS
 # volume 117) is split by whole 3-D lesion (`difftumor data split-lesions`, 10 mm margin, seed 0 — the split the
 # bundled pipeline was trained on). Five arms train the same small MONAI U-Net with identical steps, crops and
 # augmentation, differing only in where their tumours come from:

@@ -4,8 +4,8 @@ For each CT (default: patient A — non-contrast, resampled to 1 mm so that lesi
 through 3 mm partial volume — and the contrast-enhanced LiTS upper half), `difftumor synthesize` paints ``--count``
 early tumours with the diffusion synthesizer (default settings, and with its contrast cap off: the model's own
 contrast) and the handcrafted one; `difftumor realism` measures them against the real LiTS lesions, beside the
-rule-only ablation of the diffusion tumours and a machine reader for every group, and the criteria of README
-"Realism" are checked for the three synthetic groups:
+rule-only ablation of the diffusion tumours and a machine reader for every group, and the criteria of docs/realism.md
+are checked for the three synthetic groups:
 
 - the medians of contrast ÷ organ mean, contrast ÷ organ std and internal std ÷ organ std of the synthetic tiny
   (< 10 mm) and small (10–20 mm) lesions lie within [0.6×, 1.6×] of the real lesions < 20 mm;

@@ -76,7 +76,7 @@ SIZE_BINS = {
     "20-50mm": (20.0, 50.0),
     ">=50mm": (50.0, math.inf),
 }
-#: What the acceptance of synthetic lesions looks at (README "Realism").
+#: What the acceptance of synthetic lesions looks at (docs/realism.md).
 KEY_FEATURES = ("contrast_to_organ_mean", "contrast_to_organ_std", "internal_std_to_organ_std", "stride_artifact")
 
 

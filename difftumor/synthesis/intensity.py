@@ -1,7 +1,7 @@
 """How dark a synthetic tumour is, relative to the organ it is painted into — one rule for every synthesizer.
 
 Calibration (``difftumor realism`` on the real lesions < 20 mm of LiTS volume 117's upper half, 1 mm grid; the
-figures are in README "Realism"): the contrast of an early liver lesion (organ ring mean − lesion mean) is
+figures are in docs/realism.md): the contrast of an early liver lesion (organ ring mean − lesion mean) is
 0.35 [0.29–0.38] of the organ core's mean HU and 2.7 [2.3–3.0] of its standard deviation. One contrast-enhanced
 liver cannot say whether contrast follows the organ's mean or its noise; on a non-contrast liver (≈ 45 HU, std
 ≈ 13) the two rules differ by 2×. The rule here is their geometric mean, ``κ √(mean · std)``, which keeps both
