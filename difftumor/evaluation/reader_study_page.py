@@ -80,7 +80,8 @@ let state = null;
 let view = { volume: null, n: 0, slices: { axial: 0, coronal: 0, sagittal: 0 }, width: 150, level: 90 };
 let shownAt = 0;
 
-function save() { localStorage.setItem(STORE, JSON.stringify(state)); }
+// One record per kit and reader: two readers sharing a browser keep their own progress.
+function save() { localStorage.setItem(STORE + ":reader:" + state.reader, JSON.stringify(state)); }
 function item() { return KIT.items[state.index]; }
 
 async function volumeOf(entry) {
@@ -190,9 +191,8 @@ function scroll(name, step) {
 function setWindow(width, level) { view.width = width; view.level = level; drawAll(); refresh(); }
 
 function begin(reader) {
-  const stored = JSON.parse(localStorage.getItem(STORE) || "null");
-  state = stored && stored.reader === reader ? stored
-        : { reader, index: 0, answers: {}, times: {}, started_at: new Date().toISOString() };
+  const stored = JSON.parse(localStorage.getItem(STORE + ":reader:" + reader) || "null");
+  state = stored || { reader, index: 0, answers: {}, times: {}, started_at: new Date().toISOString() };
   localStorage.setItem(STORE + ":last-reader", reader);
   document.getElementById("start").hidden = true; document.getElementById("study").hidden = false;
   show(state.index);

@@ -193,6 +193,18 @@ def test_the_kit_page_in_a_real_browser(study, tmp_path):
                 break
             time.sleep(0.1)
         answers = json.loads(exported.read_text())
+        driver.refresh()  # another reader on the same browser starts afresh and leaves R-test's answers alone
+        field = wait.until(lambda d: d.find_element(By.ID, "reader"))
+        field.clear()
+        field.send_keys("R-other")
+        driver.find_element(By.ID, "begin").click()
+        wait.until(lambda d: d.find_element(By.ID, "progress").text.startswith("Volume 1 of 12 · 0 answered"))
+        driver.refresh()
+        field = wait.until(lambda d: d.find_element(By.ID, "reader"))
+        field.clear()
+        field.send_keys("R-test")
+        driver.find_element(By.ID, "begin").click()
+        wait.until(lambda d: "2 answered" in d.find_element(By.ID, "progress").text)
     finally:
         driver.quit()
     key = json.loads((root / "key.json").read_text())
