@@ -27,10 +27,6 @@ torch.set_num_threads(2)
 DEVICE = torch.device(os.environ.get("DIFFTUMOR_TEST_DEVICE", "cpu"))
 
 
-def pytest_configure(config):  # noqa: D103
-    config.addinivalue_line("markers", "slow: longer end-to-end tests (still part of CI)")
-
-
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES

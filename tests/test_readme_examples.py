@@ -12,6 +12,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
+
+#: End to end and minutes long: the slow tier (`python -m pytest -m slow`, run by CI too).
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

@@ -6,12 +6,14 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from difftumor.assets import BUNDLED_PIPELINE, DEMO_CASE, bundled_pipeline_path
 from difftumor.cli.main import main as cli
 from difftumor.synthesis.outputs import OUTPUT_FILES
 
 
+@pytest.mark.slow
 def test_demo_writes_the_synthesize_outputs_with_the_bundled_pipeline(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli(["demo", "--out", str(out)]) == 0
@@ -81,6 +83,7 @@ def test_preview_is_radiological_with_letters_and_before_after():
     assert red.any()
 
 
+@pytest.mark.slow
 def test_fast_flag_reaches_the_pipeline_and_is_recorded(tmp_path, capsys):
     arguments = ["synthesize", str(DEMO_CASE / "ct.nii.gz"), "--organ-mask", str(DEMO_CASE / "organs.nii.gz")]
     arguments += ["--organ-label", "5", "--size", "tiny", "--seed", "3"]

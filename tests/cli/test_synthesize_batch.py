@@ -94,6 +94,7 @@ def test_every_case_is_checked_before_the_first_is_written(datalist, tmp_path, c
     assert "not a 3-D volume" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.slow
 def test_accelerate_launch_splits_the_cases_across_two_processes(datalist, tmp_path):
     out = tmp_path / "out"
     result = launch_two_cpu_processes(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from difftumor.cli.main import main as cli
@@ -12,6 +13,7 @@ from difftumor.data.volumes import load_volume
 from tests.helpers.volumes import LITS_CT, LITS_LABEL
 
 
+@pytest.mark.slow
 def test_split_keeps_sides_apart_and_removes_test_lesions_from_training(tmp_path, capsys):
     out = tmp_path / "split"
     assert cli(["data", "split-lesions", str(LITS_CT), str(LITS_LABEL), "--out", str(out)]) == 0

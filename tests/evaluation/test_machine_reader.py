@@ -68,6 +68,7 @@ def test_real_lesions_split_in_two_are_indistinguishable(real):
     assert 0.3 <= float(np.mean(aucs)) <= 0.7
 
 
+@pytest.mark.slow
 def test_black_holes_and_dot_grids_are_told_apart_from_real_lesions(lits, real):
     ct, labels = lits
 

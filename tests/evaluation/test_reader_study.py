@@ -23,6 +23,9 @@ from difftumor.evaluation.reader_study import (
 )
 from tests.helpers.volumes import LITS_CT, LITS_LABEL, PATIENT_A_CT, PATIENT_A_ORGANS
 
+#: End to end and minutes long: the slow tier (`python -m pytest -m slow`, run by CI too).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -98,6 +98,7 @@ def test_real_lits_lesions_match_the_independent_reference(real_folder, tmp_path
     assert early["internal_std_to_organ_std"]["real"]["median"] == pytest.approx(0.97, abs=0.1)
 
 
+@pytest.mark.slow
 def test_realism_command_writes_the_report_and_refuses_a_bad_folder(real_folder, tmp_path, capsys):
     runner = CliRunner()
     synthetic = tmp_path / "synthetic"
@@ -139,6 +140,7 @@ def test_realism_command_writes_the_report_and_refuses_a_bad_folder(real_folder,
     assert not (tmp_path / "r2").exists()
 
 
+@pytest.mark.slow
 def test_realism_measures_the_rule_only_ablation_and_the_machine_reader(real_folder, tmp_path):
     """A diffusion synthesis is painted again with the contrast rule alone (same masks, same blend) and both are
     compared with the real lesions, feature by feature and by the machine reader."""
@@ -202,6 +204,7 @@ def nib_labels(folder):
     return np.asarray(nib.load(str(folder / "label.nii.gz")).dataobj)
 
 
+@pytest.mark.slow
 def test_realism_groups_by_organ_reads_nested_batches_and_warns_about_partial_volume(real_folder, tmp_path, capsys):
     """Kidney tumours are not pooled with liver tumours against liver lesions; a batch folder two levels down is
     read; lesions a few voxels wide on their 3 mm CT are flagged."""

@@ -42,6 +42,7 @@ def test_group_norm_is_accurate_in_channels_last(channels, size, groups):
     assert (fast.double() - reference).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_released_size_encode_decode_unet_and_loop_match_float64(crop):
     """float32 on :data:`DEVICE` (without TF32 on a GPU, as the pipeline runs its models) against float64 on the CPU."""
     torch.manual_seed(0)

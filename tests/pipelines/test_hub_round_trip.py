@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from difftumor import TumorInpaintPipeline
@@ -35,6 +36,7 @@ def _env(hub: FakeHub, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_push_then_pull_by_repo_id_gives_identical_outputs(tmp_path):
     pipe = tiny_pipeline(seed=4)
     pipe.save_pretrained(tmp_path / "local")
@@ -72,6 +74,7 @@ def test_push_then_pull_by_repo_id_gives_identical_outputs(tmp_path):
     assert torch.equal(remote["images"], local["images"])
 
 
+@pytest.mark.slow
 def test_pipeline_push_to_hub_and_missing_repo_error(tmp_path, monkeypatch):
     with FakeHub() as hub:
         env = _env(hub, tmp_path)
@@ -112,6 +115,7 @@ def test_from_pretrained_rejects_non_repo_names(tmp_path):
         TumorInpaintPipeline.from_pretrained(str(tmp_path / "nothing" / "here"))
 
 
+@pytest.mark.slow
 def test_segmentation_model_push_and_segment_by_repo_id(tmp_path):
     import nibabel as nib
     import numpy as np
@@ -163,6 +167,7 @@ def _body():
     return ct
 
 
+@pytest.mark.slow
 def test_push_is_one_commit_and_honours_create_pr_and_revision(tmp_path):
     with FakeHub() as hub:
         env = _env(hub, tmp_path)

@@ -10,9 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from difftumor.atomic import MARKER
 from difftumor.synthesis.outputs import OUTPUT_FILES
 from tests.safety.test_user_data import _liver_crop, _save, snapshot
+
+#: End to end and minutes long: the slow tier (`python -m pytest -m slow`, run by CI too).
+pytestmark = pytest.mark.slow
 
 TRIALS = 10
 

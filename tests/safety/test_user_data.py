@@ -693,6 +693,7 @@ def test_refused_with_one_line_and_nothing_touched(name, ws, capsys, monkeypatch
     assert snapshot(ws) == before, "the workspace changed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BOUNDED))
 def test_size_refusals_stay_small(name, ws):
     """Each refusal of a size a file asks for happens before the allocation: the whole process peaks under 2 GB."""

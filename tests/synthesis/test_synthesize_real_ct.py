@@ -217,6 +217,7 @@ def test_dicom_series_input(tmp_path, data_dir):
     assert 0 < changed.sum() < 2000 and manifest["tumors"][0]["size_class"] == "tiny"
 
 
+@pytest.mark.slow
 def test_diffusion_synthesizer_end_to_end_with_a_pipeline_folder(tmp_path, data_dir):
     pipeline = save_tiny_pipeline(tmp_path / "pipe")
     args = [
@@ -278,6 +279,7 @@ def test_handcrafted_contrast_is_on_the_scale_of_real_liver_tumours(handcrafted_
     assert 0.5 * low <= np.median(synthetic) <= 2 * high
 
 
+@pytest.mark.slow
 def test_python_whole_ct_path_matches_the_cli(tmp_path, data_dir):
     from difftumor import TumorInpaintPipeline, synthesize_ct
 

@@ -173,6 +173,7 @@ def _wait_for_checkpoint(process, run: Path, step: int, seconds: float = 120) ->
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(training_set, trained_autoencoder, tmp_path):
     vqmodel = trained_autoencoder / "vqmodel"
     reference = tmp_path / "reference"
@@ -220,6 +221,7 @@ def test_autoencoder_resume_continues_exactly(training_set, trained_autoencoder,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_keep_identical_replicas(training_set, trained_autoencoder, tmp_path):
     out = tmp_path / "ddp"
     result = launch_two_cpu_processes(
@@ -238,6 +240,7 @@ def test_two_cpu_processes_keep_identical_replicas(training_set, trained_autoenc
     assert len(state) == 2  # each process saved its own RNG state
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_share_one_codebook(training_set, tmp_path):
     """The autoencoder's EMA codebook is updated in the forward pass: counts and sums are all-reduced and restart
     vectors broadcast, so both replicas keep the same codebook (with the GAN on, two optimisers)."""
@@ -346,6 +349,7 @@ def test_every_example_config_is_valid():
             loader(name, [])
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_run_folder_is_refused(training_set, trained_autoencoder, tmp_path, capsys):
     """A requeued job resuming while the first still runs: refused in one line before it reads or writes anything;
     once the first is gone, the resume goes on from its last checkpoint."""
