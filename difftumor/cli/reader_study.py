@@ -99,7 +99,9 @@ def simulate(
 def score(
     key: Annotated[Path, typer.Option(help="The kit's answer key.")],
     answers: Annotated[list[Path], typer.Option(help="A reader's exported answers (repeatable).")],
-    organ: Annotated[str, typer.Option(help="Organ whose Table 1 figures of the paper are shown beside.")] = "liver",
+    organ: Annotated[
+        str | None, typer.Option(help="Organ whose Table 1 figures of the paper are shown beside (default: the kit's).")
+    ] = None,
     machine_reader: Annotated[
         bool, typer.Option(help="Add the machine reader as a row (the kit made with --machine-reader).")
     ] = False,

@@ -208,15 +208,21 @@ def cross_validated_auc(
 
 
 def out_of_fold_scores(
-    features: np.ndarray, labels: np.ndarray, rng: np.random.Generator, repeats: int = REPEATS
+    features: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    repeats: int = REPEATS,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Each sample's score (> 0 leans towards label 1) from readers that did not see it: the mean over ``repeats``
-    stratified ``FOLDS``-fold partitions of the held-out fold's score."""
+    """Each sample's score (> 0 leans towards label 1) from readers that did not see it (nor, with ``groups``, any
+    sample of its group): the mean over ``repeats`` stratified ``FOLDS``-fold partitions of the held-out fold's
+    score. For a verdict per sample; the reader's AUC is :func:`cross_validated_auc`'s."""
     features = features[:, np.isfinite(features).any(0)]
-    folds = max(2, min(FOLDS, int((labels == 0).sum()), int((labels == 1).sum())))
+    groups = np.arange(len(labels)) if groups is None else groups
+    folds = max(2, min(FOLDS, len(np.unique(groups[labels == 0])), len(np.unique(groups[labels == 1]))))
     totals = np.zeros(len(labels))
     for _ in range(repeats):
-        for part in _stratified_folds(labels, np.arange(len(labels)), folds, rng):
+        for part in _stratified_folds(labels, groups, folds, rng):
             train = np.setdiff1d(np.arange(len(labels)), part)
             totals[part] += _fold_scores(features, labels, train, part)
     return totals / repeats

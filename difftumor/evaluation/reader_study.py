@@ -77,13 +77,15 @@ class Lesion:
     #: the CT's coarsest voxel edge (mm) and its organ's median HU: what makes scans look alike or not
     voxel_mm: float = float("nan")
     organ_hu: float = float("nan")
+    #: the organ a synthesis painted (``tumors.json``); None for real lesions
+    organ: str | None = None
 
 
-def _lesions(case: LabelledCase, truth: str, group: str) -> list[Lesion]:
+def _lesions(case: LabelledCase, truth: str, group: str, organ: str | None = None) -> list[Lesion]:
     name, ct, lesions = case.name, case.ct, case.lesions
     voxel_mm3 = float(abs(np.linalg.det(ct.affine[:3, :3])))
-    organ = case.organ & ~lesions
-    organ_hu = float(np.median(ct.array[organ])) if organ.any() else float("nan")
+    parenchyma = case.organ & ~lesions
+    organ_hu = float(np.median(ct.array[parenchyma])) if parenchyma.any() else float("nan")
     components, count = lesion_components(lesions)
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     found = []
@@ -93,7 +95,8 @@ def _lesions(case: LabelledCase, truth: str, group: str) -> list[Lesion]:
         centre = np.argwhere(components == index).mean(0)
         world = (ct.affine @ np.append(centre, 1.0))[:3]
         diameter = equivalent_diameter_mm(int(sizes[index]), voxel_mm3)
-        found.append(Lesion(truth, name, ct, world, diameter, group, case, float(np.max(ct.spacing)), organ_hu))
+        voxel = float(np.max(ct.spacing))
+        found.append(Lesion(truth, name, ct, world, diameter, group, case, voxel, organ_hu, organ))
     return found
 
 
@@ -109,7 +112,7 @@ def collect_lesions(
         lesion
         for source in synthetic
         for case in _synthesis_cases(Path(source))
-        for lesion in _lesions(case.case, "synthetic", case.group)
+        for lesion in _lesions(case.case, "synthetic", case.group, case.organ)
     ]
     real_lesions = [
         lesion
@@ -182,6 +185,12 @@ def make_kit(
     check_output_folder(out, overwrite, inputs, kind="reader-study kit")
     check_output(key, "file", inputs, overwrite, option="--key")
     synthetic_lesions, real_lesions = collect_lesions(synthetic, real, truth_labels)
+    organs = sorted({str(lesion.organ) for lesion in synthetic_lesions})
+    if len(organs) > 1:
+        raise DiffTumorInputError(
+            f"the syntheses painted tumours of {' and '.join(organs)}: the surrounding anatomy would tell them apart",
+            "make one kit per organ, with real lesions of that organ",
+        )
     rng = np.random.default_rng(seed)
     pairs = match_sizes(synthetic_lesions, real_lesions, rng)
     wanted = count if count is not None else len(pairs)
@@ -230,6 +239,7 @@ def make_kit(
         "warnings": scan_warnings(chosen),
         "kit_id": kit_id,
         "seed": seed,
+        "organ": organs[0] if organs else None,
         "fov_mm": fov_mm,
         "grid": "1 mm, world RAS axes (i: +x, j: +y, k: +z), int16 HU, air outside the scan",
         "matching": matching,
@@ -277,22 +287,43 @@ def scan_warnings(lesions: Sequence[Lesion]) -> list[str]:
 def _machine_reader_scores(chosen: Sequence[Lesion], order: np.ndarray, seed: int) -> dict[str, Any]:
     """Out-of-fold scores of the machine reader (:mod:`difftumor.evaluation.machine_reader`) for each kit item:
     > 0 leans synthetic. Measured with ``difftumor realism``'s features on each lesion's own CT."""
-    from .machine_reader import out_of_fold_scores
+    from .machine_reader import cross_validated_auc, out_of_fold_scores
 
     measured: dict[int, list[dict[str, Any]]] = {}
-    features = np.vstack([_reader_features(lesion, measured) for lesion in chosen])
+    rows = [_reader_features(lesion, measured) for lesion in chosen]
+    width = max(len(row) for row in rows if row is not None)
+    features = np.vstack([row if row is not None else np.full(width, np.nan) for row in rows])
     labels = np.asarray([lesion.truth == "synthetic" for lesion in chosen], dtype=float)
-    scores = out_of_fold_scores(features, labels, np.random.default_rng(seed))
-    return {f"case-{position + 1:03d}": float(scores[int(index)]) for position, index in enumerate(order)}
+    # Lesions of one CT share its organ's intensity and noise: they stay in one fold when each group has CTs enough
+    # to fold; with one CT a group, folds are by lesion (and the key says so).
+    keys = [(lesion.truth, str(lesion.ct.path)) for lesion in chosen]
+    cases = {name: number for number, name in enumerate(sorted(set(keys)))}
+    per_truth = {truth: len({k for k in cases if k[0] == truth}) for truth in TRUTHS}
+    by_case = min(per_truth.values()) >= 2
+    groups = np.asarray([cases[k] for k in keys]) if by_case else None
+    rng = np.random.default_rng(seed)
+    scores = out_of_fold_scores(features, labels, rng, groups=groups)
+    auc = cross_validated_auc(features[:, np.isfinite(features).any(0)], labels, rng, groups=groups)
+    return {
+        "scores": {f"case-{position + 1:03d}": float(scores[int(index)]) for position, index in enumerate(order)},
+        # the reader's AUC as realism reports it (mean of the held-out folds' AUCs): pooled out-of-fold scores are
+        # biased below 0.5 when the groups do not differ
+        "auc": auc,
+        "folds": "by CT" if by_case else "by lesion (a group has one CT: its lesions share the scan)",
+    }
 
 
-def _reader_features(lesion: Lesion, measured: dict[int, list[dict[str, Any]]]) -> np.ndarray:
+def _reader_features(lesion: Lesion, measured: dict[int, list[dict[str, Any]]]) -> np.ndarray | None:
     """The machine reader's features of one lesion: ``difftumor realism``'s measurement of its case (once per case,
     kept in ``measured``), the record whose centre is nearest the lesion's."""
     from .realism import measure_case
 
     assert lesion.source is not None
-    records = measured.setdefault(id(lesion.source), measure_case(lesion.source))
+    if id(lesion.source) not in measured:
+        measured[id(lesion.source)] = measure_case(lesion.source)
+    records = measured[id(lesion.source)]
+    if not records:  # under realism's 10 mm³ on its 1 mm grid: nothing the reader can measure
+        return None
     nearest = min(records, key=lambda r: float(np.linalg.norm(np.asarray(r["center_mm"]) - lesion.center_mm)))
     return np.asarray(nearest["_reader"], dtype=float)
 
@@ -372,7 +403,13 @@ def _read_answers(path: Path, key: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise DiffTumorInputError(f"{path} answers items the key does not hold: {unknown[:5]}", "check the files")
     for item, answer in data["answers"].items():
-        if answer.get("answer") not in TRUTHS or answer.get("confidence") not in (1, 2, 3, 4, 5):
+        confidence = answer.get("confidence") if isinstance(answer, dict) else None
+        if (
+            not isinstance(answer, dict)
+            or answer.get("answer") not in TRUTHS
+            or isinstance(confidence, bool)
+            or confidence not in (1, 2, 3, 4, 5)
+        ):
             raise DiffTumorInputError(
                 f"{path}: item {item} has answer {answer!r}", "answers are real/synthetic with confidence 1-5"
             )
@@ -414,19 +451,14 @@ def _reader_row(reader: str, answers: dict[str, dict[str, Any]], key: dict[str, 
 def score(
     key_path: str | os.PathLike,
     answer_paths: Sequence[str | os.PathLike],
-    organ: str = "liver",
+    organ: str | None = None,
     machine_reader: bool = False,
 ) -> dict[str, Any]:
     """Per reader sensitivity (real called real), specificity (synthetic called synthetic) and accuracy with Wilson
     intervals and the ROC AUC of the confidences; Fleiss' κ over the items every reader answered; the paper's
     Table 1 figures for ``organ``; the machine reader as one more row when the key holds its scores."""
-    try:
-        key = json.loads(Path(key_path).read_text())
-        key["items"], key["kit_id"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DiffTumorInputError(
-            f"cannot read the key {key_path} ({error})", "pass the key `reader-study make` wrote"
-        ) from None
+    key = _read_key(key_path)
+    organ = organ or key.get("organ") or "liver"
     if organ not in PAPER_TABLE1:
         raise DiffTumorInputError(f"unknown organ {organ!r}", f"choose one of {', '.join(PAPER_TABLE1)}")
     if not answer_paths:
@@ -446,9 +478,11 @@ def score(
             )
         machine = {
             item: {"answer": "synthetic" if value > 0 else "real", "confidence": min(5, 1 + int(abs(value) * 4))}
-            for item, value in key["machine_reader"].items()
+            for item, value in key["machine_reader"]["scores"].items()
         }
-        rows.append(_reader_row("machine reader", machine, key))
+        row = _reader_row("machine reader", machine, key)
+        row["auc"] = key["machine_reader"]["auc"]
+        rows.append(row)
     common = [item for item in key["items"] if all(item in answers for _, answers in readers)]
     ratings = np.asarray([[answers[item]["answer"] == "real" for _, answers in readers] for item in common], dtype=int)
     return {
@@ -487,6 +521,12 @@ def score_markdown(result: dict[str, Any]) -> str:
         "synthetic lesions taken for real); 95 % Wilson intervals in brackets. "
         f"Paper: Table 1, {paper['organ']}, 120 real and 120 synthetic volumes per reader.",
         f"Fleiss' κ over the {result['kappa_items']} items every reader answered: "
-        + ("– (one reader)" if math.isnan(kappa) else f"{kappa:.2f}"),
+        + (
+            f"{kappa:.2f}"
+            if not math.isnan(kappa)
+            else "– (one reader)"
+            if len(rows) - ("machine reader" in names) < 2
+            else "– (no item answered by every reader, or all answers alike)"
+        ),
     ]
     return "\n".join(lines)

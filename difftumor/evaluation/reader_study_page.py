@@ -5,8 +5,10 @@ left; anterior left on the sagittal plane) with orientation letters and a 1 cm b
 the arrow keys (up/down: axial; with Shift: coronal; with Alt: sagittal), scroll its slices. Window/level: presets
 (liver W 150 / L 90, soft tissue W 400 / L 40) and free sliders. The reader answers real or synthetic (buttons, or
 keys R / S) with a confidence 1-5 (buttons or keys 1-5), goes on with Next (→ or Enter) and back with Back (←).
-Progress is kept in the browser's local storage for this kit and reader, so closing the tab loses nothing; Export
-writes ``answers-<reader>.json`` (the kit id, the reader id, each answer with its confidence and the seconds spent).
+Progress is kept in the browser's local storage for this kit and reader (the reader types their id again to resume; it
+is not pre-filled, so a second reader cannot resume the first's session by a click), so closing the tab loses
+nothing; Export writes ``answers-<reader>.json`` (the kit id, the reader id, each complete answer with its confidence
+and the seconds the volume was on screen while the page was visible).
 Volumes are stored gzip-compressed (int16 HU, i along +x, j along +y, k along +z) and unpacked with the browser's
 ``DecompressionStream``.
 """
@@ -136,7 +138,9 @@ async function show(index) {
   account();
   state.index = Math.max(0, Math.min(KIT.items.length - 1, index));
   save();
-  view.volume = await volumeOf(item());
+  const wanted = state.index, volume = await volumeOf(item());
+  if (state.index !== wanted) return;  // the reader moved on while this volume unpacked: show only the latest
+  view.volume = volume;
   view.n = item().shape[0];
   for (const name in PLANES) view.slices[name] = Math.floor(view.n / 2);
   shownAt = performance.now();
@@ -145,9 +149,11 @@ async function show(index) {
 }
 
 function refresh() {
-  const answered = Object.keys(state.answers).length, answer = state.answers[item().id] || {};
+  const answered = Object.keys(complete()).length, answer = state.answers[item().id] || {};
+  const unfinished = Object.keys(state.answers).length - answered;
   document.getElementById("progress").textContent =
-    "Volume " + (state.index + 1) + " of " + KIT.items.length + " · " + answered + " answered";
+    "Volume " + (state.index + 1) + " of " + KIT.items.length + " · " + answered + " answered" +
+    (unfinished ? " · " + unfinished + " without answer or confidence" : "");
   document.getElementById("readerline").textContent = "reader " + state.reader + " · " + item().id;
   document.getElementById("answer-real").classList.toggle("chosen", answer.answer === "real");
   document.getElementById("answer-synthetic").classList.toggle("chosen", answer.answer === "synthetic");
@@ -193,7 +199,6 @@ function setWindow(width, level) { view.width = width; view.level = level; drawA
 function begin(reader) {
   const stored = JSON.parse(localStorage.getItem(STORE + ":reader:" + reader) || "null");
   state = stored || { reader, index: 0, answers: {}, times: {}, started_at: new Date().toISOString() };
-  localStorage.setItem(STORE + ":last-reader", reader);
   document.getElementById("start").hidden = true; document.getElementById("study").hidden = false;
   show(state.index);
 }
@@ -202,7 +207,6 @@ document.getElementById("begin").onclick = () => {
   const reader = document.getElementById("reader").value.trim();
   if (reader) begin(reader); else document.getElementById("reader").focus();
 };
-document.getElementById("reader").value = localStorage.getItem(STORE + ":last-reader") || "";
 for (const name in PLANES)
   document.getElementById(name).addEventListener("wheel", (event) => {
     event.preventDefault(); scroll(name, event.deltaY > 0 ? 1 : -1);
@@ -218,17 +222,25 @@ for (const button of document.querySelectorAll(".confidence"))
 document.getElementById("back").onclick = () => show(state.index - 1);
 document.getElementById("next").onclick = () => show(state.index + 1);
 document.getElementById("export").onclick = exportAnswers;
+// Keys act on the page, never also on a focused button: Enter on a just-clicked answer button must not answer the
+// next volume too.
 document.addEventListener("keydown", (event) => {
-  if (!state || event.target.tagName === "INPUT") return;
-  const key = event.key;
-  if (key === "ArrowUp" || key === "ArrowDown") {
-    event.preventDefault();
+  if (!state || document.getElementById("study").hidden) return;
+  const key = event.key, slider = event.target.type === "range";
+  if ((key === "ArrowUp" || key === "ArrowDown") && !slider) {
     scroll(event.shiftKey ? "coronal" : event.altKey ? "sagittal" : "axial", key === "ArrowDown" ? 1 : -1);
-  } else if (key === "ArrowRight" || key === "Enter") show(state.index + 1);
-  else if (key === "ArrowLeft") show(state.index - 1);
+  } else if ((key === "ArrowRight" && !slider) || key === "Enter") show(state.index + 1);
+  else if (key === "ArrowLeft" && !slider) show(state.index - 1);
   else if (key === "r" || key === "R") setAnswer("answer", "real");
   else if (key === "s" || key === "S") setAnswer("answer", "synthetic");
   else if ("12345".includes(key) && key.length === 1) setAnswer("confidence", Number(key));
+  else return;
+  event.preventDefault();
+});
+// Time on a volume counts while the page is visible.
+document.addEventListener("visibilitychange", () => {
+  if (!state) return;
+  if (document.hidden) { account(); shownAt = 0; save(); } else shownAt = performance.now();
 });
 window.addEventListener("beforeunload", () => { if (state) { account(); save(); } });
 window.readerStudy = { exportAnswers, state: () => state, view: () => view };

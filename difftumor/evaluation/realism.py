@@ -280,9 +280,13 @@ def synthesis_group(manifest: dict[str, Any]) -> str:
     return f"{group} ({', '.join(details)})" if details else group
 
 
+#: What :func:`synthesis_organ` says of an output that does not record its organ.
+UNKNOWN_ORGAN = "unknown organ"
+
+
 def synthesis_organ(manifest: dict[str, Any]) -> str:
     """The organ a synthesis painted (``input.organ`` of its ``tumors.json``)."""
-    return str(manifest.get("input", {}).get("organ") or "unknown organ")
+    return str(manifest.get("input", {}).get("organ") or UNKNOWN_ORGAN)
 
 
 @dataclass
@@ -575,18 +579,33 @@ def realism(
             entry.update(cases=entry["cases"] + 1, lesions=entry["lesions"] + len(records))
             entry["too_small"] += small
         found.append(entry)
-    syntheses = [(index, case) for index, source in enumerate(synthetic) for case in _synthesis_cases(Path(source))]
-    organs = sorted({case.organ for _, case in syntheses})
+    # The organs from the manifests alone (JSON): the cases themselves are loaded one at a time below.
+    manifest_organs = [
+        synthesis_organ(json.loads(path.read_text()))
+        for source in synthetic
+        for path in synthesis_manifests(Path(source))
+    ]
+    organs = sorted({o for o in manifest_organs if o != UNKNOWN_ORGAN})
     reference_organ = organ or (organs[0] if len(organs) == 1 else None)
-    if reference_organ is None:
+    if reference_organ is None and len(organs) > 1:
         warnings.append(
             f"syntheses of {' and '.join(organs)} were given against one set of real lesions: each group is named "
             "by its organ; pass --organ with the real lesions' organ"
         )
-    for index, source in enumerate(synthetic):
+
+    def group_of(synthesis: SyntheticCase) -> str:
+        # outputs that do not record their organ are taken to be of the reference organ
+        same = synthesis.organ in (reference_organ, UNKNOWN_ORGAN) and reference_organ is not None
+        return (
+            synthesis.group
+            if same or (reference_organ is None and len(organs) <= 1)
+            else (f"{synthesis.group} [{synthesis.organ}]")
+        )
+
+    for source in synthetic:
         entry = {"source": str(source), "kind": "synthetic", "cases": 0, "lesions": 0, "too_small": 0, "groups": []}
-        for _, synthesis in (item for item in syntheses if item[0] == index):
-            group = synthesis.group if synthesis.organ == reference_organ else f"{synthesis.group} [{synthesis.organ}]"
+        for synthesis in _synthesis_cases(Path(source)):
+            group = group_of(synthesis)
             records, small = measure_case_counted(synthesis.case)
             groups.setdefault(group, []).extend(records)
             entry.update(cases=entry["cases"] + 1, lesions=entry["lesions"] + len(records))
@@ -595,7 +614,7 @@ def realism(
             warnings += [f"{synthesis.case.name}: {message}" for message in synthesis.warnings]
         found.append(entry)
     if reference_organ is not None:
-        for other in sorted({case.organ for _, case in syntheses} - {reference_organ}):
+        for other in sorted(set(organs) - {reference_organ}):
             warnings.append(
                 f"{other} tumours are compared with real {reference_organ} lesions (groups marked [{other}]); "
                 f"measure them against real {other} lesions"
@@ -608,10 +627,15 @@ def realism(
     for group, records in groups.items():
         narrow = [r for r in records if r["native_voxels_across"] < FEW_VOXELS_ACROSS]
         if narrow:
+            advice = (
+                "compare them with synthetic lesions painted on scans of the same slice thickness"
+                if group == "real"
+                else "compare lesions painted and labelled on a grid of about 1 mm (synthesize a resampled copy, as "
+                "scripts/realism_check.py does)"
+            )
             warnings.append(
                 f"{len(narrow)} of {len(records)} {group} lesions are under {FEW_VOXELS_ACROSS:g} voxels across on "
-                "their CT's own grid: partial volume dilutes their contrast there; compare lesions painted and "
-                "labelled on a grid of about 1 mm (synthesize a resampled copy, as scripts/realism_check.py does)"
+                f"their CT's own grid: partial volume dilutes their contrast there; {advice}"
             )
     table = compare(groups, "real")
     verdicts = run_readers(groups, "real") if readers else []

@@ -144,13 +144,15 @@ class TumorSynthesisCore:
             )
 
     def check_labels(self, label: np.ndarray, other_labels_seen: bool) -> bool:
-        """Refuse a label map in which ``tumor_label`` names another structure: once a map shows labels other than
-        background, organ and tumour it is a multi-structure map (TotalSegmentator's, say: 2 is kidney_right), and
-        a tumour label present there is that structure, not a tumour. Returns whether this map shows other
-        labels (callers carry it over to the next crops)."""
+        """Refuse a label map in which ``tumor_label`` names another structure. A map that shows two or more labels
+        besides background, organ, tumour and 255 (ignore) is a multi-structure map (TotalSegmentator's, say: 2 is
+        kidney_right there), and once one has been seen a tumour label present in a crop is that structure, not a
+        tumour. A dataset's own extra class (KiTS's cyst) is one label and passes. Returns whether this map, or an
+        earlier one, showed several other structures (callers carry it over to the next crops)."""
         present = {int(v) for v in np.unique(label)}
-        others = present - {0, int(self.organ_label), int(self.tumor_label)}
-        if (others or other_labels_seen) and int(self.tumor_label) in present:
+        others = present - {0, int(self.organ_label), int(self.tumor_label), 255}
+        multi_structure = len(others) >= 2 or other_labels_seen
+        if multi_structure and int(self.tumor_label) in present:
             shown = sorted(present)[:12]
             raise DiffTumorInputError(
                 f"tumor_label {self.tumor_label} is used by another structure in this label map (labels {shown}"
@@ -158,7 +160,7 @@ class TumorSynthesisCore:
                 "painted tumours would take its id",
                 f"pass a tumor_label the map does not use, e.g. tumor_label={max(present) + 1}",
             )
-        return bool(others) or other_labels_seen
+        return multi_structure
 
     def candidate(self, label: np.ndarray) -> bool:
         """Whether a crop may receive tumours: healthy, with enough organ."""

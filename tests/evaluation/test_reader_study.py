@@ -104,6 +104,23 @@ def test_known_answer_readers_score_as_they_must(study, capsys):
     (root / "other.json").write_text(json.dumps(other))
     code = cli(["reader-study", "score", "--key", str(root / "key.json"), "--answers", str(root / "other.json")])
     assert code == 2 and "score each kit with its own key" in capsys.readouterr().err
+    # a hand-edited file: one line, no traceback
+    edited = json.loads(paths["key"].read_text())
+    edited["answers"] = {item: "real" for item in edited["answers"]}
+    (root / "edited.json").write_text(json.dumps(edited))
+    code = cli(["reader-study", "score", "--key", str(root / "key.json"), "--answers", str(root / "edited.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "confidence 1-5" in err and err.strip().count("\n") == 0
+    # a kit must hold one organ's lesions: the anatomy around a kidney tumour gives it away among liver lesions
+    (root / "runs").mkdir()
+    code = cli(["synthesize", str(PATIENT_A_CT), "--organ-mask", str(PATIENT_A_ORGANS), "--organ-label", "2",
+                "--organ", "kidney", "--synthesizer", "handcrafted", "--size", "tiny", "--count", "2",
+                "--out", str(root / "runs" / "kidney")])  # fmt: skip
+    assert code == 0
+    code = cli(["reader-study", "make", "--synthetic", str(root / "runs"), "--synthetic", str(root / "run1"),
+                "--real", str(root / "real"),
+                "--truth-labels", "lits", "--out", str(root / "k4"), "--key", str(root / "k4.json")])  # fmt: skip
+    assert code == 2 and "kidney and liver" in capsys.readouterr().err and not (root / "k4").exists()
 
 
 def test_wilson_interval_and_fleiss_kappa_known_values():
@@ -176,6 +193,12 @@ def test_the_kit_page_in_a_real_browser(study, tmp_path):
         wait.until(lambda d: d.find_element(By.ID, "progress").text.startswith("Volume 2 of 12 · 1 answered"))
         driver.find_element(By.ID, "answer-synthetic").click()
         driver.find_element(By.CSS_SELECTOR, ".confidence[data-value='2']").click()
+        # Enter with the confidence button still focused moves on, and answers nothing on the next volume
+        driver.switch_to.active_element.send_keys("\ue007")
+        wait.until(lambda d: d.find_element(By.ID, "progress").text.startswith("Volume 3 of 12 · 2 answered"))
+        assert len(driver.execute_script("return readerStudy.state().answers")) == 2
+        driver.find_element(By.ID, "back").click()
+        wait.until(lambda d: d.find_element(By.ID, "progress").text.startswith("Volume 2 of 12"))
         driver.find_element(By.ID, "back").click()
         wait.until(lambda d: d.find_element(By.ID, "progress").text.startswith("Volume 1 of 12 · 2 answered"))
         assert "chosen" in driver.find_element(By.ID, "answer-real").get_attribute("class")
@@ -185,8 +208,10 @@ def test_the_kit_page_in_a_real_browser(study, tmp_path):
         if os.environ.get("DIFFTUMOR_UPDATE_SCREENSHOTS"):
             shutil.copyfile(tmp_path / "reader_study.png", REPO / "docs" / "images" / "reader_study.png")
 
-        driver.refresh()  # the tab closed and opened again: the reader id is remembered, the answers resumed
-        wait.until(lambda d: d.find_element(By.ID, "reader").get_attribute("value") == "R-test")
+        driver.refresh()  # the tab closed and opened again: the same reader id resumes the answers
+        field = wait.until(lambda d: d.find_element(By.ID, "reader"))
+        assert field.get_attribute("value") == ""  # not pre-filled: another reader must not resume R-test by a click
+        field.send_keys("R-test")
         driver.find_element(By.ID, "begin").click()
         wait.until(lambda d: "2 answered" in d.find_element(By.ID, "progress").text)
         driver.find_element(By.ID, "export").click()

@@ -154,6 +154,7 @@ def test_monai_transform_refuses_a_tumour_label_another_structure_uses(liver_cro
     totalsegmentator = label * 5  # liver is 5 in TotalSegmentator's scheme
     totalsegmentator[0, :10] = 2  # kidney_right
     totalsegmentator[0, -10:] = 3  # kidney_left
+    totalsegmentator[0, :, :6] = 1  # spleen
     transform = RandTumorSynthesisd(synthesizer="handcrafted", organ_label=5, prob=1.0)
     with pytest.raises(DiffTumorInputError, match="tumor_label 2 is used by another structure.*tumor_label=6"):
         transform({"image": image, "label": totalsegmentator})
@@ -161,6 +162,7 @@ def test_monai_transform_refuses_a_tumour_label_another_structure_uses(liver_cro
     transform = RandTumorSynthesisd(synthesizer="handcrafted", organ_label=5, prob=0.0)
     only_kidney = label * 5
     only_kidney[0, -10:] = 3
+    only_kidney[0, :, :6] = 1
     transform({"image": image, "label": only_kidney})
     only_kidney[0, :10] = 2
     only_kidney[0, -10:] = 0
@@ -171,6 +173,15 @@ def test_monai_transform_refuses_a_tumour_label_another_structure_uses(liver_cro
     assert (fine({"image": image, "label": totalsegmentator})["label"] == 200).any()
     with pytest.raises(DiffTumorInputError, match="both 5"):
         RandTumorSynthesisd(organ_label=5, tumor_label=5)
+    # A dataset's own extra class passes: KiTS (1 kidney, 2 tumour, 3 cyst) and an ignore label 255.
+    kits = label.clone()
+    kits[0, -10:] = 3
+    kits[0, :4] = 255
+    transform = RandTumorSynthesisd(synthesizer="handcrafted", prob=1.0)
+    transform.set_random_state(seed=3)
+    assert (transform({"image": image, "label": kits})["label"] == 2).any()
+    kits[0, 20:24, 20:24, 20:24] = 2  # a real tumour in that crop: skipped, not refused
+    assert torch.equal(transform({"image": image, "label": kits})["image"], image)
 
 
 def test_monai_transform_refuses_a_grid_that_is_not_1_mm(liver_crops):
