@@ -4,11 +4,10 @@ memory on every call.
 PyTorch's CPU allocator keeps no cache: every tensor is a ``malloc`` and every free a ``free``. glibc hands blocks
 above its mmap threshold (128 KiB, raised on the fly to at most 32 MiB) straight back to the kernel and trims the free
 top of its heap, so the next call gets fresh pages, each zeroed by the kernel on first touch. A released-size early
-tumour allocates its 96³ activations (up to 113 MB each) afresh on every call: 98,000–250,000 minor page faults and
-0.25–0.49 s of kernel CPU time per call, 14,000–64,000 faults in fast mode (``bench/bench_allocator.py``). With both
-thresholds raised, freed blocks stay in the heap and the next call reuses them: no faults after the first call, a
-median wall-time gain of 1.00–1.11× per call on a 2-core Xeon, within that machine's load noise (per pair 0.72–1.54×;
-BENCHMARKS.md) — the kernel time saved is not noise.
+tumour allocates its 96³ activations (up to 113 MB each) afresh on every call: a hundred thousand or more minor page
+faults and a large share of a second of kernel CPU time per call. With both thresholds raised, freed blocks stay in
+the heap and the next call reuses them: no faults after the first call. ``bench/bench_allocator.py`` measures both,
+with the wall-time gain (small against a loaded machine's noise; BENCHMARKS.md).
 
 The costs, which is why a library never does this by itself:
 - the process keeps its peak memory after the work instead of returning it;

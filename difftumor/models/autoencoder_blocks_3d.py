@@ -35,8 +35,8 @@ def pad_volume(hidden_states: torch.Tensor, pads: tuple[int, ...], mode: str) ->
     """``F.pad(hidden_states, pads, mode=mode)`` for ``(B, C, D, H, W)``.
 
     For channels-last CPU tensors in inference, the inside is copied into a fresh channels-last tensor and the border
-    filled from it (:func:`_fill_padding_`): PyTorch's replication padding of a channels-last 32-channel 32 × 64²
-    window took 3.6 ms against 0.9 ms (the fast mode's window decode pads 25 times).
+    filled from it (:func:`_fill_padding_`): PyTorch's replication padding of channels-last tensors is several times
+    slower than that copy and fill, and the fast mode's window decode pads 25 times (``bench/bench_pad.py``).
     """
     channels_last = not hidden_states.is_contiguous() and hidden_states.is_contiguous(
         memory_format=torch.channels_last_3d
@@ -271,8 +271,9 @@ def conv_by_taps(conv: SamePadConv3d, source: torch.Tensor) -> torch.Tensor:
 
     Channels are contracted first — one matrix product gives every output channel's value for every kernel tap
     at every voxel — and the taps' shifted planes are summed after. oneDNN vectorises over output channels, so a
-    one-channel output runs its kernels at a fraction of their speed: 32 -> 1 at 96³ takes 46 instead of 137 ms
-    (AVX-512) and 66-101 instead of 236 ms (AVX2), and rounds less (one 32-term dot product per tap).
+    one-channel output runs its kernels at a fraction of their speed; contracting channels first avoids that on
+    AVX-512 and AVX2 alike (the decoder's share of ``bench/bench_models.py``), and rounds less (one 32-term dot
+    product per tap).
     """
     layer = conv.conv
     batch, _, depth, height, width = source.shape

@@ -4,9 +4,9 @@
 only, so each of the ``∏s`` output phases is an ordinary correlation of the input with those taps, flipped — the same
 multiplications as the transposed convolution. On a GPU this matters for reproducibility: cuDNN computes transposed
 convolutions with its backward-data kernels, whose fast algorithms accumulate with atomics (two decodes with one seed
-differed in 4 % of voxels on an H200), and its deterministic one took 197 ms for one 96³ layer of a batch of 8; the
-phases run cuDNN's deterministic forward kernels instead. On a CPU oneDNN's own transposed convolution is faster
-(the phase form measured 35 % slower), so only CUDA uses it.
+differed in 4 % of voxels on an H200), and its deterministic one is slow; the phases run cuDNN's deterministic
+forward kernels instead (``bench/bench_gpu.py``). On a CPU oneDNN's own transposed convolution is faster than the
+phase form, so only CUDA uses it.
 """
 
 from __future__ import annotations

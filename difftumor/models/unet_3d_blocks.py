@@ -86,8 +86,8 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # Written out rather than F.layer_norm: the original's order of operations, so rounding matches it better.
-        # The variance in two passes over the centred values, not torch.var: on CPU its kernel is 10x slower on a
-        # 24-wide last axis (4.2 vs 0.4 ms at the released top level) and agrees with it to 3e-7.
+        # The variance in two passes over the centred values, not torch.var: on CPU its kernel is far slower on a
+        # 24-wide last axis (the UNet's share of bench/bench_models.py), and this agrees with it to 3e-7.
         centred = tokens - torch.mean(tokens, dim=-1, keepdim=True)
         var = centred.square().mean(dim=-1, keepdim=True)
         return centred / (var + self.eps).sqrt() * self.weight

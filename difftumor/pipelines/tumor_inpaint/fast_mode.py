@@ -4,13 +4,10 @@ Only voxels within the blending blur of the tumour reach the output (the blend w
 the exact path decodes the whole crop — the decoder is more than half of the time. The fast mode decodes the latent
 cells under a window that holds every blended voxel, with a margin beyond those of weight ≥ 1 % (at least 48 voxels a
 side: 12.5 % of a 96³ decode). Its GroupNorm layers then take their statistics over the window instead of the crop,
-which is all that moves the tumour in a float32 window (`bench/bench_fast_mode_sources.py`: with the crop's statistics
-replayed the tumour means agree within 0.003 HU); bfloat16, where native, adds its rounding. Over 24 tumours in each
-of two CTs (bundled pipeline, `bench/bench_fast_mode.py`), with the blur `difftumor synthesize` draws, the median
-change of a tumour's mean is at the level of re-drawing the sampler's noise (0.02 and 0.19 HU against 0.04 and 0.15
-HU), its upper quantiles about twice the noise's on one CT (q90 5.4 against 2.4 HU, a few tumours at 5–14 HU); with
-the widest blur (σ = 4) the median is at the noise's level on one CT and 1.4× it on the other (0.66 against 0.48 HU,
-q90 6.5 against 2.8). The realism figures do not move (BENCHMARKS.md).
+which is all that moves the tumour in a float32 window (`bench/bench_fast_mode_sources.py` replays the crop's
+statistics to show it); bfloat16, where native, adds its rounding. How far that moves a tumour's mean against
+re-drawing the sampler's noise, per blur, is `bench/bench_fast_mode.py`'s measurement (BENCHMARKS.md); the realism
+figures do not move.
 
 Encoding and denoising are left as they are (whole crop, float32). Run on a 48³ window they paint a different
 tumour altogether (tumour mean 10 HU → 50–110 HU with the bundled pipeline: the UNet's normalisation and attention
@@ -105,7 +102,7 @@ _ONEDNN_BF16_ISAS = {
 def native_bfloat16(device: torch.device) -> bool:
     """Whether bfloat16 is fast here: a CUDA device of compute capability ≥ 8, or a CPU with AVX512-BF16 or AMX.
 
-    Without native instructions CPUs emulate bfloat16 and run ~12× slower than float32, so it is never used there.
+    Without native instructions CPUs emulate bfloat16, many times slower than float32, so it is never used there.
     """
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8  # Ampere and later; older GPUs emulate it
