@@ -437,12 +437,19 @@ def _reader_row(reader: str, answers: dict[str, dict[str, Any]], key: dict[str, 
         dtype=float,
     )
     labels = np.asarray([truths[i] == "real" for i in answered], dtype=float)
+    # Per synthesis group (a kit may hold several synthesizers' tumours): which of them pass for real.
+    groups = sorted({key["items"][item].get("group", "synthetic") for item in synthetic})
+    by_group = {}
+    for group in groups:
+        members = [item for item in synthetic if key["items"][item].get("group", "synthetic") == group]
+        by_group[group] = share(sum(answers[item]["answer"] == "synthetic" for item in members), len(members))
     return {
         "reader": reader,
         "answered": len(answered),
         "of": len(truths),
         "sensitivity": share(true_real, len(real)),
         "specificity": share(true_synthetic, len(synthetic)),
+        "specificity_by_group": by_group,
         "accuracy": share(true_real + true_synthetic, len(answered)),
         "auc": roc_auc(scale, labels),
     }
@@ -510,6 +517,10 @@ def score_markdown(result: dict[str, Any]) -> str:
     for position, measure in enumerate(("sensitivity", "specificity", "accuracy")):
         values = [cell(row[measure]) for row in rows] + [f"{paper['table1'][n][position]:.1f}" for n in paper_names]
         lines.append(f"| {measure} (%) | " + " | ".join(values) + " |")
+        groups = sorted({g for row in rows for g in row["specificity_by_group"]}) if measure == "specificity" else []
+        for group in groups if len(groups) > 1 else []:
+            values = [cell(row["specificity_by_group"].get(group, {"n": 0})) for row in rows]
+            lines.append(f"| specificity, {group} (%) | " + " | ".join(values) + " |" + " |" * len(paper_names))
     lines.append("| ROC AUC | " + " | ".join(f"{row['auc']:.2f}" for row in rows) + " |" + " – |" * len(paper_names))
     lines.append(
         "| answered | " + " | ".join(f"{row['answered']}/{row['of']}" for row in rows) + " |" + " |" * len(paper_names)

@@ -123,6 +123,26 @@ def test_known_answer_readers_score_as_they_must(study, capsys):
     assert code == 2 and "kidney and liver" in capsys.readouterr().err and not (root / "k4").exists()
 
 
+def test_specificity_is_also_reported_per_synthesizer(tmp_path):
+    """A kit holding two synthesizers' tumours: which of them pass for real, each with its own interval."""
+    from difftumor.evaluation.reader_study import score_markdown
+
+    items = {f"case-{i:03d}": {"truth": "real", "group": "real"} for i in range(1, 5)}
+    items |= {f"case-{i:03d}": {"truth": "synthetic", "group": "diffusion (relative)"} for i in range(5, 9)}
+    items |= {f"case-{i:03d}": {"truth": "synthetic", "group": "handcrafted (relative)"} for i in range(9, 13)}
+    (tmp_path / "key.json").write_text(json.dumps({"kit_id": "k" * 16, "items": items}))
+    # a reader fooled by every diffusion tumour and by none of the handcrafted ones
+    answers = {item: {"answer": "real" if entry["group"] != "handcrafted (relative)" else "synthetic",
+                      "confidence": 4} for item, entry in items.items()}  # fmt: skip
+    (tmp_path / "a.json").write_text(json.dumps({"kit_id": "k" * 16, "reader": "R1", "answers": answers}))
+    result = score(tmp_path / "key.json", [tmp_path / "a.json"])
+    groups = result["readers"][0]["specificity_by_group"]
+    assert groups["diffusion (relative)"]["value"] == 0 and groups["handcrafted (relative)"]["value"] == 1
+    assert result["readers"][0]["specificity"]["value"] == 0.5
+    table = score_markdown(result)
+    assert "| specificity, diffusion (relative) (%) | 0.0 [" in table and "handcrafted (relative) (%) | 100.0" in table
+
+
 def test_wilson_interval_and_fleiss_kappa_known_values():
     low, high = wilson_interval(8, 10)
     assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)
