@@ -8,15 +8,14 @@ from typing import Annotated
 
 import typer
 
-from ..data.registry import truth_label_schemes
 from .app import app, console, examples, warn
+from .realism import RealOption, SyntheticOption, TruthLabelsOption
 
 reader_study_app = typer.Typer(
     help="A Visual Turing Test: a blinded kit of real and synthetic lesions, a viewer page, and its scorer.",
     no_args_is_help=True,
 )
 app.add_typer(reader_study_app, name="reader-study")
-_SCHEMES = ", ".join(truth_label_schemes(load_installed=False))
 
 
 @reader_study_app.command(
@@ -27,16 +26,11 @@ _SCHEMES = ", ".join(truth_label_schemes(load_installed=False))
     ),
 )
 def make(
-    synthetic: Annotated[
-        list[Path], typer.Option(help="A `difftumor synthesize` output folder, or a folder of them (repeatable).")
-    ],
-    real: Annotated[
-        list[Path],
-        typer.Option(help="Labelled CTs: a datalist JSON or a folder with images/ and labels/ (repeatable)."),
-    ],
+    synthetic: SyntheticOption,
+    real: RealOption,
     out: Annotated[Path, typer.Option(help="Kit folder to write (index.html: open it in any browser).")],
     key: Annotated[Path, typer.Option(help="Answer key JSON to write, outside the kit folder.")],
-    truth_labels: Annotated[str, typer.Option(help=f"Label ids of --real: {_SCHEMES}.")] = "internal",
+    truth_labels: TruthLabelsOption = "internal",
     count: Annotated[
         int | None, typer.Option(help="Real and synthetic lesions each (default: every size-matched pair).")
     ] = None,
@@ -79,13 +73,12 @@ def simulate(
     """Answers of a reader whose result is known in advance, to check a kit and its scoring end to end: one who
     always answers real (sensitivity 100 %, specificity 0 %), one who answers at random (about 50 %), and one who
     reads the key (100 %)."""
-    from ..atomic import atomic_file, check_output
+    from ..atomic import check_output
     from ..evaluation.reader_study import known_answers
 
     check_output(out, "file", [key], overwrite)
     answers = known_answers(key, reader, seed)
-    with atomic_file(out, overwrite=overwrite, inputs=[key]) as temporary:
-        Path(temporary).write_text(json.dumps(answers, indent=1) + "\n")
+    _write_json(out, answers, [key], overwrite)
     console.print(f"wrote {out}: {len(answers['answers'])} answers of the {reader} reader")
 
 
@@ -111,7 +104,7 @@ def score(
     """Per reader: sensitivity (real called real), specificity (synthetic called synthetic) and accuracy with 95 %
     Wilson intervals in Table 1's layout with the paper's readers beside, the ROC AUC of the confidences, and
     Fleiss' κ between readers."""
-    from ..atomic import atomic_file, check_output
+    from ..atomic import check_output
     from ..evaluation.reader_study import score as score_kit
     from ..evaluation.reader_study import score_markdown
 
@@ -120,6 +113,13 @@ def score(
     result = score_kit(key, answers, organ, machine_reader)
     console.print(score_markdown(result), markup=False)
     if out is not None:
-        with atomic_file(out, overwrite=overwrite, inputs=[key, *answers]) as temporary:
-            Path(temporary).write_text(json.dumps(result, indent=1) + "\n")
+        _write_json(out, result, [key, *answers], overwrite)
         console.print(f"wrote {out}")
+
+
+def _write_json(out: Path, content: dict, inputs: list[Path], overwrite: bool) -> None:
+    """``content`` as JSON at ``out``, all or nothing (checked against ``inputs`` by the caller before the work)."""
+    from ..atomic import atomic_file
+
+    with atomic_file(out, overwrite=overwrite, inputs=inputs) as temporary:
+        Path(temporary).write_text(json.dumps(content, indent=1) + "\n")

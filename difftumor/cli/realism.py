@@ -12,6 +12,15 @@ from ..data.registry import truth_label_schemes
 from .app import app, console, err_console, examples
 
 _SCHEMES = ", ".join(truth_label_schemes(load_installed=False))
+#: The inputs every command comparing synthetic with real lesions takes (``realism``, ``reader-study make``).
+SyntheticOption = Annotated[
+    list[Path], typer.Option(help="A `difftumor synthesize` output folder, or a folder of them (repeatable).")
+]
+RealOption = Annotated[
+    list[Path],
+    typer.Option(help="Labelled CTs: a datalist JSON or a folder with images/ and labels/ (repeatable)."),
+]
+TruthLabelsOption = Annotated[str, typer.Option(help=f"Label ids of --real: {_SCHEMES}.")]
 
 
 TWIN_KEYS = ("input", "series", "size", "count", "seed", "centers_mm", "tumor_label", "blend_sigma_mm")
@@ -24,15 +33,10 @@ TWIN_KEYS = ("input", "series", "size", "count", "seed", "centers_mm", "tumor_la
     )
 )
 def realism(
-    synthetic: Annotated[
-        list[Path], typer.Option(help="A `difftumor synthesize` output folder, or a folder of them (repeatable).")
-    ],
-    real: Annotated[
-        list[Path],
-        typer.Option(help="Labelled CTs: a datalist JSON or a folder with images/ and labels/ (repeatable)."),
-    ],
+    synthetic: SyntheticOption,
+    real: RealOption,
     out: Annotated[Path, typer.Option(help="Folder to write realism.json, realism.md and realism.png into.")],
-    truth_labels: Annotated[str, typer.Option(help=f"Label ids of --real: {_SCHEMES}.")] = "internal",
+    truth_labels: TruthLabelsOption = "internal",
     overwrite: Annotated[bool, typer.Option(help="Replace a realism folder difftumor wrote earlier.")] = False,
     ablation: Annotated[
         bool,

@@ -181,6 +181,13 @@ def _stratified_folds(labels: np.ndarray, groups: np.ndarray, folds: int, rng: n
     return [np.asarray(part, dtype=np.int64) for part in parts]
 
 
+def _fold_plan(labels: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """The groups (one per sample when none are given) and the number of folds: ``FOLDS``, or fewer when a class has
+    fewer groups, at least 2."""
+    groups = np.arange(len(labels)) if groups is None else groups
+    return groups, max(2, min(FOLDS, len(np.unique(groups[labels == 0])), len(np.unique(groups[labels == 1]))))
+
+
 def cross_validated_auc(
     features: np.ndarray,
     labels: np.ndarray,
@@ -196,8 +203,7 @@ def cross_validated_auc(
     fold's classifier leans away from the lesions it did not see, which pulls a pooled AUC of two identical groups
     well below 0.5 (0.32 for LiTS's real lesions split in two).
     """
-    groups = np.arange(len(labels)) if groups is None else groups
-    folds = max(2, min(FOLDS, len(np.unique(groups[labels == 0])), len(np.unique(groups[labels == 1]))))
+    groups, folds = _fold_plan(labels, groups)
     values = []
     for _ in range(repeats):
         for part in _stratified_folds(labels, groups, folds, rng):
@@ -218,8 +224,7 @@ def out_of_fold_scores(
     sample of its group): the mean over ``repeats`` stratified ``FOLDS``-fold partitions of the held-out fold's
     score. For a verdict per sample; the reader's AUC is :func:`cross_validated_auc`'s."""
     features = features[:, np.isfinite(features).any(0)]
-    groups = np.arange(len(labels)) if groups is None else groups
-    folds = max(2, min(FOLDS, len(np.unique(groups[labels == 0])), len(np.unique(groups[labels == 1]))))
+    groups, folds = _fold_plan(labels, groups)
     totals = np.zeros(len(labels))
     for _ in range(repeats):
         for part in _stratified_folds(labels, groups, folds, rng):

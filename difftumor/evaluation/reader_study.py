@@ -39,6 +39,7 @@ from ..errors import DiffTumorInputError
 from ..spatial import equivalent_diameter_mm, lesion_components
 from ..spatial.grid import sample
 from .machine_reader import roc_auc
+from .metrics import wilson_interval
 from .realism import LabelledCase
 
 #: Lesions smaller than this (mm³) are noise of a label map, not lesions (as in ``difftumor realism``).
@@ -361,17 +362,6 @@ def _read_key(key_path: str | os.PathLike) -> dict[str, Any]:
 # -- scoring --------------------------------------------------------------------------------------------------
 
 
-def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion."""
-    if total == 0:
-        return (float("nan"), float("nan"))
-    p = successes / total
-    denominator = 1 + z**2 / total
-    centre = (p + z**2 / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def fleiss_kappa(ratings: np.ndarray) -> float:
     """Fleiss' κ of ``ratings`` ``(items, readers)`` in {0, 1} (every reader rated every item)."""
     items, readers = ratings.shape
@@ -425,7 +415,7 @@ def _reader_row(reader: str, answers: dict[str, dict[str, Any]], key: dict[str, 
     true_synthetic = sum(answers[item]["answer"] == "synthetic" for item in synthetic)
 
     def share(successes: int, total: int) -> dict[str, Any]:
-        low, high = wilson_interval(successes, total)
+        low, high = wilson_interval(successes, total) or (float("nan"), float("nan"))
         return {"value": successes / total if total else float("nan"), "ci95": [low, high], "n": total}
 
     # A 10-point scale from "synthetic, sure" (1) to "real, sure" (10): the ROC of calling an item real.

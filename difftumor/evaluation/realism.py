@@ -594,13 +594,13 @@ def realism(
         )
 
     def group_of(synthesis: SyntheticCase) -> str:
-        # outputs that do not record their organ are taken to be of the reference organ
-        same = synthesis.organ in (reference_organ, UNKNOWN_ORGAN) and reference_organ is not None
-        return (
-            synthesis.group
-            if same or (reference_organ is None and len(organs) <= 1)
-            else (f"{synthesis.group} [{synthesis.organ}]")
-        )
+        """Named by its organ when organs are mixed without a reference, or when it is not the reference organ
+        (outputs that do not record their organ are taken to be of the reference organ)."""
+        if reference_organ is None:
+            mixed = len(organs) > 1
+        else:
+            mixed = synthesis.organ not in (reference_organ, UNKNOWN_ORGAN)
+        return f"{synthesis.group} [{synthesis.organ}]" if mixed else synthesis.group
 
     for source in synthetic:
         entry = {"source": str(source), "kind": "synthetic", "cases": 0, "lesions": 0, "too_small": 0, "groups": []}

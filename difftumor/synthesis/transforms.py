@@ -162,9 +162,17 @@ class TumorSynthesisCore:
             )
         return multi_structure
 
+    def _not_a_candidate(self, label: np.ndarray) -> str | None:
+        """Why a crop may not receive tumours (``"has_tumor"``, ``"no_organ"``), or None when it may."""
+        if (label == self.tumor_label).any():
+            return "has_tumor"
+        if int((label == self.organ_label).sum()) < MIN_ORGAN_VOXELS:
+            return "no_organ"
+        return None
+
     def candidate(self, label: np.ndarray) -> bool:
         """Whether a crop may receive tumours: healthy, with enough organ."""
-        return not (label == self.tumor_label).any() and int((label == self.organ_label).sum()) >= MIN_ORGAN_VOXELS
+        return self._not_a_candidate(label) is None
 
     def _count(self, size: str, rng: np.random.Generator) -> int:
         ranges = self.tumors_per_crop
@@ -178,10 +186,9 @@ class TumorSynthesisCore:
 
     def decide(self, label: np.ndarray, rng: np.random.Generator) -> tuple[tuple[np.ndarray, str] | None, str]:
         """:meth:`plan` and why: ``"planned"``, or the reason the crop is left as it is (:data:`SKIP_REASONS`)."""
-        if (label == self.tumor_label).any():
-            return None, "has_tumor"
-        if int((label == self.organ_label).sum()) < MIN_ORGAN_VOXELS:
-            return None, "no_organ"
+        reason = self._not_a_candidate(label)
+        if reason is not None:
+            return None, reason
         if rng.random() >= self.prob:
             return None, "not_drawn"
         organ = label == self.organ_label
