@@ -42,6 +42,7 @@ from scipy import ndimage, stats
 
 from .. import __version__
 from ..atomic import atomic_folder
+from ..data.alignment import label_map_on_grid
 from ..data.volumes import Volume, load_volume
 from ..errors import DiffTumorInputError
 from ..limits import check_volume_size
@@ -338,9 +339,11 @@ def _real_cases(source: Path, organ_values: Sequence[int], tumor_values: Sequenc
         raise DiffTumorInputError(f"{source} has no labelled CT", "pair images and labels by file name")
     for image, label in pairs:
         ct = load_volume(image, "CT")
-        values = np.rint(load_volume(label, "label map").array).astype(np.int64)
-        if values.shape != ct.shape:
+        label_volume = load_volume(label, "label map")
+        if label_volume.shape != ct.shape:
             raise DiffTumorInputError(f"label {label} is not on the grid of {image}", "pass each CT's own label map")
+        # the one label check of the project: integer values, not transposed, in the CT's world box
+        values = label_map_on_grid(label_volume, ct, "label map", "CT")
         tumor = np.isin(values, tumor_values)
         name = image.name.removesuffix(".gz").removesuffix(".nii")
         yield LabelledCase(name, ct, np.isin(values, organ_values) | tumor, tumor)

@@ -242,3 +242,28 @@ def test_realism_groups_by_organ_reads_nested_batches_and_warns_about_partial_vo
     assert any(w.startswith("kidney tumours are compared with real liver lesions") for w in report["warnings"])
     code = cli(["realism", *arguments, "--organ", "spleen", "--out", str(tmp_path / "r3")])
     assert code == 2 and "unknown organ 'spleen'" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+
+
+def test_real_label_maps_go_through_the_label_check(tmp_path):
+    """A probability map, or a label map of the right size placed elsewhere in the world, given as the real lesions'
+    labels is refused, not rounded or read as if aligned (realism and reader-study make read real lesions this way)."""
+    import nibabel as nib
+
+    from difftumor.errors import DiffTumorInputError
+    from difftumor.evaluation.realism import realism
+
+    label = nib.load(str(LITS_LABEL))
+    values = np.asarray(label.dataobj).astype(np.float32)
+    moved = label.affine.copy()
+    moved[:3, 3] += 400.0
+    for name, data, affine, message in (
+        ("probability", values * 0.4, label.affine, "non-integer values"),
+        ("elsewhere", values, moved, "does not overlap the CT"),
+    ):
+        root = tmp_path / name
+        (root / "images").mkdir(parents=True)
+        (root / "labels").mkdir()
+        (root / "images" / "lits117.nii.gz").symlink_to(LITS_CT)
+        nib.save(nib.Nifti1Image(data, affine), str(root / "labels" / "lits117.nii.gz"))
+        with pytest.raises(DiffTumorInputError, match=message):
+            realism([], [root], truth_labels="lits")
