@@ -6,6 +6,13 @@ the mean of the rest is reported with steps/s, crops/s and, for segmentation, th
 step (probability 1 here, so that the per-crop cost shows; each such crop holds 1-3 tumours).
 
     python bench/bench_training.py --steps 8
+
+``--experiment`` times the arms of the small experiment instead (scripts/experiment_small.sh's settings: 48³ crops
+at 1 mm, batch 2, a quarter of the crops with tumours, the painted-crop bank for synthetic arms), in ``--rounds``
+interleaved rounds, each run a fresh process of ``--steps`` steps logged every step; it reports per arm the median
+and range over rounds of the run's mean step time after the bank has filled, and that time ÷ the real arm's.
+
+    python bench/bench_training.py --experiment --steps 400 --rounds 3
 """
 
 from __future__ import annotations
@@ -69,12 +76,63 @@ def _run(args: list[str], out: Path) -> float:
     return statistics.mean(times[1:]), per_step
 
 
+def _step_times(args: list[str], out: Path) -> list[float]:
+    subprocess.run(
+        [sys.executable, "-m", "difftumor.cli.main", *args, "--set", f"run.output_dir={out}",
+         "--set", "run.log_every=1", "--set", "run.checkpoint_every=100000"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    with open(out / "metrics.csv") as handle:
+        return [float(row["value"]) for row in csv.DictReader(handle) if row["name"] == "seconds_per_step"]
+
+
+def experiment(work: Path, steps: int, rounds: int) -> None:
+    """The small experiment's arms, interleaved (one run of each arm per round)."""
+    data = _datalists(work / "data")
+    common = [
+        "train", "segmentation", "--config", "tiny_cpu", "--set", f"run.max_steps={steps}",
+        "--set", "data.crop_size=[48,48,48]", "--set", "data.spacing=1.0", "--set", "data.batch_size=2",
+        "--set", "data.tumor_crop_fraction=0.5", "--set", "synthesis.prob=0.5", "--set", "data.affine_prob=0.5",
+        "--set", "data.phase_shift_prob=0.5", "--set", "synthesis.bank_size=64", "--set", "synthesis.bank_reuse=8",
+    ]  # fmt: skip
+    healthy = ["--set", f"data.healthy_datalist={data['healthy']}"]
+    arms = {
+        "real": ["--set", f"data.datalist={data['lits']}", "--set", 'data.healthy_datalist=""',
+                 "--set", "synthesis.synthesizer=none"],
+        "hu2023": [*healthy, "--set", "synthesis.synthesizer=handcrafted", "--set", "synthesis.recipe=hu2023"],
+        "relative": [*healthy, "--set", "synthesis.synthesizer=handcrafted"],
+        "diffusion": [*healthy, "--set", "synthesis.synthesizer=diffusion"],
+        "diffusion, no bank": [*healthy, "--set", "synthesis.synthesizer=diffusion", "--set", "synthesis.bank_size=0"],
+    }  # fmt: skip
+    # The bank fills after 64 painted crops (about 128 steps at 0.5 painted crops per step): time what follows.
+    settle = min(steps // 2, 160)
+    means: dict[str, list[float]] = {arm: [] for arm in arms}
+    for index in range(rounds):
+        for arm, settings in arms.items():
+            times = _step_times([*common, *settings, "--set", f"run.seed={index}"], work / f"{arm}_{index}")
+            means[arm].append(statistics.fmean(times[settle:]))
+    reference = statistics.median(means["real"])
+    for arm, values in means.items():
+        print(json.dumps({
+            "arm": arm, "seconds_per_step_median": round(statistics.median(values), 4),
+            "range": [round(min(values), 4), round(max(values), 4)],
+            "ratio_to_real": round(statistics.median(values) / reference, 2), "rounds": rounds,
+            "steps_timed": steps - settle,
+        }), flush=True)  # fmt: skip
+    print("command: python bench/bench_training.py " + " ".join(sys.argv[1:]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--only", default="", help="comma-separated subset of configuration names")
+    parser.add_argument("--experiment", action="store_true", help="time the small experiment's arms instead")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (--experiment)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_training_"))
+    if args.experiment:
+        experiment(work, args.steps, args.rounds)
+        return
     data = _datalists(work / "data")
     steps = ["--set", f"run.max_steps={args.steps}"]
     tiny_ae = [

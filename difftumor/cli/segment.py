@@ -28,11 +28,15 @@ def segment(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
     postprocess: Annotated[
-        bool, typer.Option(help="Drop tiny tumour components and tumours not touching the organ.")
+        bool, typer.Option(help="Drop tiny tumour components and everything outside the organ.")
     ] = True,
     min_tumor_radius_mm: Annotated[float, typer.Option(help="Smallest tumour kept (equivalent radius, mm).")] = 3.0,
     restrict_to_organ: Annotated[
-        bool, typer.Option(help="Remove tumour components that do not touch the organ.")
+        bool,
+        typer.Option(
+            help="Keep only the organ (its largest connected part, organ with tumours; two for kidneys) and the "
+            "tumours touching it."
+        ),
     ] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace predictions difftumor wrote earlier.")] = False,
     continue_: Annotated[

@@ -23,13 +23,33 @@ def working_image(ct: Volume, window: tuple[float, float], spacing: float) -> tu
     return scale_window(image, window, (0.0, 1.0)).astype(np.float32), grid.affine
 
 
+#: Connected organs per organ name: the organ is its largest connected components (two kidneys).
+ORGAN_COMPONENTS = {"kidney": 2}
+
+
 def postprocess(
-    labels: np.ndarray, spacing: np.ndarray, min_tumor_radius_mm: float = 3.0, restrict_to_organ: bool = True
+    labels: np.ndarray,
+    spacing: np.ndarray,
+    min_tumor_radius_mm: float = 3.0,
+    restrict_to_organ: bool = True,
+    organ_components: int = 1,
 ) -> np.ndarray:
     """Drop tumour components whose equivalent radius is below ``min_tumor_radius_mm`` (they become organ) and,
-    optionally, tumour components that do not touch the organ (they become background)."""
+    optionally, keep only the organ: the ``organ_components`` largest connected components of organ ∪ tumour (one
+    liver or pancreas, two kidneys); everything outside them becomes background, so a tumour must touch the organ
+    itself, not a stray organ fragment."""
     labels = labels.copy()
-    components, count = ndimage.label(labels == 2, structure=np.ones((3, 3, 3), bool))
+    structure = np.ones((3, 3, 3), bool)
+    if restrict_to_organ:
+        regions, count = ndimage.label(labels > 0, structure=structure)
+        if count > organ_components:
+            sizes = np.bincount(regions.ravel(), minlength=count + 1)
+            sizes[0] = 0
+            keep = np.zeros(count + 1, bool)
+            keep[np.argsort(sizes)[::-1][:organ_components]] = True
+            keep[0] = False
+            labels[~keep[regions]] = 0
+    components, count = ndimage.label(labels == 2, structure=structure)
     if not count:
         return labels
     voxel_volume = float(np.prod(spacing))
@@ -74,5 +94,6 @@ def segment_volume(
     native = np.stack([sample(p, affine, ct.affine, ct.shape, order=1, cval=0.0) for p in probabilities])
     labels = native.argmax(0).astype(np.uint8)
     if postprocessing:
-        labels = postprocess(labels, ct.spacing, min_tumor_radius_mm, restrict_to_organ)
+        organ_components = ORGAN_COMPONENTS.get(str(config.organ), 1)
+        labels = postprocess(labels, ct.spacing, min_tumor_radius_mm, restrict_to_organ, organ_components)
     return labels

@@ -25,6 +25,7 @@ from monai.transforms import InvertibleTransform, MapTransform, RandomizableTran
 
 from ..errors import DiffTumorInputError
 from ..windowing import scale_window, unscale_window
+from .bank import PaintedCropBank
 from .geometry import TumorSpec, place_tumor
 from .synthesizers import CropBatch, TumorSynthesizer, get_synthesizer
 
@@ -319,12 +320,18 @@ class RandTumorSynthesisd(RandomizableTransform, MapTransform, InvertibleTransfo
 
 class TumorSynthesisOnBatch:
     """The same synthesis on a collated batch ``(B, 1, X, Y, Z)``: every selected crop goes to the synthesizer in
-    as few calls as it allows. ``healthy`` marks which samples may receive tumours (default: label-based)."""
+    as few calls as it allows. ``healthy`` marks which samples may receive tumours (default: label-based).
 
-    def __init__(self, **core_kwargs: Any):
+    With a ``bank`` (:class:`~difftumor.synthesis.bank.PaintedCropBank`), a selected crop is painted only with the
+    bank's ``1 / reuse`` probability and otherwise replaced by a banked painted crop, so an expensive synthesizer
+    costs ``1 / reuse`` of its price per step."""
+
+    def __init__(self, bank: PaintedCropBank | None = None, **core_kwargs: Any):
         self.core = TumorSynthesisCore(**core_kwargs)
-        #: running totals since construction: crops seen, candidates (healthy, with organ), crops synthesised
-        self.seen = self.candidates = self.synthesised = 0
+        self.bank = bank
+        #: running totals since construction: crops seen, candidates (healthy, with organ), crops given tumours,
+        #: crops painted by the synthesizer (the rest of those given tumours came from the bank)
+        self.seen = self.candidates = self.synthesised = self.painted = 0
 
     @property
     def effective_rate(self) -> float:
@@ -335,30 +342,43 @@ class TumorSynthesisOnBatch:
         self, images: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int], healthy: Sequence[bool] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         image_array, label_array = images.cpu().numpy(), labels.cpu().numpy()
-        chosen, plans = [], []
+        chosen, plans, banked = [], [], []
         self.seen += len(seeds)
         for index, seed in enumerate(seeds):
             if healthy is not None and not healthy[index]:
                 continue
             self.candidates += int(self.core.candidate(label_array[index, 0]))
             plan = self.core.plan(label_array[index, 0], np.random.default_rng([int(seed), 3]))
-            if plan is not None:
+            if plan is None:
+                continue
+            if self.bank is not None and not self.bank.wants_fresh(np.random.default_rng([int(seed), 4])):
+                banked.append(index)
+            else:
                 chosen.append(index)
                 plans.append(plan)
-        self.synthesised += len(chosen)
-        if not chosen:
+        self.synthesised += len(chosen) + len(banked)
+        self.painted += len(chosen)
+        if not chosen and not banked:
             return images, labels, 0
-        painted, relabelled = self.core.paint(
-            [image_array[i, 0] for i in chosen],
-            [label_array[i, 0] for i in chosen],
-            plans,
-            [int(seeds[i]) for i in chosen],
-        )
         images, labels = images.clone(), labels.clone()
-        for position, index in enumerate(chosen):
-            images[index, 0] = torch.from_numpy(painted[position]).to(images)
-            labels[index, 0] = torch.from_numpy(relabelled[position]).to(labels)
-        return images, labels, len(chosen)
+        for index in banked:
+            image, label = self.bank.draw(np.random.default_rng([int(seeds[index]), 5]))
+            images[index, 0] = torch.from_numpy(image).to(images)
+            labels[index, 0] = torch.from_numpy(label).to(labels)
+        if chosen:
+            painted, relabelled = self.core.paint(
+                [image_array[i, 0] for i in chosen],
+                [label_array[i, 0] for i in chosen],
+                plans,
+                [int(seeds[i]) for i in chosen],
+            )
+            for position, index in enumerate(chosen):
+                images[index, 0] = torch.from_numpy(painted[position]).to(images)
+                labels[index, 0] = torch.from_numpy(relabelled[position]).to(labels)
+                if self.bank is not None:
+                    rng = np.random.default_rng([int(seeds[index]), 6])
+                    self.bank.add(painted[position], relabelled[position], rng)
+        return images, labels, len(chosen) + len(banked)
 
 
 def _check_grid(image: Any, tolerance_mm: float = 0.05) -> None:

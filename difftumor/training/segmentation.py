@@ -31,7 +31,19 @@ class SegmentationData(DataConfig):
     validation_datalist: str = ""
     #: probability of drawing a healthy case (when both kinds are given)
     healthy_fraction: Fraction = 0.5
+    #: probability that a crop is centred on an organ or tumour voxel (else anywhere)
     positive_fraction: Fraction = 0.5
+    #: of those crops, in a case with tumour voxels, the fraction centred on a tumour voxel (the rest on the organ);
+    #: a case without tumours centres them all on the organ, where ``synthesis.prob`` paints that same fraction —
+    #: set the two equal to give real and synthetic tumours the same exposure
+    tumor_crop_fraction: Fraction = 0.0
+    #: probability of a random rotation (±15° per axis) and scaling (±15 %) of a crop, on top of the original's
+    #: flips, 90° rotations and intensity scale/shift (0: the original's augmentations only)
+    affine_prob: Fraction = 0.0
+    #: probability of shifting a crop's intensities by up to ±``phase_shift_hu`` (uniform): one CT's organ enhancement
+    #: then covers other contrast phases (liver: about 50 HU unenhanced, 100-130 HU portal venous) — 0: off
+    phase_shift_prob: Fraction = 0.0
+    phase_shift_hu: Annotated[float, Range(0, 500)] = 80.0
 
     def validate(self) -> None:
         if not self.datalist and not self.healthy_datalist:
@@ -64,6 +76,10 @@ class SynthesisSection:
     recipe: str | None = None
     #: more settings for the synthesizer's constructor, passed as they are (e.g. {intensity: native})
     options: dict = field(default_factory=dict)
+    #: painted crops kept for reuse (0: paint every crop given tumours); see difftumor.synthesis.bank
+    bank_size: NonNegativeInt = 0
+    #: expected uses of each painted crop when bank_size > 0 (each use under a fresh flip and rotation)
+    bank_reuse: Annotated[float, Range(1, 1000)] = 8.0
 
     def check_pipeline(self) -> None:
         """Checked when training starts, not minutes later when the first healthy crop needs a tumour (and not at
@@ -105,6 +121,14 @@ class SegmentationConfig:
     datasets: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        if self.synthesis.synthesizer != "none" and abs(self.data.spacing - 1.0) > 1e-6:
+            # Synthesizers draw tumour radii in voxels of a 1 mm grid (and the diffusion models were trained there):
+            # on a 1.5 mm grid an "early" tumour of 20 mm would be painted 30 mm across.
+            raise DiffTumorInputError(
+                f"data.spacing is {self.data.spacing:g} mm but synthesis.synthesizer {self.synthesis.synthesizer} "
+                "paints tumours sized on a 1 mm grid",
+                "set data.spacing 1.0 (or synthesis.synthesizer none to train on real tumours only)",
+            )
         recipe = self.synthesis.recipe
         if recipe not in (None, "hu2023"):
             raise DiffTumorInputError(f"synthesis.recipe {recipe!r} is unknown", "leave it empty, or use hu2023")
@@ -121,7 +145,8 @@ class SegmentationConfig:
 def _augment(config: SegmentationConfig):
     from monai.transforms import (
         Compose,
-        RandCropByPosNegLabeld,
+        RandAffined,
+        RandCropByLabelClassesd,
         RandFlipd,
         RandRotate90d,
         RandScaleIntensityd,
@@ -129,30 +154,54 @@ def _augment(config: SegmentationConfig):
     )
 
     keys = ["image", "label"]
-    positive = config.data.positive_fraction
-    chain = Compose(
-        [
-            RandCropByPosNegLabeld(
+    positive, tumor = config.data.positive_fraction, config.data.tumor_crop_fraction
+    extra: list = []
+    if config.data.affine_prob:
+        extra.append(
+            RandAffined(
                 keys=keys,
-                label_key="label",
-                spatial_size=config.data.crop_size,
-                pos=positive,
-                neg=1.0 - positive,
-                num_samples=1,
-                fg_indices_key="label_fg_indices",
-                bg_indices_key="label_bg_indices",
-            ),
-            RandFlipd(keys=keys, prob=0.2, spatial_axis=0),
-            RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
-            RandFlipd(keys=keys, prob=0.2, spatial_axis=2),
-            RandRotate90d(keys=keys, prob=0.2, max_k=3),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.15),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.15),
-        ]
-    )
+                prob=config.data.affine_prob,
+                rotate_range=(math.pi / 12,) * 3,
+                scale_range=(0.15,) * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            )
+        )
+    if config.data.phase_shift_prob:
+        low, high = config.data.window
+        offset = config.data.phase_shift_hu / (high - low)  # the crops are window-scaled to [0, 1]
+        extra.append(RandShiftIntensityd(keys="image", offsets=offset, prob=config.data.phase_shift_prob))
+    augment = [
+        *extra,
+        RandFlipd(keys=keys, prob=0.2, spatial_axis=0),
+        RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
+        RandFlipd(keys=keys, prob=0.2, spatial_axis=2),
+        RandRotate90d(keys=keys, prob=0.2, max_k=3),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.15),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.15),
+    ]
+
+    def chain(ratios: list[float]) -> Compose:
+        crop = RandCropByLabelClassesd(
+            keys=keys,
+            label_key="label",
+            spatial_size=config.data.crop_size,
+            ratios=ratios,
+            num_classes=3,
+            num_samples=1,
+            indices_key="label_cls_indices",
+            warn=False,
+        )
+        return Compose([crop, *augment])
+
+    # Background, organ, tumour centres; a case without tumour voxels draws from the chain without the tumour class
+    # so that its organ share stays ``positive`` (MONAI would otherwise renormalise the ratios).
+    with_tumors = chain([1.0 - positive, positive * (1.0 - tumor), positive * tumor])
+    without_tumors = chain([1.0 - positive, positive, 0.0])
 
     def transform(data: dict, rng: np.random.Generator) -> dict:
-        sample = seeded_crop(chain, data, rng)
+        has_tumor = len(data["label_cls_indices"][2]) > 0
+        sample = seeded_crop(with_tumors if has_tumor else without_tumors, data, rng)
         return {
             "image": sample["image"],
             "label": sample["label"],
@@ -164,14 +213,14 @@ def _augment(config: SegmentationConfig):
 
 
 def _preprocess(config: SegmentationConfig):
-    from monai.transforms import Compose, FgBgToIndicesd, Lambdad
+    from monai.transforms import ClassesToIndicesd, Compose, Lambdad
 
     return Compose(
         [
             preprocessing(config.data.window, config.data.spacing, config.data.crop_size, True, (0.0, 1.0)),
             # Internal labels: early (2) and mid/late (3) tumours are both "tumour" for segmentation.
             Lambdad(keys="label", func=lambda label: torch.clamp(label, max=2)),
-            FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.0),
+            ClassesToIndicesd(keys="label", num_classes=3, image_key="image", image_threshold=0.0),
         ]
     )
 
@@ -251,7 +300,14 @@ def _on_the_fly_synthesis(config: SegmentationConfig, run: TrainingRun) -> Any:
 
         kwargs["recipe"] = "hu2023"
         placement = {"size_mix": HU2023_RECIPE["size_mix"], "tumors_per_crop": HU2023_RECIPE["tumors_per_crop"]}
+    bank = None
+    if config.synthesis.bank_size:
+        from ..synthesis.bank import PaintedCropBank
+
+        bank = PaintedCropBank(config.synthesis.bank_size, config.synthesis.bank_reuse)
+        run.register_state("synthesis_bank", bank)
     return TumorSynthesisOnBatch(
+        bank=bank,
         synthesizer=config.synthesis.synthesizer,
         organ=config.organ,
         prob=config.synthesis.prob,
@@ -320,8 +376,8 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
     schedule = WarmupCosineSchedule(optimizer, warmup_steps=config.optim.warmup_steps, t_total=config.run.max_steps)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6)
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    synthesis = _on_the_fly_synthesis(config, run)  # registers its bank's state before the restore
     start = run.restore()
-    synthesis = _on_the_fly_synthesis(config, run)
     dataset = _MixedDataset(cases, _preprocess(config), _augment(config), config.run.seed, weights)
     loader = run_loader(
         dataset, config.data.batch_size, config.data.num_workers, start, config.run.max_steps, accelerator
@@ -350,6 +406,7 @@ def train_segmentation(config: SegmentationConfig, resume: bool = False, inputs:
             "synthetic_tumours_total": float(synthesised_total),
             "synthetic_fraction": synthesised_total / max(crops_total, 1),
             "synthesis_effective_rate": synthesis.effective_rate if synthesis is not None else 0.0,
+            "painted_fraction": synthesis.painted / max(synthesis.synthesised, 1) if synthesis is not None else 0.0,
             "lr": schedule.get_last_lr()[0],
         }
         if (

@@ -13,30 +13,40 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 @pytest.mark.slow
-def test_shortened_experiment_runs_every_arm_and_summarises(tmp_path):
-    environment = {**os.environ, "CROP": "32", "CHANNELS": "8, 16", "OVERLAP": "0", "SPACING": "3.0"}
-    result = subprocess.run(
-        ["bash", str(SCRIPTS / "experiment_small.sh"), str(tmp_path), "2", "0"],
-        env=environment,
-        capture_output=True,
-        text=True,
-    )
+def test_shortened_experiment_runs_every_arm_keeps_its_results_and_resumes(tmp_path):
+    results = tmp_path / "results"
+    environment = {
+        **os.environ, "CROP": "32", "CHANNELS": "8, 16", "OVERLAP": "0", "BANK_SIZE": "2", "RESULTS": str(results)
+    }
+    command = ["bash", str(SCRIPTS / "experiment_small.sh"), str(tmp_path / "work"), "2", "0"]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    split = json.loads((tmp_path / "split" / "split.json").read_text())
+    split = json.loads((tmp_path / "work" / "split" / "split.json").read_text())
     # the split the bundled pipeline was trained on (its model card: 24 training lesions, seed 0, 10 mm margin)
     assert split["lesions"] == {"train": 24, "test": 26, "dropped": 1}
     for arm in ("real", "hu2023", "relative", "diffusion", "none"):
-        metrics = json.loads((tmp_path / "runs" / f"{arm}_seed0" / "metrics.json").read_text())
-        cases = {case["case"]: case for case in metrics["cases"]}
-        assert set(cases) == {"lits117", "patient_a"}
-        # the test case holds exactly the test side's lesions; patient A none
-        assert cases["lits117"]["true_lesions"] == split["lesions"]["test"] and not cases["patient_a"]["has_tumor"]
-        info = json.loads((tmp_path / "runs" / f"{arm}_seed0" / "model" / "training.json").read_text())
+        kept = results / f"{arm}_seed0"
+        for iou in ("0.1", "0.5"):
+            metrics = json.loads((kept / f"metrics_iou{iou}.json").read_text())
+            assert metrics["iou_threshold"] == float(iou)
+            cases = {case["case"]: case for case in metrics["cases"]}
+            assert set(cases) == {"lits117", "patient_a"}
+            # the test case holds exactly the test side's lesions; patient A none
+            assert cases["lits117"]["true_lesions"] == split["lesions"]["test"] and not cases["patient_a"]["has_tumor"]
+        run = json.loads((kept / "run.json").read_text())
+        assert run["arm"] == arm and "steps=2 " in run["settings"] and run["seconds_per_step_mean"] > 0
+        info = json.loads((tmp_path / "work" / "runs" / f"{arm}_seed0" / "model" / "training.json").read_text())
         assert info["steps"] == 2
-    summary = json.loads((tmp_path / "results.json").read_text())
+    summary = json.loads((results / "results.json").read_text())
     assert set(summary) == {"real", "hu2023", "relative", "diffusion", "none"}
-    assert summary["real"]["sensitivity"]["all"]["lesions"] == split["lesions"]["test"]
-    assert "| real tumours (training side) |" in (tmp_path / "results.md").read_text()
+    assert summary["real"]["sensitivity"]["0.1"]["all"]["lesions"] == split["lesions"]["test"]
+    table = (results / "results.md").read_text()
+    assert "| real tumours (training side) |" in table and "| 75.6 | 62.3±28.3 |" in table  # the paper beside
+
+    # A later sitting keeps every finished run (no training, no segmentation) and rebuilds the table.
+    again = subprocess.run(command, env=environment, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("kept: ") == 5 and "train segmentation" not in again.stderr
 
 
 def test_experiment_table_pools_seeds_over_lesions_not_runs():

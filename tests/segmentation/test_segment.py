@@ -64,6 +64,20 @@ def test_postprocessing_rules():
     assert (postprocess(big_away, np.ones(3), restrict_to_organ=False)[0:10, 0:10, 36:40] == 2).all()
 
 
+def test_postprocessing_keeps_the_organ_not_its_stray_fragments():
+    labels = np.zeros((40, 40, 60), np.uint8)
+    labels[5:35, 5:35, 5:30] = 1  # the organ
+    labels[10:20, 10:20, 10:20] = 2  # a tumour in it
+    labels[20:30, 20:30, 40:46] = 1  # a stray "organ" fragment elsewhere ...
+    labels[22:30, 22:30, 46:54] = 2  # ... with a large "tumour" touching it
+    out = postprocess(labels, np.ones(3))
+    assert (out[10:20, 10:20, 10:20] == 2).all()
+    assert not out[:, :, 35:].any()  # fragment and its tumour are background
+    kidneys = postprocess(labels, np.ones(3), organ_components=2)  # two kidneys: the second part is kept
+    assert (kidneys[22:30, 22:30, 46:54] == 2).all()
+    assert (postprocess(labels, np.ones(3), restrict_to_organ=False)[22:30, 22:30, 46:54] == 2).all()
+
+
 def test_backbone_registry():
     assert {"unet", "dynunet", "swinunetr", "segresnet"} <= set(available_backbones())
     for name, kwargs in (

@@ -218,3 +218,43 @@ def test_monai_transform_records_every_outcome_and_warns_when_most_crops_are_ski
     assert transform.outcomes == {"painted": 1, "no_organ": 1, "has_tumor": 30}
     warnings = [r.getMessage() for r in caplog.records if "RandTumorSynthesisd skipped" in r.getMessage()]
     assert len(warnings) == 1 and "already held tumor_label 2" in warnings[0]
+
+
+def test_a_bank_pays_the_synthesizer_once_per_reuse_uses_and_resumes(liver_crops, tmp_path):
+    from difftumor.synthesis.bank import PaintedCropBank
+    from difftumor.training.checkpoints import load_plain_state, save_plain_state
+
+    images = torch.stack([c[0] for c in liver_crops])
+    labels = torch.stack([c[1] for c in liver_crops])
+
+    def run(steps, bank, start=0):
+        CountingHandcrafted.calls = []
+        hook = TumorSynthesisOnBatch(
+            bank=bank, synthesizer=CountingHandcrafted(), organ="liver", prob=1.0, size_mix={"tiny": 1.0}
+        )
+        outputs = [hook(images, labels, seeds=[100 * step + i for i in range(4)]) for step in range(start, steps)]
+        return hook, outputs
+
+    hook, outputs = run(60, PaintedCropBank(capacity=8, reuse=4))
+    assert hook.synthesised == 240 and len(hook.bank) == 8
+    # 8 crops fill the bank; afterwards a quarter of the chosen crops are painted (binomial, 232 draws: 58 ± 20).
+    assert 38 <= hook.painted - 8 <= 78, hook.painted
+    assert sum(CountingHandcrafted.calls) == hook.painted
+    for _, out_labels, count in outputs:  # every crop carries a tumour, banked or painted
+        assert count == 4 and all((out_labels[i] == 2).any() for i in range(4))
+    _, plain = run(60, None)
+    assert sum(CountingHandcrafted.calls) == 240  # no bank: every crop painted
+
+    # The bank is training state: saved at step 30 and restored, the run continues identically.
+    bank = PaintedCropBank(capacity=8, reuse=4)
+    run(30, bank)
+    save_plain_state(bank.state_dict(), tmp_path, "state_synthesis_bank")
+    restored = PaintedCropBank(capacity=8, reuse=4)
+    restored.load_state_dict(load_plain_state(tmp_path, "state_synthesis_bank"))
+    _, resumed = run(60, restored, start=30)
+    for (a, b, _), (c, d, _) in zip(outputs[30:], resumed):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    with pytest.raises(ValueError, match="not this run's"):
+        PaintedCropBank(capacity=4, reuse=4).load_state_dict(bank.state_dict())
+    with pytest.raises(Exception, match="below 1"):
+        PaintedCropBank(capacity=8, reuse=0.5)
