@@ -190,8 +190,17 @@ class TumorSynthesisCore:
         reason = self._not_a_candidate(label)
         if reason is not None:
             return None, reason
-        if rng.random() >= self.prob:
+        if not self.drawn(rng):
             return None, "not_drawn"
+        return self.place(label, rng)
+
+    def drawn(self, rng: np.random.Generator) -> bool:
+        """Whether a candidate crop is drawn for synthesis (probability ``prob``; one draw from ``rng``)."""
+        return bool(rng.random() < self.prob)
+
+    def place(self, label: np.ndarray, rng: np.random.Generator) -> tuple[tuple[np.ndarray, str] | None, str]:
+        """Tumour masks for a drawn candidate crop (the rest of :meth:`decide`): ``(masks, largest size class)`` and
+        ``"planned"``, or ``None`` and ``"no_room"``."""
         organ = label == self.organ_label
         size = self.sizes[int(rng.choice(len(self.sizes), p=self.size_probabilities))]
         parts = ("tiny", "small", "medium", "large") if size == "mix" else (size,)
@@ -347,13 +356,18 @@ class TumorSynthesisOnBatch:
         for index, seed in enumerate(seeds):
             if healthy is not None and not healthy[index]:
                 continue
-            self.candidates += int(self.core.candidate(label_array[index, 0]))
-            plan = self.core.plan(label_array[index, 0], np.random.default_rng([int(seed), 3]))
-            if plan is None:
+            if not self.core.candidate(label_array[index, 0]):
                 continue
+            self.candidates += 1
+            rng = np.random.default_rng([int(seed), 3])
+            if not self.core.drawn(rng):
+                continue
+            # A banked crop needs no placement (drawing tumour shapes is most of a handcrafted synthesis's cost).
             if self.bank is not None and not self.bank.wants_fresh(np.random.default_rng([int(seed), 4])):
                 banked.append(index)
-            else:
+                continue
+            plan = self.core.place(label_array[index, 0], rng)[0]
+            if plan is not None:
                 chosen.append(index)
                 plans.append(plan)
         self.synthesised += len(chosen) + len(banked)
