@@ -357,7 +357,10 @@ def train_diffusion(config: DiffusionConfig, resume: bool = False, inputs: tuple
     start = run.restore()
     ema.to(run.device)
     dataset = CropDataset(with_tumors, _preprocess(config), _crop_transform(config), config.run.seed)
-    pipeline.register_to_config(organ_intensity_hu=organ_reference_hu(dataset, config.data.window))
+    pipeline.register_to_config(
+        organ_intensity_hu=organ_reference_hu(dataset, config.data.window),
+        training_crop_size=[int(v) for v in config.data.crop_size],
+    )
     loader = run_loader(
         dataset, config.data.batch_size, config.data.num_workers, start, config.run.max_steps, accelerator
     )

@@ -124,6 +124,10 @@ class TumorInpaintPipeline(DiffusionPipeline):
         organ_intensity_hu (`list[float]`, optional): mean and standard deviation (HU) of the organ core in the
             training crops, recorded by the trainer; the diffusion synthesizer paints relative to it. ``None`` for
             converted checkpoints (the synthesizer then assumes contrast-enhanced parenchyma).
+        training_crop_size (`list[int]`, optional): the crops the UNet was trained on (voxels, 1 mm), recorded by
+            the trainer. The model paints as trained only with at least that much context: on smaller crops the
+            bundled model's tumours come out a fifth as dark, so the diffusion synthesizer pads smaller crops to it.
+            ``None`` for converted checkpoints (the original's 96³ is assumed).
     """
 
     model_cpu_offload_seq = "vqmodel->unet->vqmodel"
@@ -141,6 +145,7 @@ class TumorInpaintPipeline(DiffusionPipeline):
         organ: str | None = None,
         tumor_stage: str | None = None,
         organ_intensity_hu: list[float] | None = None,
+        training_crop_size: list[int] | None = None,
     ):
         super().__init__()
         self.register_modules(vqmodel=vqmodel, unet=unet, scheduler=scheduler)

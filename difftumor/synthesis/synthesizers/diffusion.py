@@ -266,9 +266,10 @@ class DiffusionSynthesizer(TumorSynthesizer):
             offsets = torch.tensor([m.offset for m in maps]).view(-1, 1, 1, 1, 1)
             factors = torch.tensor([m.factor for m in maps]).view(-1, 1, 1, 1, 1)
             model_images = batch.images[indices] * scales + offsets
+            padded_images, padded_masks, inside = _with_context(pipeline, model_images, batch.tumor_masks[indices])
             output = pipeline(
-                model_images,
-                batch.tumor_masks[indices],
+                padded_images,
+                padded_masks,
                 num_inference_steps=self.num_inference_steps,
                 generator=generators,
                 blur_sigma=sigmas,
@@ -276,7 +277,7 @@ class DiffusionSynthesizer(TumorSynthesizer):
                 fast=self.fast,
                 blend=self.blend,
             )
-            change = (output.images.double() - model_images.double()) * factors
+            change = (output.images[inside].double() - model_images.double()) * factors
             caps = [
                 self._cap(change[position, 0], batch.tumor_masks[index, 0], maps[position].contrast_hu)
                 for position, index in enumerate(indices)
@@ -297,3 +298,32 @@ class DiffusionSynthesizer(TumorSynthesizer):
                     "model_hash": self._hash(pipeline),
                 }
         return SynthesisOutput(images=images, parameters=parameters)
+
+
+#: The crops converted checkpoints were trained on (the original's 96³).
+ORIGINAL_TRAINING_CROP = (96, 96, 96)
+
+
+def _with_context(
+    pipeline: Any, images: torch.Tensor, masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[slice, ...]]:
+    """Crops ``(B, 1, X, Y, Z)`` padded (edge values; masks with zeros) to at least the crops the model was trained
+    on, and the slices that cut the originals back out. The model needs that context: the bundled model's early
+    tumours come out about a fifth as dark in 48³ crops as in 64³ ones, and replicate padding to 64³ restores them
+    (the segmentation trainer's 48³ crops; ``tests/synthesis/test_diffusion_context.py``)."""
+    import torch.nn.functional as F
+
+    trained = pipeline.config.get("training_crop_size") or ORIGINAL_TRAINING_CROP
+    factors = getattr(pipeline, "latent_factor", (4, 4, 4))
+    shape = images.shape[2:]
+    targets = [max(int(size), int(need)) for size, need in zip(shape, trained)]
+    targets = [-(-target // int(factor)) * int(factor) for target, factor in zip(targets, factors)]
+    if list(shape) == targets:
+        return images, masks, (slice(None),) * 5
+    before = [(target - size) // 2 for target, size in zip(targets, shape)]
+    after = [target - size - low for target, size, low in zip(targets, shape, before)]
+    padding = [amount for axis in (2, 1, 0) for amount in (before[axis], after[axis])]
+    padded_images = F.pad(images, padding, mode="replicate")
+    padded_masks = F.pad(masks.to(torch.uint8), padding).to(masks.dtype)
+    inside = (slice(None), slice(None), *(slice(low, low + size) for low, size in zip(before, shape)))
+    return padded_images, padded_masks, inside
