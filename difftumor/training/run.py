@@ -77,11 +77,13 @@ class CSVTracker:
 
     def __init__(self, folder: Path):
         self.path = folder / "metrics.csv"
-        new = not self.path.exists()
+        # An empty file is a run killed before its first flush: it still needs the header.
+        new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="")  # noqa: SIM115 — closed in finish()
         self._writer = csv.writer(self._file)
         if new:
             self._writer.writerow(["step", "name", "value"])
+            self._file.flush()
 
     def log(self, values: dict[str, float], step: int) -> None:
         for name, value in values.items():

@@ -369,3 +369,20 @@ def test_a_second_run_on_a_busy_run_folder_is_refused(training_set, trained_auto
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == len(set(rows))
     assert cli([*_tiny_diffusion(training_set, vqmodel, out, 6, 3), "--resume"]) == 0
+
+
+def test_the_metrics_log_gets_its_header_even_after_a_run_killed_before_its_first_flush(tmp_path):
+    import csv
+
+    from difftumor.training.run import CSVTracker
+
+    (tmp_path / "metrics.csv").touch()  # what a run killed at start-up leaves
+    tracker = CSVTracker(tmp_path)
+    tracker.log({"loss": 0.5}, 1)
+    tracker.finish()
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert rows == [{"step": "1", "name": "loss", "value": "0.5"}]
+    again = CSVTracker(tmp_path)  # a resumed run appends under the same header
+    again.log({"loss": 0.25}, 2)
+    again.finish()
+    assert [row["step"] for row in csv.DictReader(open(tmp_path / "metrics.csv"))] == ["1", "2"]
