@@ -129,7 +129,7 @@ run_one() {  # ARM SEED: train (or resume), segment, evaluate, keep
 # step, a systematic sample of the run (with a bank, painting steps are rarer and slower than the rest).
 import csv, json, os, statistics, sys
 run, out, settings, arm, seed, commit, jobs = sys.argv[1:]
-seconds = [float(r["value"]) for r in csv.DictReader(open(f"{run}/metrics.csv")) if r["name"] == "seconds_per_step"]
+seconds = [float(r[2]) for r in csv.reader(open(f"{run}/metrics.csv")) if len(r) == 3 and r[1] == "seconds_per_step"]
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
 json.dump({"arm": arm, "seed": int(seed), "settings": settings, "commit": commit,
            # a run shorter than one logging interval: its whole time over its steps
@@ -144,13 +144,16 @@ PY
 # JOBS runs at a time, each with cores/JOBS threads: on 2 cores two one-thread runs train about 1.5x faster than
 # one two-thread run (the small network does not use two threads fully).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))}"
+# A failed run is reported and the others go on; the sitting exits non-zero at the end.
+failed=0
 for seed in $seeds; do
     for arm in $arms; do
         run_one "$arm" "$seed" &
-        while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || exit 1; done
+        while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || failed=1; done
     done
 done
-while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || exit 1; done
+while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done
 
 # 3. One table over arms and seeds (results.md, results.json).
 python "$repo/scripts/experiment_table.py" "$results"
+[ "$failed" = 0 ] || { echo "error: some runs failed (see above); rerun to retry them" >&2; exit 1; }
