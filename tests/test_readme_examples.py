@@ -1,5 +1,5 @@
-"""The README's examples, executed as written: the Python API (whole CT and own crops, on the GPU when there is one),
-the organ-mask recipe and the MONAI pipeline with worker processes."""
+"""The user docs' examples, executed as written: the README's Python API (whole CT and own crops, on the GPU when
+there is one) and organ-mask recipe, and docs/segmentation.md's MONAI pipeline with worker processes."""
 
 from __future__ import annotations
 
@@ -18,14 +18,18 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text()
+DOCS = {"README.md": (REPO / "README.md").read_text()} | {
+    f"docs/{path.name}": path.read_text() for path in sorted((REPO / "docs").glob("*.md"))
+}
 
 
 def example(name: str, language: str) -> str:
-    """The code block that follows ``<!-- readme-example: name -->`` in the README."""
-    match = re.search(rf"<!-- readme-example: {name} -->\n```{language}\n(.*?)```", README, re.S)
-    assert match, f"README has no {name} example"
-    return match.group(1)
+    """The code block that follows ``<!-- readme-example: name -->`` in the README or a page of docs/."""
+    for text in DOCS.values():
+        match = re.search(rf"<!-- readme-example: {name} -->\n```{language}\n(.*?)```", text, re.S)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"no {name} example in the README or docs/")
 
 
 def test_python_example(tmp_path, monkeypatch, capsys):

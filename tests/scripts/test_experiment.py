@@ -1,4 +1,4 @@
-"""The README's leak-free experiment, shortened (2 steps per model, 32³ crops on a 3 mm grid, one seed), end to end."""
+"""The leak-free experiment (docs/experiment.md), shortened (2 steps per model, 32³ crops, one seed), end to end."""
 
 from __future__ import annotations
 
