@@ -44,10 +44,9 @@ def postprocess(
         regions, count = ndimage.label(labels > 0, structure=structure)
         if count > organ_components:
             sizes = np.bincount(regions.ravel(), minlength=count + 1)
-            sizes[0] = 0
+            sizes[0] = 0  # background is never kept (count > organ_components: enough parts rank above it)
             keep = np.zeros(count + 1, bool)
             keep[np.argsort(sizes)[::-1][:organ_components]] = True
-            keep[0] = False
             labels[~keep[regions]] = 0
     components, count = ndimage.label(labels == 2, structure=structure)
     if not count:

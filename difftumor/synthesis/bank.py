@@ -45,11 +45,11 @@ class PaintedCropBank:
         """Keep a freshly painted crop (replacing a random entry once the bank is full)."""
         entry = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         labels = torch.from_numpy(np.ascontiguousarray(label).astype(np.uint8))
-        slot = int(rng.integers(self.capacity))
         if len(self) < self.capacity:
             self.images.append(entry)
             self.labels.append(labels)
         else:
+            slot = int(rng.integers(self.capacity))
             self.images[slot], self.labels[slot] = entry, labels
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
